@@ -1,0 +1,109 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/sie-europe/dnssensor/sensor/decode"
+	"github.com/sie-europe/dnssensor/sensor/output"
+	"github.com/sie-europe/dnssensor/sensor/pipeline"
+	"github.com/sie-europe/dnssensor/sensor/source"
+)
+
+// Main runs sensord with args and returns the process exit code.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	o, err := ParseFlags(args, stderr)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(stderr, "sensord: %v\n", err)
+		return 2
+	}
+	if err := Run(ctx, o, stdout, stderr); err != nil {
+		fmt.Fprintf(stderr, "sensord: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// Run reads every input through one pipeline. Whatever was processed before an error is still
+// flushed and written, so a damaged file loses nothing that precedes the damage.
+func Run(ctx context.Context, o *Options, stdout, stderr io.Writer) (err error) {
+	env := output.Envelope{Source: o.Source, HasSource: o.HasSource}
+	var outs output.Multi
+	var files []*os.File
+	open := func(name string) (io.Writer, error) {
+		if name == "-" {
+			return stdout, nil
+		}
+		f, err := os.Create(name)
+		if err != nil {
+			return nil, err
+		}
+		files = append(files, f)
+		return f, nil
+	}
+	if o.Write != "" {
+		w, err := open(o.Write)
+		if err != nil {
+			return fmt.Errorf("-w: %v", err)
+		}
+		nw, err := output.NewNMSG(w, env, o.Zlib)
+		if err != nil {
+			return fmt.Errorf("-w: %v", err)
+		}
+		outs = append(outs, nw)
+	}
+	if o.JSON != "" {
+		w, err := open(o.JSON)
+		if err != nil {
+			return fmt.Errorf("-J: %v", err)
+		}
+		outs = append(outs, output.NewJSON(w, env))
+	}
+	p, err := pipeline.New(o.Pipeline, outs.Write)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		p.Flush()
+		if cerr := outs.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("writing output: %v", cerr)
+		}
+		for _, f := range files {
+			if serr := f.Sync(); serr != nil && err == nil {
+				err = serr
+			}
+			if cerr := f.Close(); cerr != nil && err == nil {
+				err = cerr
+			}
+		}
+		s := p.Stats()
+		fmt.Fprintf(stderr, "sensord: %s\n", s.String())
+	}()
+
+	var lastStats time.Time
+	for _, name := range o.Read {
+		n, err := source.ReadFile(name, func(link decode.LinkType, ts int64, frame []byte, wireLen int) {
+			p.Frame(link, ts, frame, wireLen)
+			if o.StatsEvery > 0 && time.Since(lastStats) >= o.StatsEvery {
+				lastStats = time.Now()
+				s := p.Stats()
+				fmt.Fprintf(stderr, "sensord: %s\n", s.String())
+			}
+		})
+		if err != nil {
+			return fmt.Errorf("-r %s: %v (%d frames read before the error were processed)", name, err, n)
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+	}
+	return nil
+}

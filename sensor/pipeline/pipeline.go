@@ -1,0 +1,510 @@
+// Package pipeline is the sensor's core: decoded packets in, paired, filtered and scrubbed
+// base:dnsqr records out. It reproduces the C reference (nmsg 1.3.3 dnsqr.c) pairing and record
+// shape and fixes its known defects (see README, "Deviations from the C reference").
+//
+// A Pipeline is owned by one goroutine. Time only advances with packet timestamps, so a replay of
+// a capture gives the same records every time.
+package pipeline
+
+import (
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/sie-europe/dnssensor/sensor/decode"
+	"github.com/sie-europe/dnssensor/sensor/defrag"
+	"github.com/sie-europe/dnssensor/sensor/dnsqr"
+	"github.com/sie-europe/dnssensor/sensor/dnswire"
+	"github.com/sie-europe/dnssensor/sensor/pktbuild"
+	"github.com/sie-europe/dnssensor/sensor/privacy"
+	"github.com/sie-europe/dnssensor/sensor/tcpdns"
+)
+
+// Config is the pipeline's behaviour; it maps to the C reference's DNSQR_* environment.
+type Config struct {
+	Resolvers    []netip.Prefix // DNSQR_RES_ADDRS: transactions initiated by these are kept
+	Authorities  []netip.Prefix // DNSQR_AUTH_ADDRS: authority mode, transactions answered by these
+	ZeroResolver bool           // DNSQR_ZERO_RESOLVER_ADDRESS
+	RD           int            // DNSQR_CAPTURE_RD: 0 or 1 keeps only that RD bit, -1 keeps all
+	QR           int            // DNSQR_CAPTURE_QR: 0 queries only, 1 responses only, -1 pairs
+	QnameExclude []string       // DNSQR_FILTER_QNAMES_EXCLUDE: names (and below) to drop
+	QnameInclude []string       // DNSQR_FILTER_QNAMES_INCLUDE: exceptions to the exclude list
+	QueryTimeout time.Duration  // DNSQR_QUERY_TIMEOUT (default 60 s, whole seconds as in C)
+	StateMax     int            // DNSQR_STATE_TABLE_MAX (default 131072)
+	Defrag       defrag.Config
+	TCP          tcpdns.Config
+}
+
+// Validate reports the first configuration error, naming the setting.
+func (c *Config) Validate() error {
+	if len(c.Resolvers) == 0 && len(c.Authorities) == 0 {
+		return fmt.Errorf("resolver: no resolver addresses configured; set -resolver (or -authoritative for authority mode)")
+	}
+	if c.RD < -1 || c.RD > 1 {
+		return fmt.Errorf("rd: must be 0, 1 or any, got %d", c.RD)
+	}
+	if c.QR < -1 || c.QR > 1 {
+		return fmt.Errorf("qr: must be 0, 1 or unset, got %d", c.QR)
+	}
+	if c.QueryTimeout < 0 {
+		return fmt.Errorf("query-timeout: must be positive, got %v", c.QueryTimeout)
+	}
+	if c.StateMax < 0 {
+		return fmt.Errorf("state-max: must be positive, got %d", c.StateMax)
+	}
+	for _, n := range append(append([]string(nil), c.QnameExclude...), c.QnameInclude...) {
+		if _, err := wireName(n); err != nil {
+			return fmt.Errorf("qname-exclude/qname-include: %q: %v", n, err)
+		}
+	}
+	return nil
+}
+
+// Emit receives each finished record. The record and its slices are valid only during the call.
+// An error stops nothing (the pipeline must keep reading) but is counted as an output drop.
+type Emit func(r *dnsqr.Record) error
+
+// Pipeline turns frames into records.
+type Pipeline struct {
+	cfg       Config
+	emit      Emit
+	timeoutS  int64
+	resolvers []netip.Prefix
+	auth      bool
+	exclude   map[string]struct{}
+	include   map[string]struct{}
+
+	t      *table
+	frag   *defrag.Reassembler
+	tcp    *tcpdns.Reassembler
+	scrub  privacy.Scrubber
+	stats  Stats
+	now    int64 // time of the previous packet: the C reference expires with it
+	rec    dnsqr.Record
+	pkt    decode.Packet
+	rbuf   []byte   // copy of the response packets, so scrubbing never writes to the capture buffer
+	rpkts  [][]byte // views into rbuf
+	tbuf   []byte   // synthesized TCP packets
+	lower  []byte
+	tcpMsg func(*tcpdns.Message)
+	ibuf   []byte // copy of an ICMP packet for the scrubber
+	one    [1][]byte
+	oneT   [1]int64
+	tone   [1][]byte
+	toneT  [1]int64
+}
+
+// New builds a pipeline; cfg must have passed Validate.
+func New(cfg Config, emit Emit) (*Pipeline, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.QueryTimeout == 0 {
+		cfg.QueryTimeout = 60 * time.Second
+	}
+	if cfg.StateMax == 0 {
+		cfg.StateMax = 131072
+	}
+	p := &Pipeline{
+		cfg:      cfg,
+		emit:     emit,
+		timeoutS: int64(cfg.QueryTimeout / time.Second),
+		t:        newTable(cfg.StateMax),
+		frag:     defrag.New(cfg.Defrag),
+		tcp:      tcpdns.New(cfg.TCP),
+	}
+	p.resolvers = cfg.Resolvers
+	if len(cfg.Authorities) > 0 {
+		p.resolvers, p.auth = cfg.Authorities, true
+	}
+	p.scrub.ZeroResolver = cfg.ZeroResolver
+	p.exclude = nameSet(cfg.QnameExclude)
+	p.include = nameSet(cfg.QnameInclude)
+	p.tcpMsg = p.onTCPMessage
+	return p, nil
+}
+
+// Frame handles one captured frame: caplen is len(frame), wireLen the length on the wire, ts the
+// capture time in ns.
+func (p *Pipeline) Frame(link decode.LinkType, ts int64, frame []byte, wireLen int) {
+	p.stats.Frames++
+	p.advance(ts)
+	if wireLen > len(frame) {
+		// The C reference drops these silently; we drop them too (the DNS message is cut) but count.
+		p.stats.Truncated++
+		return
+	}
+	pk := &p.pkt
+	if r := decode.Decode(link, frame, pk); r != decode.OK {
+		p.stats.Decode[r]++
+		return
+	}
+	p.stats.IP++
+	p.packet(pk, ts)
+}
+
+// IPPacket handles one bare IP datagram (for sources that have no link layer).
+func (p *Pipeline) IPPacket(ts int64, b []byte) {
+	p.stats.Frames++
+	p.advance(ts)
+	if r := decode.DecodeIP(b, &p.pkt); r != decode.OK {
+		p.stats.Decode[r]++
+		return
+	}
+	p.stats.IP++
+	p.packet(&p.pkt, ts)
+}
+
+// advance expires state with the previous packet's time, as the C reference does before it reads
+// the next packet, then remembers this packet's time.
+func (p *Pipeline) advance(ts int64) {
+	if p.now != 0 {
+		p.expire(p.now, false)
+	}
+	if ts > p.now {
+		p.now = ts
+	}
+}
+
+func (p *Pipeline) packet(pk *decode.Packet, ts int64) {
+	if pk.Frag {
+		// Only fragments that could be DNS are worth memory: the first fragment must carry a
+		// DNS port; later ones cannot be judged until the datagram is whole.
+		if !p.mayBeDNS(pk) {
+			p.stats.NotDNS++
+			return
+		}
+		d := p.frag.Add(pk, ts)
+		if d == nil {
+			return
+		}
+		pk.Src, pk.Dst, pk.Proto, pk.L4, pk.Frag = d.Src, d.Dst, d.Proto, d.L4, false
+		if r := decode.DecodeL4(pk); r != decode.OK {
+			p.stats.Decode[r]++
+			return
+		}
+		p.transport(pk, d.Frags, d.Times)
+		return
+	}
+	p.one[0], p.oneT[0] = pk.Net, ts
+	p.transport(pk, p.one[:], p.oneT[:])
+}
+
+func (p *Pipeline) mayBeDNS(pk *decode.Packet) bool {
+	if pk.FragOff != 0 {
+		return true
+	}
+	if pk.Proto != decode.ProtoUDP || len(pk.L4) < 4 {
+		return pk.Proto == decode.ProtoUDP // a first fragment too short to show ports: keep
+	}
+	sp, dp := uint16(pk.L4[0])<<8|uint16(pk.L4[1]), uint16(pk.L4[2])<<8|uint16(pk.L4[3])
+	return isDNSPort(sp) || isDNSPort(dp)
+}
+
+func isDNSPort(p uint16) bool { return p == 53 || p == 5353 }
+
+func (p *Pipeline) transport(pk *decode.Packet, pkts [][]byte, times []int64) {
+	switch pk.Proto {
+	case decode.ProtoUDP:
+		if !isDNSPort(pk.SrcPort) && !isDNSPort(pk.DstPort) {
+			p.stats.NotDNS++
+			return
+		}
+		p.udp(pk, pkts, times)
+	case decode.ProtoTCP:
+		if pk.SrcPort != 53 && pk.DstPort != 53 {
+			p.stats.NotDNS++
+			return
+		}
+		// Client traffic never enters the reassembler: it costs memory and must not be kept.
+		if !p.initiator(pk.Src, pk.Dst) && !p.initiator(pk.Dst, pk.Src) {
+			p.stats.NotResolver++
+			return
+		}
+		p.tcp.Add(tcpdns.Segment{
+			Src:     netip.AddrPortFrom(pk.Src, pk.SrcPort),
+			Dst:     netip.AddrPortFrom(pk.Dst, pk.DstPort),
+			Seq:     pk.TCPSeq,
+			SYN:     pk.TCPFlags&decode.TCPSyn != 0,
+			FIN:     pk.TCPFlags&decode.TCPFin != 0,
+			RST:     pk.TCPFlags&decode.TCPRst != 0,
+			Payload: pk.Payload,
+			Time:    times[0],
+			Packet:  pkts[0],
+		}, p.tcpMsg)
+	case decode.ProtoICMP, decode.ProtoICMPv6:
+		p.icmp(pk, pkts[0], times[0])
+	default:
+		p.stats.NotDNS++
+	}
+}
+
+// initiator reports whether a message from src to dst belongs to a transaction the sensor may
+// keep: in resolver mode, src is a resolver; in authority mode, dst is an authority.
+func (p *Pipeline) initiator(src, dst netip.Addr) bool {
+	a := src
+	if p.auth {
+		a = dst
+	}
+	for _, pr := range p.resolvers {
+		if pr.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// query is what the capture path knows of one DNS message.
+type message struct {
+	proto    uint8
+	src, dst netip.AddrPort
+	h        dnswire.Header
+	hasQ     bool
+	q        dnswire.Question
+	pkts     [][]byte
+	times    []int64
+	tcp      bool
+}
+
+func (p *Pipeline) udp(pk *decode.Packet, pkts [][]byte, times []int64) {
+	m := message{proto: decode.ProtoUDP, src: netip.AddrPortFrom(pk.Src, pk.SrcPort),
+		dst: netip.AddrPortFrom(pk.Dst, pk.DstPort), pkts: pkts, times: times}
+	if !p.parse(pk.Payload, &m) {
+		return
+	}
+	p.dns(&m)
+}
+
+func (p *Pipeline) parse(msg []byte, m *message) bool {
+	h, ok := dnswire.ParseHeader(msg)
+	if !ok {
+		p.stats.DNSMalformed++
+		return false
+	}
+	m.h = h
+	if h.QDCount == 1 && len(msg) > dnswire.HeaderLen {
+		q, ok := dnswire.ParseQuestion(msg)
+		if !ok {
+			p.stats.DNSMalformed++
+			return false
+		}
+		m.q, m.hasQ = q, true
+	}
+	return true
+}
+
+// dns handles one whole DNS message, UDP or reassembled TCP.
+func (p *Pipeline) dns(m *message) {
+	resp := m.h.Response()
+	qip, rip, qport, rport := m.src.Addr(), m.dst.Addr(), m.src.Port(), m.dst.Port()
+	if resp {
+		qip, rip, qport, rport = rip, qip, rport, qport
+	}
+	// The privacy rule, in user space for both families whatever the kernel filter did: only the
+	// resolver's own transactions, never a client's.
+	if !p.initiator(qip, rip) {
+		p.stats.NotResolver++
+		return
+	}
+	typ := dnsqr.UDPQueryResponse
+	if m.tcp {
+		typ = dnsqr.TCP
+	}
+	if p.cfg.QR == 0 || p.cfg.QR == 1 {
+		if m.tcp || resp != (p.cfg.QR == 1) {
+			p.stats.FilteredQR++
+			return
+		}
+		r := p.newRecord(dnsqr.UDPQueryOnly, m.proto, qip, rip, qport, rport, m.h.ID)
+		if resp {
+			r.Type = dnsqr.UDPResponseOnly
+			r.HasRcode, r.Rcode = true, m.h.Rcode()
+			p.setQuestion(r, m.hasQ, m.q)
+			p.setResponse(r, m)
+		} else {
+			p.setQuestion(r, m.hasQ, m.q)
+			r.QueryPackets, r.QueryTimes = append(r.QueryPackets, m.pkts...), append(r.QueryTimes, m.times...)
+		}
+		p.finish(r, m.h.Flags)
+		return
+	}
+	k := makeKey(qip, rip, m.proto, qport, rport, m.h.ID)
+	if !resp {
+		p.insert(k, m, qip, rip)
+		return
+	}
+	i := p.t.match(k, m.hasQ, m.q, m.h.Rcode())
+	r := p.newRecord(typ, m.proto, qip, rip, qport, rport, m.h.ID)
+	r.HasRcode, r.Rcode = true, m.h.Rcode()
+	p.setQuestion(r, m.hasQ, m.q)
+	p.setResponse(r, m)
+	if i == nilIdx {
+		if !m.tcp {
+			r.Type = dnsqr.UDPUnsolicitedResponse
+		}
+		p.finish(r, m.h.Flags)
+		return
+	}
+	e := &p.t.e[i]
+	r.QueryPackets, r.QueryTimes = append(r.QueryPackets, e.pkts...), append(r.QueryTimes, e.times...)
+	if !r.HasQuestion && e.hasQ {
+		r.HasQuestion, r.Qname, r.Qtype, r.Qclass = true, e.qname, e.qtype, e.qclass
+	}
+	p.finish(r, e.flags)
+	p.t.release(i)
+}
+
+func (p *Pipeline) insert(k flowKey, m *message, qip, rip netip.Addr) {
+	for p.t.n >= p.t.max {
+		p.stats.StateEvicted++
+		p.expireOne(p.now)
+	}
+	i := p.t.alloc(k)
+	e := &p.t.e[i]
+	e.qip, e.rip, e.flags, e.hasQ = qip, rip, m.h.Flags, m.hasQ
+	for _, b := range m.pkts {
+		e.buf = append(e.buf, b...)
+	}
+	off := 0
+	for j, b := range m.pkts {
+		e.pkts = append(e.pkts, e.buf[off:off+len(b):off+len(b)])
+		e.times = append(e.times, m.times[j])
+		off += len(b)
+	}
+	if m.hasQ {
+		// Keep the question in the entry's own storage: the message is about to be overwritten.
+		e.buf = append(e.buf, m.q.Name...)
+		e.qname = e.buf[off : off+len(m.q.Name)]
+		e.qtype, e.qclass = m.q.Type, m.q.Class
+	} else {
+		e.qname = nil
+	}
+	p.stats.Pending = uint64(p.t.n)
+}
+
+// expire emits as unanswered every pending query older than the timeout at packet time now, or
+// all of them when all is set (end of input).
+func (p *Pipeline) expire(now int64, all bool) {
+	for p.t.head != nilIdx {
+		e := &p.t.e[p.t.head]
+		if !all && now/1e9-e.times[0]/1e9 <= p.timeoutS {
+			break
+		}
+		p.expireOne(now)
+	}
+	p.frag.Expire(now)
+	p.tcp.Expire(now, p.tcpMsg)
+}
+
+func (p *Pipeline) expireOne(now int64) {
+	i := p.t.head
+	p.t.unlink(i)
+	e := &p.t.e[i]
+	typ := dnsqr.UDPUnansweredQuery
+	if e.key.proto == decode.ProtoTCP {
+		typ = dnsqr.TCP
+	}
+	r := p.newRecord(typ, e.key.proto, e.qip, e.rip, e.key.qport, e.key.rport, e.key.id)
+	if e.hasQ {
+		r.HasQuestion, r.Qname, r.Qtype, r.Qclass = true, e.qname, e.qtype, e.qclass
+	}
+	r.QueryPackets, r.QueryTimes = append(r.QueryPackets, e.pkts...), append(r.QueryTimes, e.times...)
+	d := now - e.times[0]
+	r.HasTimeout, r.Timeout = true, float64(d/1e9)+float64(d%1e9)/1e9
+	p.finish(r, e.flags)
+	p.t.release(i)
+}
+
+func (p *Pipeline) newRecord(typ dnsqr.Type, proto uint8, qip, rip netip.Addr, qport, rport, id uint16) *dnsqr.Record {
+	r := &p.rec
+	r.Reset()
+	r.Type, r.Proto, r.QueryIP, r.ResponseIP, r.QueryPort, r.ResponsePort, r.ID = typ, proto, qip, rip, qport, rport, id
+	return r
+}
+
+func (p *Pipeline) setQuestion(r *dnsqr.Record, hasQ bool, q dnswire.Question) {
+	if hasQ {
+		r.HasQuestion, r.Qname, r.Qtype, r.Qclass = true, q.Name, q.Type, q.Class
+	}
+}
+
+// setResponse copies the response packets into scratch space the scrubber may write.
+func (p *Pipeline) setResponse(r *dnsqr.Record, m *message) {
+	p.rbuf = p.rbuf[:0]
+	for _, b := range m.pkts {
+		p.rbuf = append(p.rbuf, b...)
+	}
+	p.rpkts = p.rpkts[:0]
+	off := 0
+	for _, b := range m.pkts {
+		p.rpkts = append(p.rpkts, p.rbuf[off:off+len(b):off+len(b)])
+		off += len(b)
+	}
+	r.ResponsePackets = append(r.ResponsePackets, p.rpkts...)
+	r.ResponseTimes = append(r.ResponseTimes, m.times...)
+}
+
+// finish applies the RD and qname filters (on the query's flags when there was a query), the
+// checksum verdict and the privacy scrub, then emits.
+func (p *Pipeline) finish(r *dnsqr.Record, flags uint16) {
+	if p.cfg.RD >= 0 && (flags&dnswire.FlagRD != 0) != (p.cfg.RD == 1) {
+		p.stats.FilteredRD++
+		return
+	}
+	if r.HasQuestion && p.excluded(r.Qname) {
+		p.stats.FilteredQname++
+		return
+	}
+	if len(r.ResponsePackets) > 0 && r.Proto == decode.ProtoUDP {
+		r.HasChecksum, r.UDPChecksum = true, privacy.Verdict(r.ResponsePackets)
+	}
+	if !p.scrub.Record(r) {
+		p.stats.PrivacyDropped++
+		return
+	}
+	p.stats.Records[r.Type]++
+	if err := p.emit(r); err != nil {
+		p.stats.OutputErrors++
+	}
+}
+
+// Flush ends the input: pending queries are emitted as unanswered, incomplete TCP messages and
+// fragments are counted.
+func (p *Pipeline) Flush() {
+	p.tcp.Flush(p.tcpMsg)
+	p.expire(p.now, true)
+	p.frag.Flush()
+	p.stats.Pending = 0
+}
+
+func (p *Pipeline) onTCPMessage(tm *tcpdns.Message) {
+	m := message{proto: decode.ProtoTCP, src: tm.Src, dst: tm.Dst, tcp: true}
+	if !p.parse(tm.Data, &m) {
+		return
+	}
+	// One synthesized packet per message: consumers read one whole message per element, as for
+	// UDP. The question then aliases the synthesized packet, which lives as long as the record.
+	p.tbuf = pktbuild.AppendTCP(p.tbuf[:0], tm.Src, tm.Dst, 0, tm.Data)
+	m.pkts = p.tone[:1]
+	m.pkts[0] = p.tbuf
+	m.times = p.toneT[:1]
+	m.times[0] = tm.Time
+	if m.hasQ {
+		hl := len(p.tbuf) - len(tm.Data)
+		m.q.Name = p.tbuf[hl+dnswire.HeaderLen : hl+dnswire.HeaderLen+len(m.q.Name)]
+	}
+	p.dns(&m)
+}
+
+// Stats returns a snapshot of the counters, with the current memory use filled in.
+func (p *Pipeline) Stats() Stats {
+	s := p.stats
+	s.Defrag = p.frag.Stats()
+	s.TCP = p.tcp.Stats()
+	s.Privacy = p.scrub.Stats
+	s.Pending = uint64(p.t.n)
+	s.MemTable = p.t.memory()
+	s.MemFrag = p.frag.Bytes()
+	s.MemTCP = p.tcp.MemoryBytes()
+	return s
+}

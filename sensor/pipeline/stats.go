@@ -1,0 +1,70 @@
+package pipeline
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/sie-europe/dnssensor/sensor/decode"
+	"github.com/sie-europe/dnssensor/sensor/defrag"
+	"github.com/sie-europe/dnssensor/sensor/dnsqr"
+	"github.com/sie-europe/dnssensor/sensor/privacy"
+	"github.com/sie-europe/dnssensor/sensor/tcpdns"
+)
+
+// Stats are the pipeline's counters: every frame read ends in exactly one of them or in a record,
+// so loss is never silent.
+type Stats struct {
+	Frames         uint64                    // frames offered
+	Truncated      uint64                    // caplen < wire length: dropped, the message is cut
+	Decode         [decode.NumResults]uint64 // frames that did not decode, by reason (OK unused)
+	IP             uint64                    // IP datagrams decoded
+	NotDNS         uint64                    // not UDP 53/5353, TCP 53 or an ICMP error about DNS
+	NotResolver    uint64                    // not the resolver's own transaction (client traffic)
+	DNSMalformed   uint64                    // DNS header or question did not parse
+	ICMPMalformed  uint64
+	ICMPMatched    uint64 // ICMP errors that closed a pending query
+	FilteredQR     uint64 // dropped by -qr
+	FilteredRD     uint64 // dropped by -rd
+	FilteredQname  uint64 // dropped by -qname-exclude
+	PrivacyDropped uint64 // records the scrubber could not vouch for
+	StateEvicted   uint64 // pending queries pushed out by -state-max (emitted as unanswered)
+	OutputErrors   uint64 // records the output refused
+	Records        [8]uint64
+	Pending        uint64
+
+	Defrag  defrag.Stats
+	TCP     tcpdns.Stats
+	Privacy privacy.Stats
+
+	MemTable, MemFrag, MemTCP int
+}
+
+// String is the one-line summary sensord prints at exit and on -stats.
+func (s *Stats) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "frames=%d ip=%d truncated=%d", s.Frames, s.IP, s.Truncated)
+	for r, n := range s.Decode {
+		if n > 0 && decode.Result(r) != decode.OK {
+			fmt.Fprintf(&b, " decode_%s=%d", decode.Result(r), n)
+		}
+	}
+	fmt.Fprintf(&b, " not_dns=%d not_resolver=%d dns_malformed=%d icmp_malformed=%d icmp_matched=%d",
+		s.NotDNS, s.NotResolver, s.DNSMalformed, s.ICMPMalformed, s.ICMPMatched)
+	fmt.Fprintf(&b, " filtered_qr=%d filtered_rd=%d filtered_qname=%d privacy_dropped=%d state_evicted=%d output_errors=%d",
+		s.FilteredQR, s.FilteredRD, s.FilteredQname, s.PrivacyDropped, s.StateEvicted, s.OutputErrors)
+	var total uint64
+	for t, n := range s.Records {
+		total += n
+		if n > 0 {
+			fmt.Fprintf(&b, " rec_%s=%d", strings.ToLower(dnsqr.Type(t).String()), n)
+		}
+	}
+	fmt.Fprintf(&b, " records=%d pending=%d", total, s.Pending)
+	fmt.Fprintf(&b, " frag_in=%d frag_done=%d frag_expired=%d frag_evicted=%d frag_overlap=%d frag_lost=%d",
+		s.Defrag.Fragments, s.Defrag.Datagrams, s.Defrag.Expired, s.Defrag.Evicted, s.Defrag.Overlaps, s.Defrag.FragsLost)
+	fmt.Fprintf(&b, " tcp_segments=%d tcp_messages=%d tcp_evicted=%d tcp_gaps=%d",
+		s.TCP.Segments, s.TCP.Messages, s.TCP.StreamsEvicted, s.TCP.Gaps)
+	fmt.Fprintf(&b, " ecs_scrubbed=%d resolver_zeroed=%d", s.Privacy.ECSScrubbed, s.Privacy.ResolverZeroed)
+	fmt.Fprintf(&b, " mem_table=%dKiB mem_frag=%dKiB mem_tcp=%dKiB", s.MemTable>>10, s.MemFrag>>10, s.MemTCP>>10)
+	return b.String()
+}

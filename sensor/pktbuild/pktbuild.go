@@ -1,0 +1,61 @@
+// Package pktbuild writes IP datagrams that carry one DNS message, for records whose messages did
+// not arrive as one datagram: DNS over TCP (reassembled from segments) and dnstap (no packet at all).
+// Consumers then see the same record shape as for UDP: one element of query_packet or
+// response_packet holds one whole message.
+package pktbuild
+
+import (
+	"encoding/binary"
+	"net/netip"
+
+	"github.com/sie-europe/dnssensor/sensor/privacy"
+)
+
+// AppendUDP appends an IPv4 or IPv6 datagram with a UDP header and msg as payload, with correct
+// lengths and checksums. src and dst must be of the same family.
+func AppendUDP(b []byte, src, dst netip.AddrPort, msg []byte) []byte {
+	start := len(b)
+	b = appendIP(b, src.Addr(), dst.Addr(), 17, 8+len(msg))
+	b = binary.BigEndian.AppendUint16(b, src.Port())
+	b = binary.BigEndian.AppendUint16(b, dst.Port())
+	b = binary.BigEndian.AppendUint16(b, uint16(8+len(msg)))
+	b = append(b, 0, 0)
+	b = append(b, msg...)
+	privacy.Recompute(b[start:])
+	return b
+}
+
+// AppendTCP appends an IPv4 or IPv6 datagram with a TCP header (PSH|ACK, sequence seq) whose
+// payload is msg with its two-octet length prefix (RFC 7766), with correct lengths and checksums.
+func AppendTCP(b []byte, src, dst netip.AddrPort, seq uint32, msg []byte) []byte {
+	start := len(b)
+	b = appendIP(b, src.Addr(), dst.Addr(), 6, 20+2+len(msg))
+	b = binary.BigEndian.AppendUint16(b, src.Port())
+	b = binary.BigEndian.AppendUint16(b, dst.Port())
+	b = binary.BigEndian.AppendUint32(b, seq)
+	b = binary.BigEndian.AppendUint32(b, 0) // ack number: unknown and irrelevant to consumers
+	b = append(b, 5<<4, 0x18)               // data offset 5 words; PSH|ACK
+	b = binary.BigEndian.AppendUint16(b, 65535)
+	b = append(b, 0, 0, 0, 0) // checksum, urgent pointer
+	b = binary.BigEndian.AppendUint16(b, uint16(len(msg)))
+	b = append(b, msg...)
+	privacy.Recompute(b[start:])
+	return b
+}
+
+func appendIP(b []byte, src, dst netip.Addr, proto uint8, l4len int) []byte {
+	if src.Is4() {
+		b = append(b, 0x45, 0)
+		b = binary.BigEndian.AppendUint16(b, uint16(20+l4len))
+		b = append(b, 0, 0, 0x40, 0, 64, proto, 0, 0) // id 0, DF, TTL 64
+		s, d := src.As4(), dst.As4()
+		b = append(b, s[:]...)
+		return append(b, d[:]...)
+	}
+	b = append(b, 0x60, 0, 0, 0)
+	b = binary.BigEndian.AppendUint16(b, uint16(l4len))
+	b = append(b, proto, 64)
+	s, d := src.As16(), dst.As16()
+	b = append(b, s[:]...)
+	return append(b, d[:]...)
+}
