@@ -17,21 +17,11 @@ import (
 // absent from users' clones.
 func corpusDir(t testing.TB) string {
 	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
+	dir, ok := findCorpus()
+	if !ok {
+		t.Skip("conformance corpus (shared/conformance) not found above the working directory; skipping")
 	}
-	for {
-		c := filepath.Join(dir, "shared", "conformance")
-		if st, err := os.Stat(c); err == nil && st.IsDir() {
-			return c
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Skip("conformance corpus (shared/conformance) not found above the working directory; skipping")
-		}
-		dir = parent
-	}
+	return dir
 }
 
 func readCorpus(t testing.TB, rel string) []byte {
