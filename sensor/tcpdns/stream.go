@@ -17,11 +17,16 @@ const (
 	pendOverhead = 64
 
 	// Buffers bigger than retainBuf are released once empty, so that one
-	// large response does not pin its buffer for the life of a connection.
-	retainBuf  = 4 << 10
+	// huge response does not pin its buffer for the life of a connection;
+	// smaller ones are kept (and accounted) because responses large enough
+	// to need TCP tend to come in series. Under global memory pressure the
+	// kept buffers of idle streams are released before any stream is
+	// evicted.
+	retainBuf  = 16 << 10
+	poolBuf    = 4 << 10 // released streams keep only buffers this small
 	retainRecs = 64
 	// poolMax bounds the released streams kept for reuse (outside the
-	// accounting, each with buffers of at most retainBuf).
+	// accounting, each with buffers of at most poolBuf).
 	poolMax = 256
 
 	// maxSeqJump: a segment this far from the expected sequence number is
@@ -163,10 +168,10 @@ func (r *Reassembler) release(st *stream) {
 		st.pend[i] = pendSeg{}
 	}
 	buf, arena, recs, pend := st.buf[:0], st.arena[:0], st.recs[:0], st.pend[:0]
-	if cap(buf) > retainBuf {
+	if cap(buf) > poolBuf {
 		buf = nil
 	}
-	if cap(arena) > retainBuf {
+	if cap(arena) > poolBuf {
 		arena = nil
 	}
 	if cap(recs) > retainRecs {
@@ -207,14 +212,24 @@ func (r *Reassembler) reserve(st *stream, n int) bool {
 		if r.noEvict {
 			return false
 		}
-		// Prefer a victim that actually holds memory, looking only a few
-		// steps from the LRU end so that this stays O(1) amortised.
+		// Prefer, looking only a few steps from the LRU end so that this
+		// stays O(1) amortised: releasing the idle buffers of a stream
+		// that holds no data (it keeps its state), then evicting a stream
+		// that holds data, then evicting the least recently used.
 		var v *stream
-		for c, i := r.tail, 0; c != nil && i < 16; c, i = c.prev, i+1 {
-			if c != st && c.mem > 0 {
-				v = c
-				break
+		for c, i := r.tail, 0; c != nil && i < 16 && r.mem+n > r.total; c, i = c.prev, i+1 {
+			if c == st || c.mem == 0 {
+				continue
 			}
+			if len(c.buf) == 0 && len(c.recs) == 0 && len(c.pend) == 0 {
+				r.releaseBuffers(c)
+				continue
+			}
+			v = c
+			break
+		}
+		if r.mem+n <= r.total {
+			break
 		}
 		if v == nil {
 			v = r.tail
@@ -283,6 +298,14 @@ func (r *Reassembler) resetPartial(st *stream) {
 		d += cap(st.arena)
 		st.arena = nil
 	}
+	st.mem -= d
+	r.mem -= d
+}
+
+// releaseBuffers gives back the empty buffers a stream keeps for reuse.
+func (r *Reassembler) releaseBuffers(st *stream) {
+	d := cap(st.buf) + cap(st.arena)
+	st.buf, st.arena = nil, nil
 	st.mem -= d
 	r.mem -= d
 }
