@@ -115,11 +115,12 @@ func ParseFlags(args []string, stderr io.Writer) (*Options, error) {
 	default:
 		return nil, fmt.Errorf("-rd: %q is not 0, 1 or any", *rd)
 	}
-	o.Pipeline.QR = -1
 	switch *qr {
 	case "":
-	case "0", "1":
-		o.Pipeline.QR = int((*qr)[0] - '0')
+	case "0":
+		o.Pipeline.QR = pipeline.QRQueriesOnly
+	case "1":
+		o.Pipeline.QR = pipeline.QRResponsesOnly
 	default:
 		return nil, fmt.Errorf("-qr: %q is not 0 or 1", *qr)
 	}

@@ -26,7 +26,7 @@ type Config struct {
 	Authorities  []netip.Prefix // DNSQR_AUTH_ADDRS: authority mode, transactions answered by these
 	ZeroResolver bool           // DNSQR_ZERO_RESOLVER_ADDRESS
 	RD           int            // DNSQR_CAPTURE_RD: 0 or 1 keeps only that RD bit, -1 keeps all
-	QR           int            // DNSQR_CAPTURE_QR: 0 queries only, 1 responses only, -1 pairs
+	QR           QRMode         // DNSQR_CAPTURE_QR: pair (default), or emit queries or responses unpaired
 	QnameExclude []string       // DNSQR_FILTER_QNAMES_EXCLUDE: names (and below) to drop
 	QnameInclude []string       // DNSQR_FILTER_QNAMES_INCLUDE: exceptions to the exclude list
 	QueryTimeout time.Duration  // DNSQR_QUERY_TIMEOUT (default 60 s, whole seconds as in C)
@@ -43,8 +43,8 @@ func (c *Config) Validate() error {
 	if c.RD < -1 || c.RD > 1 {
 		return fmt.Errorf("rd: must be 0, 1 or any, got %d", c.RD)
 	}
-	if c.QR < -1 || c.QR > 1 {
-		return fmt.Errorf("qr: must be 0, 1 or unset, got %d", c.QR)
+	if c.QR > QRResponsesOnly {
+		return fmt.Errorf("qr: must be 0, 1 or unset, got mode %d", c.QR)
 	}
 	if c.QueryTimeout < 0 {
 		return fmt.Errorf("query-timeout: must be positive, got %v", c.QueryTimeout)
@@ -59,6 +59,15 @@ func (c *Config) Validate() error {
 	}
 	return nil
 }
+
+// QRMode selects pairing or the C reference's unpaired modes.
+type QRMode uint8
+
+const (
+	QRPair          QRMode = iota // pair queries with responses
+	QRQueriesOnly                 // DNSQR_CAPTURE_QR=0: every query as UDP_QUERY_ONLY
+	QRResponsesOnly               // DNSQR_CAPTURE_QR=1: every response as UDP_RESPONSE_ONLY
+)
 
 // Emit receives each finished record. The record and its slices are valid only during the call.
 // An error stops nothing (the pipeline must keep reading) but is counted as an output drop.
@@ -310,8 +319,8 @@ func (p *Pipeline) dns(m *message) {
 	if m.tcp {
 		typ = dnsqr.TCP
 	}
-	if p.cfg.QR == 0 || p.cfg.QR == 1 {
-		if m.tcp || resp != (p.cfg.QR == 1) {
+	if p.cfg.QR != QRPair {
+		if m.tcp || resp != (p.cfg.QR == QRResponsesOnly) {
 			p.stats.FilteredQR++
 			return
 		}
