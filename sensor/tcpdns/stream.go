@@ -463,7 +463,9 @@ func (r *Reassembler) resolveGap(st *stream, emit func(*Message)) {
 	if len(st.pend) == 0 {
 		return
 	}
-	r.gapTo(st, st.pend[0].seq)
+	if seqDiff(st.pend[0].seq, st.nextSeq) > 0 {
+		r.gapTo(st, st.pend[0].seq)
+	}
 	r.drainPending(st, emit)
 }
 

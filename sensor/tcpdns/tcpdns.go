@@ -51,6 +51,12 @@
 // a few KiB) lives outside the accounting, and a transient scratch copy made
 // while resynchronising.
 //
+// A FIN ends its direction once every octet before it has been seen (or
+// given up); a RST ends its direction at once. Either way, out-of-order data
+// still held is replayed across its holes first, so complete messages in it
+// are emitted, and a partial message is counted as Incomplete. The other
+// direction lives on until its own FIN or RST, or until it idles out.
+//
 // Every drop is counted in Stats so the stats line explains lost messages.
 //
 // A Reassembler is not safe for concurrent use, and emit must not call back
