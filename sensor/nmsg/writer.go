@@ -340,7 +340,7 @@ func (dw *DatagramWriter) emit(d []byte) error {
 // multiple of the fragment size.
 func (dw *DatagramWriter) fragment(body []byte, flags byte) error {
 	fragsz := dw.opts.MTU - HeaderSize - fragOverhead
-	last := uint32((len(body)+fragsz-1)/fragsz - 1)
+	last := uint32(len(body) / fragsz)
 	// Successive ids rather than fresh random ones: receivers key
 	// reassembly by (id, sender), so ids must not repeat within the
 	// 30 s reassembly window, which a counter guarantees.
@@ -351,7 +351,7 @@ func (dw *DatagramWriter) fragment(body []byte, flags byte) error {
 		crc = payloadCRC(body)
 	}
 	var firstErr error
-	for i := uint32(0); len(body) > 0; i++ {
+	for i := uint32(0); i <= last; i++ {
 		n := min(fragsz, len(body))
 		d := appendHeader(dw.dgram[:0], flags, 0)
 		d = appendFragment(d, id, i, last, body[:n], dw.opts.CRC, crc)
