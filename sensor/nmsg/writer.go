@@ -39,7 +39,7 @@ func (b *builder) reset() {
 	b.n = 0
 }
 
-// grow returns the container size after adding p, given extra octets of
+// sizeWith returns the container size after adding p, given extra octets of
 // trailing fields (sequence numbers) that the finished container carries.
 func (b *builder) sizeWith(p *Payload, extra int) (size, psize int, crc uint32) {
 	psize = PayloadSize(p)
@@ -340,7 +340,7 @@ func (dw *DatagramWriter) emit(d []byte) error {
 // multiple of the fragment size.
 func (dw *DatagramWriter) fragment(body []byte, flags byte) error {
 	fragsz := dw.opts.MTU - HeaderSize - fragOverhead
-	last := uint32(len(body) / fragsz)
+	last := uint32((len(body)+fragsz-1)/fragsz - 1)
 	// Successive ids rather than fresh random ones: receivers key
 	// reassembly by (id, sender), so ids must not repeat within the
 	// 30 s reassembly window, which a counter guarantees.
@@ -351,7 +351,7 @@ func (dw *DatagramWriter) fragment(body []byte, flags byte) error {
 		crc = payloadCRC(body)
 	}
 	var firstErr error
-	for i := uint32(0); i <= last; i++ {
+	for i := uint32(0); len(body) > 0; i++ {
 		n := min(fragsz, len(body))
 		d := appendHeader(dw.dgram[:0], flags, 0)
 		d = appendFragment(d, id, i, last, body[:n], dw.opts.CRC, crc)
