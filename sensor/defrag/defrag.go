@@ -126,6 +126,9 @@ func (r *Reassembler) Add(p *decode.Packet, now int64) *Datagram {
 		e = &entry{key: k, first: now}
 		r.m[k] = e
 		r.fifo = append(r.fifo, e)
+		if len(r.fifo) > 2*r.cfg.MaxDatagrams {
+			r.compact()
+		}
 	}
 	dataLen := len(p.Net) - p.HdrLen
 	end := p.FragOff + dataLen
@@ -263,15 +266,26 @@ func (r *Reassembler) evictOldest() {
 	}
 }
 
+// compact drops completed entries from the FIFO: they are skipped lazily at the front, but a
+// long-lived incomplete datagram at the front would otherwise let the FIFO grow with traffic.
+func (r *Reassembler) compact() {
+	live := r.fifo[:0]
+	for _, e := range r.fifo {
+		if !e.dead {
+			live = append(live, e)
+		}
+	}
+	clear(r.fifo[len(live):])
+	r.fifo = live
+}
+
 func (r *Reassembler) drop(e *entry) {
 	r.stats.FragsLost += uint64(len(e.frags))
 	r.remove(e)
 }
 
 // remove takes e out of the map; its FIFO slot is skipped when it reaches the front.
-func (r *Reassembler) remove(e *entry) {
-	r.forget(e)
-}
+func (r *Reassembler) remove(e *entry) { r.forget(e) }
 
 func (r *Reassembler) forget(e *entry) {
 	if e.dead {
