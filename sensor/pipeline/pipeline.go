@@ -97,6 +97,7 @@ type Pipeline struct {
 	lower  []byte
 	tcpMsg func(*tcpdns.Message)
 	ibuf   []byte // copy of an ICMP packet for the scrubber
+	mbuf   []byte // synthesized UDP packet of Message
 	one    [1][]byte
 	oneT   [1]int64
 	tone   [1][]byte
