@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/pprof"
 	"time"
 
 	"github.com/sie-europe/dnssensor/sensor/decode"
@@ -70,6 +71,16 @@ func Run(ctx context.Context, o *Options, stdout, stderr io.Writer) (err error) 
 	p, err := pipeline.New(o.Pipeline, outs.Write)
 	if err != nil {
 		return err
+	}
+	if o.CPUProfile != "" {
+		f, err := os.Create(o.CPUProfile)
+		if err != nil {
+			return fmt.Errorf("-cpuprofile: %v", err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("-cpuprofile: %v", err)
+		}
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
 	}
 	defer func() {
 		p.Flush()

@@ -20,15 +20,15 @@ import (
 
 // Options are sensord's settings after flags and the config file are merged.
 type Options struct {
-	Read         []string
-	Write        string
-	JSON         string
-	Zlib         bool
-	Source       uint32
-	HasSource    bool
-	Pipeline     pipeline.Config
-	StatsEvery   time.Duration
-	resolverText string
+	Read       []string
+	Write      string
+	JSON       string
+	Zlib       bool
+	Source     uint32
+	HasSource  bool
+	Pipeline   pipeline.Config
+	StatsEvery time.Duration
+	CPUProfile string
 }
 
 // usageNote is printed under the flag list.
@@ -69,6 +69,7 @@ func ParseFlags(args []string, stderr io.Writer) (*Options, error) {
 	fs.IntVar(&o.Pipeline.StateMax, "state-max", 131072, "most pending queries held; the oldest is emitted as unanswered beyond this; DNSQR_STATE_TABLE_MAX")
 	fs.DurationVar(&o.StatsEvery, "stats", 0, "print the stats line at this `interval` too (0: only at exit)")
 	config := fs.String("config", "", "read settings from JSON `FILE`; flags override")
+	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile to `FILE` (for benchmarks)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}

@@ -71,9 +71,7 @@ func (p *Pipeline) icmp(pk *decode.Packet, pkt []byte, ts int64) {
 	var flags uint16
 	matched := int32(nilIdx)
 	if hasH {
-		if j, ok := p.t.m[makeKey(qsrc, qdst, proto, sport, dport, id)]; ok {
-			matched = j
-		}
+		matched = p.t.first(makeKey(qsrc, qdst, proto, sport, dport, id))
 	}
 	if matched != nilIdx {
 		p.t.unlink(matched)

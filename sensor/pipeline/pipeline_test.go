@@ -343,3 +343,42 @@ func TestAuthorityMode(t *testing.T) {
 		t.Fatalf("got %d records, want one pair", len(h.recs))
 	}
 }
+
+// TestTableChurn drives the hash table through random inserts and deletes against a model, so
+// backward-shift deletion can never lose or misplace an entry.
+func TestTableChurn(t *testing.T) {
+	tb := newTable(64)
+	live := map[int32]flowKey{}
+	rnd := uint32(1)
+	next := func() uint32 { rnd = rnd*1664525 + 1013904223; return rnd >> 8 }
+	for step := 0; step < 20000; step++ {
+		if len(live) < 64 && next()%3 != 0 {
+			// few distinct ids, so duplicates and long probe runs are common
+			k := makeKey(res4, auth4, 17, uint16(next()%8), 53, uint16(next()%4))
+			i := tb.alloc(k)
+			tb.e[i].hasQ = false
+			live[i] = k
+			continue
+		}
+		for i, k := range live {
+			j := tb.first(k)
+			if j == nilIdx {
+				t.Fatalf("step %d: live key not found", step)
+			}
+			tb.unlink(j)
+			tb.release(j)
+			delete(live, j)
+			_ = i
+			break
+		}
+	}
+	n := 0
+	for _, s := range tb.slots {
+		if s != 0 {
+			n++
+		}
+	}
+	if n != len(live) || tb.n != len(live) {
+		t.Fatalf("slots %d, count %d, model %d", n, tb.n, len(live))
+	}
+}

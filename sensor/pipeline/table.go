@@ -1,13 +1,16 @@
 package pipeline
 
 import (
+	"encoding/binary"
+	"math/bits"
+	"math/rand/v2"
 	"net/netip"
 
 	"github.com/sie-europe/dnssensor/sensor/dnswire"
 )
 
 // flowKey is the C reference's hash key: addresses, protocol, ports and DNS id, oriented from the
-// query's side. Arrays, not netip.Addr, keep the map key pointer-free and cheap to hash.
+// query's side.
 type flowKey struct {
 	qip, rip     [16]byte
 	qport, rport uint16
@@ -20,12 +23,33 @@ func makeKey(qip, rip netip.Addr, proto uint8, qport, rport, id uint16) flowKey 
 	return flowKey{qip: qip.As16(), rip: rip.As16(), qport: qport, rport: rport, id: id, proto: proto, v4: qip.Is4()}
 }
 
+// hash mixes the key with a per-table random seed. Only the resolver's own queries are inserted
+// and it chooses ports and ids at random, so an outsider cannot aim collisions; the seed makes
+// sure of it anyway.
+func (k *flowKey) hash(seed uint64) uint64 {
+	mix := func(h, v uint64) uint64 {
+		hi, lo := bits.Mul64(h^v, 0x9e3779b97f4a7c15)
+		return hi ^ lo
+	}
+	h := seed
+	h = mix(h, binary.LittleEndian.Uint64(k.qip[0:]))
+	h = mix(h, binary.LittleEndian.Uint64(k.qip[8:]))
+	h = mix(h, binary.LittleEndian.Uint64(k.rip[0:]))
+	h = mix(h, binary.LittleEndian.Uint64(k.rip[8:]))
+	v := uint64(k.qport) | uint64(k.rport)<<16 | uint64(k.id)<<32 | uint64(k.proto)<<48
+	if k.v4 {
+		v |= 1 << 56
+	}
+	return mix(h, v)
+}
+
 const nilIdx = -1
 
 // entry is one pending query. Its packet bytes live in buf, reused across the entries' lives so the
 // steady state does not allocate.
 type entry struct {
 	key        flowKey
+	hash       uint64
 	qip, rip   netip.Addr
 	hasQ       bool
 	qname      []byte // aliases buf
@@ -36,14 +60,20 @@ type entry struct {
 	pkts       [][]byte
 	times      []int64
 	prev, next int32 // insertion order (oldest at head)
-	chain      int32 // next pending entry with the same key, oldest first
-	used       bool
+	slot       int32 // where the entry sits in the slots array
 }
 
-// table holds pending queries, bounded by max; the oldest is evicted when it is full.
+// table holds pending queries, bounded by max; the caller evicts the oldest when it is full.
+//
+// It is an open-addressing hash table with linear probing and backward-shift deletion, as the C
+// reference uses: no tombstones, so the constant insert/delete churn of a pair table never makes
+// probes longer (Go's map degraded to 14% of the sensor's CPU time here on that churn). Entries
+// with the same key sit in probe order, which is insertion order, so the oldest matches first.
 type table struct {
 	max        int
-	m          map[flowKey]int32
+	slots      []int32 // entry index + 1; 0 is empty
+	mask       uint64
+	seed       uint64
 	e          []entry
 	free       []int32
 	head, tail int32
@@ -51,15 +81,16 @@ type table struct {
 }
 
 func newTable(max int) *table {
-	hint := max
-	if hint > 1<<16 {
-		hint = 1 << 16 // the map grows beyond this only if the traffic needs it
+	size := 16
+	for size < 2*max {
+		size *= 2
 	}
-	return &table{max: max, m: make(map[flowKey]int32, hint), head: nilIdx, tail: nilIdx}
+	return &table{max: max, slots: make([]int32, size), mask: uint64(size - 1), seed: rand.Uint64(),
+		head: nilIdx, tail: nilIdx}
 }
 
-// alloc returns a free entry index, already linked at the tail of the insertion order and into
-// the chain for k. The caller fills it.
+// alloc returns a free entry index for key k, linked at the tail of the insertion order and into the
+// hash table. The caller fills it. The table must not be full.
 func (t *table) alloc(k flowKey) int32 {
 	var i int32
 	if n := len(t.free); n > 0 {
@@ -70,7 +101,7 @@ func (t *table) alloc(k flowKey) int32 {
 		i = int32(len(t.e) - 1)
 	}
 	e := &t.e[i]
-	e.key, e.used, e.chain = k, true, nilIdx
+	e.key, e.hash = k, k.hash(t.seed)
 	e.buf, e.pkts, e.times = e.buf[:0], e.pkts[:0], e.times[:0]
 	e.prev, e.next = t.tail, nilIdx
 	if t.tail != nilIdx {
@@ -79,59 +110,68 @@ func (t *table) alloc(k flowKey) int32 {
 		t.head = i
 	}
 	t.tail = i
-	if j, ok := t.m[k]; ok {
-		for t.e[j].chain != nilIdx {
-			j = t.e[j].chain
-		}
-		t.e[j].chain = i
-	} else {
-		t.m[k] = i
+	s := e.hash & t.mask
+	for t.slots[s] != 0 {
+		s = (s + 1) & t.mask
 	}
+	t.slots[s], e.slot = i+1, int32(s)
 	t.n++
 	return i
+}
+
+// each calls fn for the pending entries with key k, oldest first, until fn returns true; it
+// returns that entry's index or nilIdx.
+func (t *table) find(k *flowKey, fn func(e *entry) bool) int32 {
+	h := k.hash(t.seed)
+	for s := h & t.mask; t.slots[s] != 0; s = (s + 1) & t.mask {
+		i := t.slots[s] - 1
+		e := &t.e[i]
+		if e.hash == h && e.key == *k && fn(e) {
+			return i
+		}
+	}
+	return nilIdx
 }
 
 // match finds and unlinks the oldest pending query for k whose question equals the response's
 // (ignoring case), or, for a response without a question whose rcode is FORMERR, SERVFAIL, NOTIMP
 // or REFUSED, the oldest for k at all.
 func (t *table) match(k flowKey, hasQ bool, q dnswire.Question, rcode uint16) int32 {
-	j, ok := t.m[k]
-	if !ok {
-		return nilIdx
-	}
-	for ; j != nilIdx; j = t.e[j].chain {
-		e := &t.e[j]
+	i := t.find(&k, func(e *entry) bool {
 		if hasQ && e.hasQ {
-			if e.qtype == q.Type && e.qclass == q.Class && dnswire.EqualFold(e.qname, q.Name) {
-				t.unlink(j)
-				return j
-			}
-			continue
+			return e.qtype == q.Type && e.qclass == q.Class && dnswire.EqualFold(e.qname, q.Name)
 		}
 		switch rcode {
 		case 1, 2, 4, 5:
-			t.unlink(j)
-			return j
+			return true
 		}
+		return false
+	})
+	if i != nilIdx {
+		t.unlink(i)
 	}
-	return nilIdx
+	return i
 }
 
-// unlink removes i from the map chain and the insertion order; the caller releases it after use.
+// first returns the oldest pending query for k without unlinking it.
+func (t *table) first(k flowKey) int32 {
+	return t.find(&k, func(*entry) bool { return true })
+}
+
+// unlink removes i from the hash table and the insertion order; the caller releases it after use.
 func (t *table) unlink(i int32) {
 	e := &t.e[i]
-	if h := t.m[e.key]; h == i {
-		if e.chain == nilIdx {
-			delete(t.m, e.key)
-		} else {
-			t.m[e.key] = e.chain
-		}
-	} else {
-		for j := h; j != nilIdx; j = t.e[j].chain {
-			if t.e[j].chain == i {
-				t.e[j].chain = e.chain
-				break
-			}
+	// Backward-shift deletion: pull later members of the probe run into the hole when their home
+	// slot does not lie cyclically between the hole and their current slot.
+	hole := uint64(e.slot)
+	t.slots[hole] = 0
+	for j := (hole + 1) & t.mask; t.slots[j] != 0; j = (j + 1) & t.mask {
+		m := t.slots[j] - 1
+		home := t.e[m].hash & t.mask
+		if (j-home)&t.mask >= (j-hole)&t.mask {
+			t.slots[hole], t.slots[j] = t.slots[j], 0
+			t.e[m].slot = int32(hole)
+			hole = j
 		}
 	}
 	if e.prev != nilIdx {
@@ -144,20 +184,19 @@ func (t *table) unlink(i int32) {
 	} else {
 		t.tail = e.prev
 	}
-	e.prev, e.next, e.chain = nilIdx, nilIdx, nilIdx
+	e.prev, e.next, e.slot = nilIdx, nilIdx, nilIdx
 	t.n--
 }
 
 func (t *table) release(i int32) {
-	t.e[i].used = false
 	t.free = append(t.free, i)
 }
 
 // memory estimates the octets the table holds, for the stats line.
 func (t *table) memory() int {
-	n := 0
+	n := 4 * len(t.slots)
 	for i := range t.e {
-		n += cap(t.e[i].buf) + 96
+		n += cap(t.e[i].buf) + 160
 	}
 	return n
 }

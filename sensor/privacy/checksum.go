@@ -2,6 +2,7 @@ package privacy
 
 import (
 	"encoding/binary"
+	"math/bits"
 
 	"github.com/sie-europe/dnssensor/sensor/decode"
 	"github.com/sie-europe/dnssensor/sensor/dnsqr"
@@ -9,22 +10,40 @@ import (
 
 // sum adds b to a ones-complement accumulator as big-endian 16-bit words; odd says b starts at an
 // odd offset of the checksummed area, so its first octet is a low-order octet.
-func sum(acc uint32, b []byte, odd bool) uint32 {
+//
+// It adds 64 bits at a time with carry (RFC 1071 §2(C): the ones' complement sum is independent of
+// word size), which is 4× fewer steps than 16-bit words; verdicts on every response made the
+// 16-bit loop a tenth of the sensor's CPU time.
+func sum(acc uint64, b []byte, odd bool) uint64 {
 	if odd && len(b) > 0 {
-		acc += uint32(b[0])
+		acc = add(acc, uint64(b[0]))
 		b = b[1:]
 	}
+	var c uint64
+	for len(b) >= 8 {
+		acc, c = bits.Add64(acc, binary.BigEndian.Uint64(b), c)
+		b = b[8:]
+	}
+	acc = add(acc, c)
 	for len(b) >= 2 {
-		acc += uint32(binary.BigEndian.Uint16(b))
+		acc = add(acc, uint64(binary.BigEndian.Uint16(b)))
 		b = b[2:]
 	}
 	if len(b) == 1 {
-		acc += uint32(b[0]) << 8
+		acc = add(acc, uint64(b[0])<<8)
 	}
 	return acc
 }
 
-func fold(acc uint32) uint16 {
+// add is a ones' complement 64-bit addition (end-around carry).
+func add(a, b uint64) uint64 {
+	s, c := bits.Add64(a, b, 0)
+	return s + c
+}
+
+func fold(acc uint64) uint16 {
+	acc = acc&0xffffffff + acc>>32
+	acc = acc&0xffffffff + acc>>32
 	for acc>>16 != 0 {
 		acc = acc&0xffff + acc>>16
 	}
@@ -34,15 +53,15 @@ func fold(acc uint32) uint16 {
 // update applies RFC 1624 (eqn. 3) to a checksum whose covered data changed from a sum of old to a
 // sum of new: HC' = ~(~HC + ~m + m'). Incremental, so a checksum that was wrong stays wrong by the
 // same amount and one that was right stays right, and neither depends on the octets removed.
-func update(hc uint16, old, new uint32) uint16 {
-	return ^fold(uint32(^hc) + uint32(^fold(old)) + uint32(fold(new)))
+func update(hc uint16, old, new uint64) uint16 {
+	return ^fold(uint64(^hc) + uint64(^fold(old)) + uint64(fold(new)))
 }
 
 // Verdict is the C reference's UDP checksum verdict for a response: ABSENT for a zero checksum,
 // CORRECT or INCORRECT from the pseudo-header plus the payload of every fragment, ERROR when the
 // packets do not parse or the first fragment is missing.
 func Verdict(pkts [][]byte) dnsqr.Checksum {
-	var acc uint32
+	var acc uint64
 	found := false
 	for _, pkt := range pkts {
 		var p decode.Packet
@@ -73,7 +92,7 @@ func Verdict(pkts [][]byte) dnsqr.Checksum {
 }
 
 // pseudo adds the UDP/TCP pseudo-header of p with the given upper-layer length.
-func pseudo(acc uint32, p *decode.Packet, l4len uint16) uint32 {
+func pseudo(acc uint64, p *decode.Packet, l4len uint16) uint64 {
 	if p.Src.Is4() {
 		s, d := p.Src.As4(), p.Dst.As4()
 		acc = sum(acc, s[:], false)
@@ -83,7 +102,7 @@ func pseudo(acc uint32, p *decode.Packet, l4len uint16) uint32 {
 		acc = sum(acc, s[:], false)
 		acc = sum(acc, d[:], false)
 	}
-	return acc + uint32(p.Proto) + uint32(l4len)
+	return add(acc, uint64(p.Proto)+uint64(l4len))
 }
 
 // Recompute sets the transport checksum of a whole (unfragmented) datagram that this sensor

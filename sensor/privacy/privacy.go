@@ -179,7 +179,7 @@ func mayHaveOPT(msg []byte) bool {
 // zeroL4 zeroes n octets at upper-layer offset at, across fragments, patching the transport
 // checksum in the first fragment.
 func (s *Scrubber) zeroL4(first *fragInfo, at, n int) {
-	var oldSum uint32
+	var oldSum uint64
 	for i := range s.frags {
 		f := &s.frags[i]
 		lo, hi := max(at, f.off), min(at+n, f.off+f.dataLen)

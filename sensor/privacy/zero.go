@@ -47,7 +47,7 @@ func zeroAddr(pkt []byte, src bool) bool {
 }
 
 // patchL4 updates the checksum of a transport header whose pseudo-header lost old.
-func patchL4(proto uint8, l4 []byte, v4 bool, old uint32) {
+func patchL4(proto uint8, l4 []byte, v4 bool, old uint64) {
 	at := -1
 	switch proto {
 	case decode.ProtoUDP:
@@ -106,7 +106,7 @@ func zeroICMP(pkt []byte) bool {
 	}
 	// Every field touched below sits inside the ICMP message, so each change is also an ICMP
 	// checksum change; collect old and new sums at their offsets (all even) within the message.
-	var icmpOld, icmpNew uint32
+	var icmpOld, icmpNew uint64
 	old := sum(0, a, false)
 	icmpOld += old
 	clear(a)
