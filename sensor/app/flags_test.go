@@ -1,0 +1,84 @@
+package app
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/sie-europe/dnssensor/sensor/internal/conformance"
+)
+
+func TestFlagErrorsNameTheSetting(t *testing.T) {
+	dir := t.TempDir()
+	n := 0
+	cfg := func(body string) string {
+		n++
+		p := filepath.Join(dir, strings.Repeat("c", n)+".json")
+		os.WriteFile(p, []byte(body), 0o644)
+		return p
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-r", "x.pcap", "-J", "-"}, "-resolver"},
+		{[]string{"-r", "x.pcap", "-J", "-", "-resolver", "192.0.2.1,not-an-ip"}, `-resolver: "not-an-ip"`},
+		{[]string{"-r", "x.pcap", "-J", "-", "-resolver", ","}, "-resolver: the list is empty"},
+		{[]string{"-r", "x.pcap", "-J", "-", "-resolver", "192.0.2.1", "-rd", "2"}, "-rd"},
+		{[]string{"-r", "x.pcap", "-J", "-", "-resolver", "192.0.2.1", "-source", "zz"}, "-source"},
+		{[]string{"-resolver", "192.0.2.1", "-J", "-"}, "-r: no input"},
+		{[]string{"-r", "x", "-resolver", "192.0.2.1"}, "-w/-J"},
+		{[]string{"-r", "x", "-J", "-", "-config", cfg(`{"resolvr": "192.0.2.1"}`)}, `unknown key "resolvr"`},
+		{[]string{"-r", "x", "-J", "-", "-config", cfg(`{"resolver": "192.0.2.1", "state-max": "lots"}`)}, `key "state-max"`},
+		{[]string{"-r", "x", "-J", "-", "-config", cfg(`[1]`)}, "not a JSON object"},
+		{[]string{"-r", "x", "-J", "-", "-resolver", "192.0.2.1", "-qname-exclude", "a..b"}, "qname-exclude"},
+	} {
+		_, err := ParseFlags(tc.args, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("ParseFlags(%q) = %v, want an error mentioning %q", tc.args, err, tc.want)
+		}
+	}
+	// Flags override the file; the file fills the rest.
+	o, err := ParseFlags([]string{"-r", "x", "-J", "-", "-rd", "1", "-config",
+		cfg(`{"resolver": ["192.0.2.1", "2001:db8::/64"], "rd": "any", "zero-resolver": true}`)}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(o.Pipeline.Resolvers) != 2 || o.Pipeline.RD != 1 || !o.Pipeline.ZeroResolver {
+		t.Errorf("merged options %+v", o.Pipeline)
+	}
+}
+
+// TestTruncatedFileKeepsWhatPrecedes: a capture cut mid-record is an error, and every record
+// before the damage is still written.
+func TestTruncatedFileKeepsWhatPrecedes(t *testing.T) {
+	c := conformance.Dir(t)
+	data, err := os.ReadFile(filepath.Join(c, "nmsg/nmsg-dnsqr-tests/test1-dnsqr.pcap"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut := filepath.Join(t.TempDir(), "cut.pcap")
+	os.WriteFile(cut, data[:len(data)-30], 0o644)
+	out := filepath.Join(t.TempDir(), "out.json")
+	o, err := ParseFlags([]string{"-r", cut, "-resolver", "203.0.113.195", "-rd", "any", "-J", out}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	err = Run(context.Background(), o, io.Discard, &stderr)
+	if err == nil || !strings.Contains(err.Error(), "truncated") {
+		t.Fatalf("Run on a cut file: %v, want a truncation error", err)
+	}
+	got, _ := os.ReadFile(out)
+	// 10 packets, the last cut: 4 pairs plus the last query flushed as unanswered.
+	if n := strings.Count(string(got), "\n"); n != 5 {
+		t.Errorf("%d records written, want 5; stderr: %s", n, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "records=5") {
+		t.Errorf("stats line missing or wrong: %s", stderr.String())
+	}
+}
