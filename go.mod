@@ -7,6 +7,7 @@ require (
 	github.com/dnstap/golang-dnstap v0.4.0 // indirect
 	github.com/farsightsec/go-nmsg v0.2.0 // indirect
 	github.com/farsightsec/golang-framestream v0.3.0 // indirect
+	github.com/gokrazy/dnssensor-shim v0.0.0
 	github.com/gokrazy/gokrazy v0.0.0-20260418085648-c38c3134b8a7 // indirect
 	github.com/gokrazy/internal v0.0.0-20251208203110-3c1aa9087c82 // indirect
 	github.com/google/go-cmp v0.7.0 // indirect
@@ -24,3 +25,5 @@ require (
 	golang.org/x/sys v0.47.0 // indirect
 	google.golang.org/protobuf v1.25.0 // indirect
 )
+
+replace github.com/gokrazy/dnssensor-shim => ./gokr-packer/gokrazyshim
