@@ -24,11 +24,15 @@ var ErrRingTimeout = errors.New("timeout")
 // Ring is an AF_PACKET socket; live capture needs Linux.
 type Ring struct{ Name string }
 
-func OpenRing(c RingConfig) (*Ring, error) { return nil, errors.New("live capture needs Linux AF_PACKET") }
+func OpenRing(c RingConfig) (*Ring, error) {
+	return nil, errors.New("live capture needs Linux AF_PACKET")
+}
 func (r *Ring) Read() ([]byte, int64, int, bool, error) {
 	return nil, 0, 0, false, errors.New("unsupported")
 }
-func (r *Ring) KernelStats() (uint64, uint64, uint64, error) { return 0, 0, 0, errors.New("unsupported") }
-func (r *Ring) Close()                                      {}
-func Offloads(string) (bool, bool, error)                   { return false, false, errors.New("unsupported") }
-func IfaceMTU(string) int                                   { return 0 }
+func (r *Ring) KernelStats() (uint64, uint64, uint64, error) {
+	return 0, 0, 0, errors.New("unsupported")
+}
+func (r *Ring) Close()                    {}
+func Offloads(string) (bool, bool, error) { return false, false, errors.New("unsupported") }
+func IfaceMTU(string) int                 { return 0 }
