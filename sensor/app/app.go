@@ -88,8 +88,11 @@ func Run(ctx context.Context, o *Options, stdout, stderr io.Writer) (err error) 
 			err = fmt.Errorf("writing output: %v", cerr)
 		}
 		for _, f := range files {
-			if serr := f.Sync(); serr != nil && err == nil {
-				err = serr
+			// Durable on return; devices and pipes (-w /dev/null) cannot be synced.
+			if fi, serr := f.Stat(); serr == nil && fi.Mode().IsRegular() {
+				if serr := f.Sync(); serr != nil && err == nil {
+					err = serr
+				}
 			}
 			if cerr := f.Close(); cerr != nil && err == nil {
 				err = cerr
