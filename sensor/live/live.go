@@ -53,8 +53,8 @@ type Config struct {
 const (
 	batchFrames = 512
 	batchBytes  = 512 << 10
-	batchesPer  = 32       // per port: the copy buffers between a ring and the merge
-	flushAfter  = 1e6      // ns: a partly filled batch is handed over after this
+	batchesPer  = 32  // per port: the copy buffers between a ring and the merge
+	flushAfter  = 1e6 // ns: a partly filled batch is handed over after this
 	idleEvery   = time.Second
 )
 
