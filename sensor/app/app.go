@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/debug"
 	"runtime/pprof"
 	"time"
 
@@ -67,6 +68,9 @@ func Run(ctx context.Context, o *Options, stdout, stderr io.Writer) (err error) 
 			return fmt.Errorf("-J: %v", err)
 		}
 		outs = append(outs, output.NewJSON(w, env))
+	}
+	if o.MemoryLimit > 0 {
+		debug.SetMemoryLimit(o.MemoryLimit)
 	}
 	p, err := pipeline.New(o.Pipeline, outs.Write)
 	if err != nil {

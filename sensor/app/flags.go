@@ -29,6 +29,8 @@ type Options struct {
 	Pipeline   pipeline.Config
 	StatsEvery time.Duration
 	CPUProfile string
+	// MemoryLimit is the Go heap's soft limit; the pipeline's caps bound what traffic can add.
+	MemoryLimit int64
 }
 
 // usageNote is printed under the flag list.
@@ -67,6 +69,9 @@ func ParseFlags(args []string, stderr io.Writer) (*Options, error) {
 	include := fs.String("qname-include", "", "exceptions to -qname-exclude (`LIST`); DNSQR_FILTER_QNAMES_INCLUDE")
 	fs.DurationVar(&o.Pipeline.QueryTimeout, "query-timeout", 60*time.Second, "emit a query as unanswered after this much packet time; DNSQR_QUERY_TIMEOUT")
 	fs.IntVar(&o.Pipeline.StateMax, "state-max", 131072, "most pending queries held; the oldest is emitted as unanswered beyond this; DNSQR_STATE_TABLE_MAX")
+	fs.IntVar(&o.Pipeline.Defrag.MaxBytes, "frag-max-bytes", 16<<20, "most octets of IP fragments held for reassembly; the oldest datagram is dropped (counted) beyond this")
+	fs.IntVar(&o.Pipeline.TCP.MaxTotalBytes, "tcp-max-bytes", 64<<20, "most octets buffered for DNS-over-TCP reassembly; streams are evicted (counted) beyond this")
+	fs.Int64Var(&o.MemoryLimit, "memory-limit", 256<<20, "soft limit on the Go heap in octets (runtime/debug.SetMemoryLimit); the caps above bound what traffic can make it hold")
 	fs.DurationVar(&o.StatsEvery, "stats", 0, "print the stats line at this `interval` too (0: only at exit)")
 	config := fs.String("config", "", "read settings from JSON `FILE`; flags override")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile to `FILE` (for benchmarks)")
@@ -129,6 +134,12 @@ func ParseFlags(args []string, stderr io.Writer) (*Options, error) {
 	o.Pipeline.QnameInclude = splitList(*include)
 	if o.Pipeline.QueryTimeout < time.Second {
 		return nil, fmt.Errorf("-query-timeout: %v is shorter than one second (the C reference counts whole seconds)", o.Pipeline.QueryTimeout)
+	}
+	if o.Pipeline.Defrag.MaxBytes < 65536 {
+		return nil, fmt.Errorf("-frag-max-bytes: %d is below one largest datagram (65536)", o.Pipeline.Defrag.MaxBytes)
+	}
+	if o.Pipeline.TCP.MaxTotalBytes < 65536 {
+		return nil, fmt.Errorf("-tcp-max-bytes: %d is below one largest message (65536)", o.Pipeline.TCP.MaxTotalBytes)
 	}
 	if o.Pipeline.StateMax < 1 {
 		return nil, fmt.Errorf("-state-max: %d must be at least 1", o.Pipeline.StateMax)
