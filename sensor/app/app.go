@@ -103,8 +103,17 @@ func Run(ctx context.Context, o *Options, stdout, stderr io.Writer) (err error) 
 			}
 		}
 		s := p.Stats()
-		fmt.Fprintf(stderr, "sensord: %s\n", s.String())
+		extra := ""
+		if o.Live.extra != nil {
+			extra = o.Live.extra()
+		}
+		fmt.Fprintf(stderr, "sensord: %s%s\n", s.String(), extra)
 	}()
+	if o.Live.any() {
+		// Runs until SIGTERM (ctx) or the end of a dnstap file; the deferred flush then emits
+		// every pending query and closes the outputs, and sensord exits 0.
+		return runLive(ctx, o, p, stderr)
+	}
 
 	var lastStats time.Time
 	for _, name := range o.Read {

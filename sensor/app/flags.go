@@ -31,6 +31,8 @@ type Options struct {
 	CPUProfile string
 	// MemoryLimit is the Go heap's soft limit; the pipeline's caps bound what traffic can add.
 	MemoryLimit int64
+	Live        liveOptions // -i, -dnstap, -dnstap-file (live.go)
+	dnstapAll   bool        // dnstap without -resolver: every resolver-side message
 }
 
 // usageNote is printed under the flag list.
@@ -51,7 +53,7 @@ func ParseFlags(args []string, stderr io.Writer) (*Options, error) {
 	fs := flag.NewFlagSet("sensord", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: sensord -r FILE[,FILE...] -resolver LIST [flags]\n\n")
+		fmt.Fprintf(stderr, "Usage: sensord -r FILE[,FILE...] | -i IF[,IF...] | -dnstap unix:SOCKET | -dnstap-file FILE  -resolver LIST [flags]\n\n")
 		fs.PrintDefaults()
 		fmt.Fprint(stderr, usageNote)
 	}
@@ -75,6 +77,7 @@ func ParseFlags(args []string, stderr io.Writer) (*Options, error) {
 	fs.DurationVar(&o.StatsEvery, "stats", 0, "print the stats line at this `interval` too (0: only at exit)")
 	config := fs.String("config", "", "read settings from JSON `FILE`; flags override")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile to `FILE` (for benchmarks)")
+	o.Live.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -144,11 +147,14 @@ func ParseFlags(args []string, stderr io.Writer) (*Options, error) {
 	if o.Pipeline.StateMax < 1 {
 		return nil, fmt.Errorf("-state-max: %d must be at least 1", o.Pipeline.StateMax)
 	}
+	if err := o.Live.finish(o); err != nil {
+		return nil, err
+	}
 	if err := o.Pipeline.Validate(); err != nil {
 		return nil, err
 	}
-	if len(o.Read) == 0 {
-		return nil, errors.New("-r: no input; give capture files with -r FILE[,FILE...]")
+	if len(o.Read) == 0 && !o.Live.any() {
+		return nil, errors.New("-r: no input; give capture files with -r FILE[,FILE...], interfaces with -i IF[,IF...], or -dnstap/-dnstap-file")
 	}
 	if o.Write == "" && o.JSON == "" {
 		return nil, errors.New("-w/-J: no output; give -w FILE for NMSG or -J FILE for JSON lines (- is stdout)")

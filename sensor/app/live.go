@@ -1,0 +1,198 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/sie-europe/dnssensor/sensor/dnstap"
+	"github.com/sie-europe/dnssensor/sensor/live"
+	"github.com/sie-europe/dnssensor/sensor/pipeline"
+	"github.com/sie-europe/dnssensor/sensor/source"
+)
+
+// liveOptions are the long-running inputs: capture ports and dnstap.
+type liveOptions struct {
+	Ifaces       []string
+	Snaplen      int
+	RingMiB      int
+	BlockTimeout time.Duration
+	MergeWindow  time.Duration
+	Dnstap       string
+	DnstapFile   string
+
+	ifaces string
+	extra  func() string // the live/dnstap part of the final stats line
+}
+
+func (l *liveOptions) register(fs *flag.FlagSet) {
+	fs.StringVar(&l.ifaces, "i", "", "capture live on these interfaces (`IF[,IF...]`, e.g. both ports of a tap); AF_PACKET TPACKET_V3, promiscuous")
+	fs.IntVar(&l.Snaplen, "snaplen", 65535, "capture at most this many `octets` per frame (covers jumbo frames; longer frames are counted)")
+	fs.IntVar(&l.RingMiB, "ring-mib", 32, "ring memory per interface in `MiB`")
+	fs.DurationVar(&l.BlockTimeout, "block-timeout", 10*time.Millisecond, "TPACKET_V3 block retire timeout: the longest a frame waits in the kernel")
+	fs.DurationVar(&l.MergeWindow, "merge-window", 100*time.Millisecond, "order frames of all interfaces by capture time within this window, so a response read before its query still pairs (0: arrival order)")
+	fs.StringVar(&l.Dnstap, "dnstap", "", "accept dnstap writers on `SOCKET` (unix:/path or tcp:host:port); -resolver optional")
+	fs.StringVar(&l.DnstapFile, "dnstap-file", "", "read a recorded dnstap `FILE` (Frame Streams); -resolver optional")
+}
+
+func (l *liveOptions) any() bool { return len(l.Ifaces) > 0 || l.Dnstap != "" || l.DnstapFile != "" }
+
+// finish checks the input flags against each other; called before the pipeline config is
+// validated, since dnstap mode may run without -resolver.
+func (l *liveOptions) finish(o *Options) error {
+	l.Ifaces = splitList(l.ifaces)
+	n := 0
+	for _, set := range []bool{len(o.Read) > 0, len(l.Ifaces) > 0, l.Dnstap != "", l.DnstapFile != ""} {
+		if set {
+			n++
+		}
+	}
+	if n > 1 {
+		return errors.New("-r, -i, -dnstap and -dnstap-file: give only one kind of input")
+	}
+	if l.Snaplen < 256 || l.Snaplen > 262144 {
+		return fmt.Errorf("-snaplen: %d is outside 256..262144", l.Snaplen)
+	}
+	if l.RingMiB < 1 || l.RingMiB > 4096 {
+		return fmt.Errorf("-ring-mib: %d is outside 1..4096", l.RingMiB)
+	}
+	if l.BlockTimeout < time.Millisecond {
+		return fmt.Errorf("-block-timeout: %v is shorter than the kernel's 1 ms granularity", l.BlockTimeout)
+	}
+	if len(l.Ifaces) > 0 && l.MergeWindow > 0 && l.MergeWindow < 2*l.BlockTimeout {
+		return fmt.Errorf("-merge-window: %v must cover twice -block-timeout (%v) or be 0", l.MergeWindow, l.BlockTimeout)
+	}
+	if (l.Dnstap != "" || l.DnstapFile != "") && len(o.Pipeline.Resolvers) == 0 && len(o.Pipeline.Authorities) == 0 {
+		// The dnstap decoder keeps only the resolver's own messages, so every initiator the
+		// pipeline sees is a resolver.
+		o.Pipeline.Resolvers = dnstap.AllAddresses
+		o.dnstapAll = true
+	}
+	return nil
+}
+
+// runLive feeds p from the live inputs until ctx ends (SIGTERM) or a dnstap file is read.
+func runLive(ctx context.Context, o *Options, p *pipeline.Pipeline, stderr io.Writer) error {
+	logf := func(format string, args ...any) { fmt.Fprintf(stderr, "sensord: "+format+"\n", args...) }
+	if o.Live.DnstapFile != "" || o.Live.Dnstap != "" {
+		return runDnstap(ctx, o, p, stderr, logf)
+	}
+	l := &o.Live
+	filter, err := source.ResolverFilter(o.filterPrefixes(), l.Snaplen)
+	if err != nil {
+		return fmt.Errorf("-resolver: %v", err)
+	}
+	const block = 1 << 20 // holds any frame up to the largest snaplen
+	var ports []live.Port
+	var rings []*source.Ring
+	defer func() {
+		for _, r := range rings {
+			r.Close()
+		}
+	}()
+	for _, ifc := range l.Ifaces {
+		if mtu := source.IfaceMTU(ifc); mtu+18 > l.Snaplen {
+			logf("warning: %s: MTU %d is longer than -snaplen %d; longer frames are counted as over_snaplen and dropped", ifc, mtu, l.Snaplen)
+		}
+		if gro, lro, err := source.Offloads(ifc); err != nil {
+			logf("%s: cannot read GRO/LRO state: %v", ifc, err)
+		} else if gro || lro {
+			logf("warning: %s: GRO=%v LRO=%v: merged super-frames are not what crossed the wire; turn them off (ethtool -K %s gro off lro off)", ifc, gro, lro, ifc)
+		}
+		r, err := source.OpenRing(source.RingConfig{Iface: ifc, Snaplen: l.Snaplen, BlockSize: block,
+			NumBlocks: l.RingMiB, BlockTimeout: l.BlockTimeout, Filter: filter})
+		if err != nil {
+			return fmt.Errorf("-i: %v", err)
+		}
+		rings = append(rings, r)
+		ports = append(ports, live.Port{Name: ifc, Src: r})
+	}
+	logf("capturing on %s (snaplen %d, ring %d MiB each, merge window %v)", strings.Join(l.Ifaces, ","), l.Snaplen, l.RingMiB, l.MergeWindow)
+	st := &live.Stats{}
+	l.extra = func() string { return " " + st.String() }
+	statsLine := func() {
+		s := p.Stats()
+		fmt.Fprintf(stderr, "sensord: %s %s\n", s.String(), st.String())
+	}
+	return live.Run(ctx, live.Config{Window: l.MergeWindow, TimeoutErr: source.ErrRingTimeout, Logf: logf, StatsEvery: o.StatsEvery},
+		ports, p, st, statsLine)
+}
+
+// filterPrefixes are the addresses the kernel filter lets through: the resolvers (or, in
+// authority mode, the authorities).
+func (o *Options) filterPrefixes() []netip.Prefix {
+	if len(o.Pipeline.Authorities) > 0 {
+		return o.Pipeline.Authorities
+	}
+	return o.Pipeline.Resolvers
+}
+
+func runDnstap(ctx context.Context, o *Options, p *pipeline.Pipeline, stderr io.Writer, logf func(string, ...any)) error {
+	st := &dnstap.Stats{}
+	o.Live.extra = func() string { return " " + st.String() }
+	var resolvers = o.Pipeline.Resolvers
+	if o.dnstapAll {
+		resolvers = nil
+	}
+	refused := 0
+	feed := func(e dnstap.Event) {
+		if !p.Message(e.Time, e.TCP, e.Src, e.Dst, e.Msg) {
+			refused++
+			st.Malformed.Add(1)
+		}
+	}
+	if o.Live.DnstapFile != "" {
+		if err := dnstap.ReadFile(o.Live.DnstapFile, resolvers, st, feed); err != nil {
+			return fmt.Errorf("-dnstap-file %s: %v", o.Live.DnstapFile, err)
+		}
+		return nil
+	}
+	ln, err := dnstap.Listen(o.Live.Dnstap)
+	if err != nil {
+		return fmt.Errorf("-dnstap: %v", err)
+	}
+	out := make(chan []dnstap.Event, 4096)
+	srv := &dnstap.Server{Resolvers: resolvers, Stats: st, Out: out, Logf: logf}
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(sctx, ln) }()
+	logf("accepting dnstap writers on %s", o.Live.Dnstap)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	var lastStats time.Time
+	for {
+		select {
+		case b := <-out:
+			for _, e := range b {
+				feed(e)
+			}
+		case <-tick.C:
+			p.Idle(time.Now().UnixNano())
+		case err := <-done:
+			// The server ends only with ctx or a listener failure; drain what it delivered.
+			for {
+				select {
+				case b := <-out:
+					for _, e := range b {
+						feed(e)
+					}
+					continue
+				default:
+				}
+				break
+			}
+			return err
+		}
+		if o.StatsEvery > 0 && time.Since(lastStats) >= o.StatsEvery {
+			lastStats = time.Now()
+			s := p.Stats()
+			fmt.Fprintf(stderr, "sensord: %s %s\n", s.String(), st.String())
+		}
+	}
+}
