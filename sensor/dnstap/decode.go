@@ -26,6 +26,8 @@ type Stats struct {
 	Other        atomic.Uint64 // other types (AUTH_*, FORWARDER_*, STUB_*, TOOL_*, UPDATE_*)
 	NotResolver  atomic.Uint64 // query address not in -resolver
 	Events       atomic.Uint64 // DNS messages handed on (a response carrying its query counts 2)
+	Queries      atomic.Uint64 // RESOLVER_QUERY messages handed on
+	Responses    atomic.Uint64 // RESOLVER_RESPONSE messages handed on
 	QueueDropped atomic.Uint64 // events dropped because the pipeline was behind
 	Conns        atomic.Uint64 // writer connections accepted
 	ConnErrors   atomic.Uint64 // connections closed on a protocol or read error
@@ -100,6 +102,7 @@ func (d *Decoder) Decode(frame []byte, evs []Event) []Event {
 			return evs
 		}
 		evs = append(evs, Event{Time: nanos(*m.QueryTimeSec, m.GetQueryTimeNsec()), TCP: tcp, Src: q, Dst: r, Msg: m.QueryMessage})
+		s.Queries.Add(1)
 	} else {
 		if m.ResponseMessage == nil || !validTime(m.ResponseTimeSec) {
 			s.Malformed.Add(1)
@@ -111,6 +114,7 @@ func (d *Decoder) Decode(frame []byte, evs []Event) []Event {
 			evs = append(evs, Event{Time: nanos(*m.QueryTimeSec, m.GetQueryTimeNsec()), TCP: tcp, Src: q, Dst: r, Msg: m.QueryMessage})
 		}
 		evs = append(evs, Event{Time: nanos(*m.ResponseTimeSec, m.GetResponseTimeNsec()), TCP: tcp, Src: r, Dst: q, Msg: m.ResponseMessage})
+		s.Responses.Add(1)
 	}
 	s.Events.Add(uint64(len(evs) - n))
 	return evs

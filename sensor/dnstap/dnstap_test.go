@@ -265,7 +265,7 @@ func TestConformanceFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.Flush()
-	if st.Frames.Load() != 56 || st.Client.Load() != 2 || st.Events.Load() != 54 {
+	if st.Frames.Load() != 56 || st.Client.Load() != 2 || st.Events.Load() != 54 || st.Responses.Load() != 27 {
 		t.Errorf("stats: %s", st.String())
 	}
 	paired := map[dnsqr.Type]int{}
