@@ -612,3 +612,11 @@ func (c *Conn) Close() error {
 	<-c.done
 	return nil
 }
+
+// URLForTest exposes the session URL computation to tests.
+func (cfg *Config) URLForTest() (*url.URL, error) {
+	c := *cfg
+	c.Name, c.APIKeyFile = "x", "x"
+	_, u, err := c.withDefaults()
+	return u, err
+}

@@ -390,7 +390,13 @@ func (s *session) run() {
 		s.ws.Close(websocket.StatusNormalClosure, "")
 	case errors.Is(err, ErrHeartbeatTimeout):
 		s.srv.cnt.heartbeatTimeouts.Add(1)
-		s.srv.badLog.printf("sielink: %s (%s): heartbeat timeout, closing", s.remote, s.sensor)
+	}
+	if s.srv.Logf != nil {
+		reason := "finished"
+		if err != nil {
+			reason = err.Error()
+		}
+		s.srv.Logf("sielink: %s (%s): session ended: %s", s.remote, s.sensor, reason)
 	}
 	s.cancel()
 	s.ws.CloseNow()
