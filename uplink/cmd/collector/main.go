@@ -1,0 +1,110 @@
+// Command collector is the SOC collector: a sielink server on an
+// ordinary Linux host that accepts many sensors (one API key each),
+// stores what each delivers in rotated NMSG files under
+// <dir>/<sensor>/, and serves per-sensor metrics on a loopback address.
+//
+// With -selftest-server it generates a self-signed certificate, a keys
+// file and one sensor's API key file in a temporary directory, listens
+// on loopback, and prints one JSON line telling a sensor (or a test)
+// how to connect: {"url", "name", "api_key_file", "ca_file", "dir",
+// "metrics"}.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/sie-europe/dnssensor/uplink/collector"
+	"github.com/sie-europe/dnssensor/uplink/sielink/sielinktest"
+)
+
+func main() {
+	var opts collector.Options
+	flag.StringVar(&opts.Listen, "listen", ":8443", "sielink listen address")
+	flag.StringVar(&opts.CertFile, "cert", "", "TLS certificate (PEM)")
+	flag.StringVar(&opts.KeyFile, "key", "", "TLS private key (PEM)")
+	flag.BoolVar(&opts.PlainHTTP, "plain-http", false, "serve without TLS (loopback listen addresses only; for tests)")
+	flag.StringVar(&opts.KeysFile, "keys", "", `sensor keys file, lines "<sensor> <api-key>", mode 0600`)
+	flag.StringVar(&opts.Store.Dir, "dir", "", "directory for NMSG files (one subdirectory per sensor)")
+	flag.DurationVar(&opts.Store.Rotate, "rotate", time.Minute, "file rotation interval (aligned to UTC)")
+	flag.BoolVar(&opts.Store.Zlib, "zlib", false, "zlib-compress containers that arrive uncompressed")
+	flag.StringVar(&opts.MetricsListen, "metrics", "127.0.0.1:9125", "metrics listen address (loopback only; empty disables)")
+	flag.DurationVar(&opts.Heartbeat, "heartbeat", 30*time.Second, "sielink heartbeat interval")
+	selftest := flag.Bool("selftest-server", false, "run on loopback with a generated certificate and keys; print connection details as JSON")
+	flag.Parse()
+
+	logger := log.New(os.Stderr, "", log.LstdFlags)
+	opts.Logf = logger.Printf
+	opts.Store.Logf = logger.Printf
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	if *selftest {
+		if err := selftestSetup(&opts); err != nil {
+			log.Fatal(err)
+		}
+	} else if opts.KeysFile == "" || opts.Store.Dir == "" || (!opts.PlainHTTP && (opts.CertFile == "" || opts.KeyFile == "")) {
+		fmt.Fprintln(os.Stderr, "collector: -keys, -dir and (-cert and -key, or -plain-http) are required")
+		flag.Usage()
+		os.Exit(2)
+	}
+	if err := collector.Run(ctx, opts); err != nil {
+		log.Fatal(err)
+	}
+}
+
+// selftestSetup fills opts with generated material and arranges for
+// the connection details to be printed once the collector listens.
+func selftestSetup(opts *collector.Options) error {
+	dir, err := os.MkdirTemp("", "collector-selftest-")
+	if err != nil {
+		return err
+	}
+	certPEM, keyPEM, err := sielinktest.CertPEM("127.0.0.1", "localhost")
+	if err != nil {
+		return err
+	}
+	opts.CertFile = filepath.Join(dir, "cert.pem")
+	opts.KeyFile = filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(opts.CertFile, certPEM, 0o644); err != nil {
+		return err
+	}
+	if err := os.WriteFile(opts.KeyFile, keyPEM, 0o600); err != nil {
+		return err
+	}
+	keysFile, apiKeys, err := sielinktest.WriteKeys(dir, "selftest")
+	if err != nil {
+		return err
+	}
+	opts.KeysFile = keysFile
+	opts.PlainHTTP = false
+	if opts.Listen == ":8443" {
+		opts.Listen = "127.0.0.1:0"
+	}
+	if opts.MetricsListen == "127.0.0.1:9125" {
+		opts.MetricsListen = "127.0.0.1:0"
+	}
+	if opts.Store.Dir == "" {
+		opts.Store.Dir = filepath.Join(dir, "nmsg")
+	}
+	opts.Ready = func(addr, maddr string) {
+		json.NewEncoder(os.Stdout).Encode(map[string]string{
+			"url":          "wss://" + addr,
+			"name":         "selftest",
+			"api_key_file": apiKeys["selftest"],
+			"ca_file":      opts.CertFile,
+			"dir":          opts.Store.Dir,
+			"metrics":      "http://" + maddr + "/metrics",
+		})
+	}
+	return nil
+}

@@ -1,0 +1,256 @@
+package collector
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/sie-europe/dnssensor/uplink/sielink"
+)
+
+// Options configures a collector.
+type Options struct {
+	// Listen is the sielink address, e.g. ":8443".
+	Listen string
+	// CertFile and KeyFile are the server's TLS certificate and key
+	// (PEM). PlainHTTP serves without TLS instead, which is refused
+	// unless Listen is a loopback address: it exists for tests.
+	CertFile, KeyFile string
+	PlainHTTP         bool
+	// KeysFile maps sensors to API keys (sielink.LoadKeys format,
+	// mode 0600).
+	KeysFile string
+	// Store configures the NMSG files.
+	Store StoreOptions
+	// MetricsListen serves /metrics (Prometheus text) and
+	// /metrics.json; it must be a loopback address. Empty disables.
+	MetricsListen string
+	// Heartbeat is the sielink heartbeat; default 30 s.
+	Heartbeat time.Duration
+	// Forward, if set, receives every payload after it was stored:
+	// the seam for a spool + uplink to SIE Europe. An error from it
+	// ends the sensor's session like a storage error (the sensor keeps
+	// and resends the unconfirmed data), so it should only fail when
+	// it cannot accept data at all.
+	Forward sielink.Handler
+	// Logf receives the collector's log lines; nil discards.
+	Logf sielink.Logf
+	// Ready, if set, is called with the bound sielink and metrics
+	// addresses once both listen.
+	Ready func(sielinkAddr, metricsAddr string)
+}
+
+// ShutdownTimeout bounds the wait for sensors to answer Shutdown.
+const ShutdownTimeout = 30 * time.Second
+
+// Run serves until ctx ends, then sends Shutdown to every sensor, waits
+// for their Finished (at most ShutdownTimeout), and seals all files.
+func Run(ctx context.Context, opts Options) error {
+	keys, err := sielink.LoadKeys(opts.KeysFile)
+	if err != nil {
+		return err
+	}
+	store, err := NewStore(opts.Store)
+	if err != nil {
+		return err
+	}
+	var handler sielink.Handler = store
+	if opts.Forward != nil {
+		handler = sielink.HandlerFunc(func(d *sielink.Delivery) error {
+			if err := store.Deliver(d); err != nil {
+				return err
+			}
+			return opts.Forward.Deliver(d)
+		})
+	}
+	srv := &sielink.Server{Keys: keys, Handler: handler, Heartbeat: opts.Heartbeat, Logf: opts.Logf}
+
+	ln, err := listen(opts)
+	if err != nil {
+		store.Close()
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/session/", srv)
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+
+	var mln net.Listener
+	if opts.MetricsListen != "" {
+		if !isLoopback(opts.MetricsListen) {
+			ln.Close()
+			store.Close()
+			return fmt.Errorf("metrics address %s is not a loopback address", opts.MetricsListen)
+		}
+		if mln, err = net.Listen("tcp", opts.MetricsListen); err != nil {
+			ln.Close()
+			store.Close()
+			return err
+		}
+	}
+	m := &metrics{srv: srv, store: store}
+	ms := &http.Server{Handler: m, ReadHeaderTimeout: 10 * time.Second}
+
+	errc := make(chan error, 2)
+	go func() { errc <- hs.Serve(ln) }()
+	if mln != nil {
+		go func() { errc <- ms.Serve(mln) }()
+	}
+	if opts.Ready != nil {
+		maddr := ""
+		if mln != nil {
+			maddr = mln.Addr().String()
+		}
+		opts.Ready(ln.Addr().String(), maddr)
+	}
+	rotate := time.NewTicker(time.Second)
+	defer rotate.Stop()
+	var serveErr error
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case <-rotate.C:
+			store.Rotate()
+		case serveErr = <-errc:
+			break loop
+		}
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), ShutdownTimeout)
+	defer cancel()
+	srv.Shutdown(sctx)
+	hs.Shutdown(sctx)
+	ms.Close()
+	if err := store.Close(); err != nil {
+		return err
+	}
+	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
+		return serveErr
+	}
+	return nil
+}
+
+func listen(opts Options) (net.Listener, error) {
+	if opts.PlainHTTP {
+		if !isLoopback(opts.Listen) {
+			return nil, fmt.Errorf("plain HTTP is only allowed on loopback addresses, not %s", opts.Listen)
+		}
+		return net.Listen("tcp", opts.Listen)
+	}
+	cert, err := tls.LoadX509KeyPair(opts.CertFile, opts.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("loading TLS certificate: %w", err)
+	}
+	ln, err := net.Listen("tcp", opts.Listen)
+	if err != nil {
+		return nil, err
+	}
+	return tls.NewListener(ln, &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		MinVersion:   tls.VersionTLS12,
+		NextProtos:   []string{"http/1.1"},
+	}), nil
+}
+
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// metrics serves the counters as Prometheus text (/metrics) and JSON
+// (/metrics.json).
+type metrics struct {
+	srv   *sielink.Server
+	store *Store
+}
+
+// Snapshot is the JSON form of the collector's metrics.
+type Snapshot struct {
+	Server  sielink.ServerStats `json:"server"`
+	Sensors []SensorSnapshot    `json:"sensors"`
+}
+
+// SensorSnapshot joins a sensor's session and storage counters.
+type SensorSnapshot struct {
+	sielink.SensorStats
+	Files FileStats `json:"files"`
+}
+
+func (m *metrics) snapshot() Snapshot {
+	snap := Snapshot{Server: m.srv.Stats()}
+	files := m.store.Stats()
+	for _, s := range m.srv.Sensors() {
+		snap.Sensors = append(snap.Sensors, SensorSnapshot{SensorStats: s, Files: files[s.Sensor]})
+	}
+	return snap
+}
+
+func (m *metrics) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	snap := m.snapshot()
+	switch r.URL.Path {
+	case "/metrics.json":
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(snap)
+	case "/metrics":
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		w.Write([]byte(snap.Prometheus()))
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+// Prometheus renders the snapshot in the Prometheus text format.
+func (s Snapshot) Prometheus() string {
+	var b strings.Builder
+	g := func(name, typ, help string, v any) {
+		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s %s\n%s %v\n", name, help, name, typ, name, v)
+	}
+	st := s.Server
+	g("collector_sessions_active", "gauge", "Open sensor sessions.", st.Active)
+	g("collector_sessions_accepted_total", "counter", "Sessions past the handshake.", st.Accepted)
+	g("collector_rejected_auth_total", "counter", "Sessions refused for a missing, unknown or wrong API key.", st.RejectedAuth)
+	g("collector_rejected_other_total", "counter", "Sessions refused for other reasons.", st.RejectedOther)
+	g("collector_handshake_failed_total", "counter", "Sessions without a valid first message.", st.HandshakeFailed)
+	g("collector_heartbeat_timeouts_total", "counter", "Sessions closed because the sensor went silent.", st.HeartbeatTimeouts)
+	g("collector_malformed_total", "counter", "Messages that did not decode.", st.Malformed)
+	g("collector_oversize_total", "counter", "Messages above the size cap.", st.Oversize)
+	g("collector_invalid_containers_total", "counter", "Payloads that are not one valid NMSG container.", st.InvalidContainers)
+	g("collector_handler_errors_total", "counter", "Payloads that could not be stored or forwarded.", st.HandlerErrors)
+
+	sensors := append([]SensorSnapshot(nil), s.Sensors...)
+	sort.Slice(sensors, func(i, j int) bool { return sensors[i].Sensor < sensors[j].Sensor })
+	per := func(name, typ, help string, v func(*SensorSnapshot) any) {
+		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, typ)
+		for i := range sensors {
+			fmt.Fprintf(&b, "%s{sensor=%q} %v\n", name, sensors[i].Sensor, v(&sensors[i]))
+		}
+	}
+	per("collector_sensor_sessions", "gauge", "Open sessions of the sensor.", func(s *SensorSnapshot) any { return s.Sessions })
+	per("collector_sensor_payloads_total", "counter", "NMSG containers received.", func(s *SensorSnapshot) any { return s.Payloads })
+	per("collector_sensor_bytes_total", "counter", "Octets of NMSG containers received.", func(s *SensorSnapshot) any { return s.Bytes })
+	per("collector_sensor_records_total", "counter", "NMSG payloads (records) received.", func(s *SensorSnapshot) any { return s.Records })
+	per("collector_sensor_invalid_total", "counter", "Messages of the sensor dropped as malformed or invalid.", func(s *SensorSnapshot) any { return s.Invalid })
+	per("collector_sensor_last_seen_seconds", "gauge", "Unix time of the last message.", func(s *SensorSnapshot) any { return s.LastSeen.Unix() })
+	per("collector_sensor_link_loss_bytes_total", "counter", "Octets the sensor reported lost (linkLoss).", func(s *SensorSnapshot) any { return s.LinkLossBytes })
+	per("collector_sensor_link_loss_payloads_total", "counter", "Containers the sensor reported lost (linkLoss).", func(s *SensorSnapshot) any { return s.LinkLossPayloads })
+	per("collector_sensor_files_sealed_total", "counter", "NMSG files completed.", func(s *SensorSnapshot) any { return s.Files.FilesSealed })
+	per("collector_sensor_file_bytes_total", "counter", "Octets written to NMSG files.", func(s *SensorSnapshot) any { return s.Files.Bytes })
+	per("collector_sensor_write_errors_total", "counter", "File write errors.", func(s *SensorSnapshot) any { return s.Files.WriteErrors })
+	return b.String()
+}
