@@ -104,7 +104,7 @@ func OpenConsumer(opts Options) (*Consumer, error) {
 			return nil, fmt.Errorf("spool: %w", err)
 		}
 	}
-	l, err := lockFile(filepath.Join(opts.Dir, consumerLock), 5*time.Second)
+	l, err := lockFile(filepath.Join(opts.Dir, consumerLock), opts.lockWait)
 	if err != nil {
 		return nil, fmt.Errorf("spool: another consumer is running: %w", err)
 	}

@@ -54,7 +54,8 @@ type Options struct {
 	// nil means log.Printf.
 	Logf func(format string, args ...any)
 
-	now func() time.Time
+	now      func() time.Time
+	lockWait time.Duration // how long Open waits for a predecessor's lock
 }
 
 func (o *Options) setDefaults() error {
@@ -84,6 +85,9 @@ func (o *Options) setDefaults() error {
 	}
 	if o.Logf == nil {
 		o.Logf = log.Printf
+	}
+	if o.lockWait <= 0 {
+		o.lockWait = 5 * time.Second
 	}
 	if o.now == nil {
 		o.now = time.Now

@@ -126,7 +126,7 @@ func OpenProducer(opts Options) (*Producer, error) {
 		if err := os.MkdirAll(filepath.Join(t.dir, quarantineDir), 0o755); err != nil {
 			return nil, fmt.Errorf("spool: %w", err)
 		}
-		l, err := lockFile(filepath.Join(t.dir, producerLock), 5*time.Second)
+		l, err := lockFile(filepath.Join(t.dir, producerLock), opts.lockWait)
 		if err != nil {
 			p.unlock()
 			return nil, fmt.Errorf("spool: another producer is running: %w", err)
