@@ -79,7 +79,8 @@ func TestAgeBound(t *testing.T) {
 		defer p.Close()
 		c := mustConsumer(t, o)
 		writeN(t, p, 0, 3)
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		s, err := c.Next(ctx)
 		if err != nil {
