@@ -163,6 +163,16 @@ func (p *Producer) spill(e entry, m Meta) spillResult {
 		p.logf("spill", "spool: spilling %s to %s: %v", segName(e.seq), p.disk.dir, err)
 		return failed
 	}
+	if !exclusive {
+		// The consumer may have acked the segment while we copied
+		// it: its Ack found no disk copy to remove yet. It unlinks
+		// RAM before disk, so once the RAM copy is seen gone after
+		// our rename, the disk copy is ours to remove.
+		if _, err := os.Stat(p.ram.path(e.seq)); errors.Is(err, os.ErrNotExist) {
+			os.Remove(p.disk.path(e.seq))
+			return gone
+		}
+	}
 	p.diskUsed += int64(len(b))
 	p.statsMu.Lock()
 	p.stats.Spilled++
