@@ -15,6 +15,7 @@ import (
 	"github.com/sie-europe/dnssensor/sensor/output"
 	"github.com/sie-europe/dnssensor/sensor/pipeline"
 	"github.com/sie-europe/dnssensor/sensor/source"
+	"github.com/sie-europe/dnssensor/uplink/spool"
 )
 
 // Main runs sensord with args and returns the process exit code.
@@ -69,6 +70,14 @@ func Run(ctx context.Context, o *Options, stdout, stderr io.Writer) (err error) 
 		}
 		outs = append(outs, output.NewJSON(w, env))
 	}
+	var sp *spool.Producer
+	if o.Spool.Dir != "" {
+		if sp, err = o.Spool.open(env, o.Zlib, stderr); err != nil {
+			outs.Close()
+			return fmt.Errorf("-spool: %v", err)
+		}
+		outs = append(outs, sp)
+	}
 	if o.MemoryLimit > 0 {
 		debug.SetMemoryLimit(o.MemoryLimit)
 	}
@@ -107,7 +116,7 @@ func Run(ctx context.Context, o *Options, stdout, stderr io.Writer) (err error) 
 		if o.Live.extra != nil {
 			extra = o.Live.extra()
 		}
-		fmt.Fprintf(stderr, "sensord: %s%s\n", s.String(), extra)
+		fmt.Fprintf(stderr, "sensord: %s%s%s\n", s.String(), extra, spoolStats(sp))
 	}()
 	if o.Live.any() {
 		// Runs until SIGTERM (ctx) or the end of a dnstap file; the deferred flush then emits

@@ -31,8 +31,9 @@ type Options struct {
 	CPUProfile string
 	// MemoryLimit is the Go heap's soft limit; the pipeline's caps bound what traffic can add.
 	MemoryLimit int64
-	Live        liveOptions // -i, -dnstap, -dnstap-file (live.go)
-	dnstapAll   bool        // dnstap without -resolver: every resolver-side message
+	Live        liveOptions  // -i, -dnstap, -dnstap-file (live.go)
+	Spool       spoolOptions // -spool* (spool.go)
+	dnstapAll   bool         // dnstap without -resolver: every resolver-side message
 }
 
 // usageNote is printed under the flag list.
@@ -78,6 +79,7 @@ func ParseFlags(args []string, stderr io.Writer) (*Options, error) {
 	config := fs.String("config", "", "read settings from JSON `FILE`; flags override")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile to `FILE` (for benchmarks)")
 	o.Live.register(fs)
+	o.Spool.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -150,14 +152,17 @@ func ParseFlags(args []string, stderr io.Writer) (*Options, error) {
 	if err := o.Live.finish(o); err != nil {
 		return nil, err
 	}
+	if err := o.Spool.finish(); err != nil {
+		return nil, err
+	}
 	if err := o.Pipeline.Validate(); err != nil {
 		return nil, err
 	}
 	if len(o.Read) == 0 && !o.Live.any() {
 		return nil, errors.New("-r: no input; give capture files with -r FILE[,FILE...], interfaces with -i IF[,IF...], or -dnstap/-dnstap-file")
 	}
-	if o.Write == "" && o.JSON == "" {
-		return nil, errors.New("-w/-J: no output; give -w FILE for NMSG or -J FILE for JSON lines (- is stdout)")
+	if o.Write == "" && o.JSON == "" && o.Spool.Dir == "" {
+		return nil, errors.New("-w/-J: no output; give -w FILE for NMSG, -J FILE for JSON lines (- is stdout) or -spool DIR")
 	}
 	if o.Write == "-" && o.JSON == "-" {
 		return nil, errors.New("-w/-J: only one of them can write to stdout")
