@@ -318,7 +318,9 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	}
 	bootImg := filepath.Join(tmp, "boot.img")
 	var bootBuf bytes.Buffer
-	if err := writeFAT(&bootBuf, boot, buildTime); err != nil {
+	// Not the build time: the boot partition's bytes then only change when its
+	// contents do, and an update pushes it only then.
+	if err := writeFAT(&bootBuf, boot, moduleTime(kernelVersion)); err != nil {
 		return nil, fmt.Errorf("writing boot file system: %w", err)
 	}
 	if bootBuf.Len() > bootSectors*sectorSize {
@@ -535,6 +537,18 @@ func newestBlob(dir, prefix string) (string, error) {
 	}
 	sort.Strings(m)
 	return filepath.Base(m[len(m)-1]), nil
+}
+
+// moduleTime is the commit time in a pseudo-version (v0.0.0-20260705070735-…),
+// or the FAT epoch.
+func moduleTime(version string) time.Time {
+	parts := strings.Split(version, "-")
+	if len(parts) == 3 {
+		if t, err := time.Parse("20060102150405", parts[1]); err == nil {
+			return t
+		}
+	}
+	return time.Date(1980, 1, 1, 0, 0, 0, 0, time.UTC)
 }
 
 func blobTime(name string) int64 {
