@@ -78,6 +78,12 @@ type Consumer struct {
 	stats  ConsumerStats
 	closed bool
 	lg     *ledger
+	// acked remembers recent Acks. A producer killed in the middle of
+	// copying a held segment to disk can leave a disk copy of a segment
+	// acked meanwhile; within this process's life such a copy is
+	// deleted instead of delivered again.
+	acked    map[uint64]bool
+	ackedLog []uint64
 
 	depthMu sync.Mutex
 	meta    map[uint64]Meta
@@ -90,10 +96,11 @@ func OpenConsumer(opts Options) (*Consumer, error) {
 		return nil, err
 	}
 	c := &Consumer{
-		opts: opts,
-		ram:  &tier{id: ram, dir: opts.Dir},
-		held: map[uint64]*Segment{},
-		meta: map[uint64]Meta{},
+		opts:  opts,
+		ram:   &tier{id: ram, dir: opts.Dir},
+		held:  map[uint64]*Segment{},
+		meta:  map[uint64]Meta{},
+		acked: map[uint64]bool{},
 	}
 	if opts.DiskDir != "" {
 		c.disk = &tier{id: disk, dir: opts.DiskDir}
@@ -211,6 +218,12 @@ const (
 // spill creates the disk copy before it removes the RAM one, so a
 // segment moving between tiers is always found.
 func (c *Consumer) open(seq uint64) (*Segment, openResult) {
+	if c.acked[seq] {
+		for _, t := range c.tiers() {
+			os.Remove(t.path(seq))
+		}
+		return nil, openGone
+	}
 	for _, t := range c.tiers() {
 		f, err := openLocked(t.path(seq), syscall.LOCK_SH)
 		if errors.Is(err, os.ErrNotExist) {
@@ -273,6 +286,12 @@ func (c *Consumer) Ack(s *Segment) error {
 		}
 	}
 	c.stats.Acked.add(Counter{Segments: 1, Records: uint64(s.Records), Bytes: uint64(len(s.image))})
+	c.acked[s.Seq] = true
+	c.ackedLog = append(c.ackedLog, s.Seq)
+	if len(c.ackedLog) > 4096 {
+		delete(c.acked, c.ackedLog[0])
+		c.ackedLog = c.ackedLog[1:]
+	}
 	c.drop(s)
 	return first
 }

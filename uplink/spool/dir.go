@@ -225,7 +225,10 @@ func quarantine(t, twin *tier, seq uint64, size int64, records uint32, l *ledger
 // names them "." + final name + random digits) and counts them. It must
 // run while no writer can be active: under the producer lock, and for the
 // ledger's own temp files under the ledger lock.
-func cleanTemps(dir string, l *ledger, logf func(string, ...any)) {
+//
+// A temp file whose segment exists under its final name in either tier
+// (exists) was a spill copy: nothing was lost, so it is not counted.
+func cleanTemps(dir string, l *ledger, logf func(string, ...any), exists func(uint64) bool) {
 	var files, bytes uint64
 	removeIn := func(d string) {
 		des, err := os.ReadDir(d)
@@ -248,7 +251,7 @@ func cleanTemps(dir string, l *ledger, logf func(string, ...any)) {
 			}
 			// Only a segment's temp file held data; an interrupted
 			// ledger or sequence write lost nothing.
-			if _, ok := parseSegName(name[1:min(len(name), 25)]); ok {
+			if seq, ok := parseSegName(name[1:min(len(name), 25)]); ok && !exists(seq) {
 				files++
 				bytes += uint64(size)
 			}

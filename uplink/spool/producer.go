@@ -136,7 +136,7 @@ func OpenProducer(opts Options) (*Producer, error) {
 	var maxSeq uint64
 	for _, t := range p.tiers() {
 		before := p.ledgerTemps()
-		cleanTemps(t.dir, p.lg, opts.Logf)
+		cleanTemps(t.dir, p.lg, opts.Logf, p.exists)
 		if d := p.ledgerTemps(); d.Segments > before.Segments {
 			p.statsMu.Lock()
 			p.stats.TempFiles.Segments += d.Segments - before.Segments
@@ -538,3 +538,13 @@ func readAll(f *os.File, buf []byte) ([]byte, error) {
 }
 
 func (p *Producer) other(t *tier) *tier { return otherTier(t, p.ram, p.disk) }
+
+// exists reports whether segment seq is in either tier.
+func (p *Producer) exists(seq uint64) bool {
+	for _, t := range p.tiers() {
+		if _, err := os.Stat(t.path(seq)); err == nil {
+			return true
+		}
+	}
+	return false
+}

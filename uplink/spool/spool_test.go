@@ -446,6 +446,9 @@ func TestTempCleanup(t *testing.T) {
 		}
 	}
 	os.WriteFile(filepath.Join(o.DiskDir, ".loss.json999"), []byte("{"), 0o644)
+	// An interrupted spill of a segment still in RAM lost nothing.
+	os.WriteFile(filepath.Join(o.Dir, segName(8)), validImage(t, 8, 0, 1), 0o644)
+	os.WriteFile(filepath.Join(o.DiskDir, "."+segName(8)+"777"), make([]byte, 500), 0o644)
 	p = mustProducer(t, o)
 	defer p.Close()
 	for _, d := range []string{o.Dir, o.DiskDir} {
