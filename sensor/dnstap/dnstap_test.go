@@ -308,3 +308,15 @@ func TestControlFrameErrors(t *testing.T) {
 		t.Errorf("bare START then EOF: %v", err)
 	}
 }
+
+// A response logged with another socket's query port (unbound 1.17) is given its query's port.
+func TestQueryPortRepaired(t *testing.T) {
+	st := &Stats{}
+	d := NewDecoder(nil, st)
+	as := netip.AddrPortFrom(auth4, 53)
+	evs := d.Decode(frame(t, pb.Message_RESOLVER_QUERY, netip.AddrPortFrom(res4, 45664), as, 1700000000, dnsMsg(t, 9, "a.example.", false), nil), nil)
+	evs = d.Decode(frame(t, pb.Message_RESOLVER_RESPONSE, netip.AddrPortFrom(res4, 28754), as, 1700000000, nil, dnsMsg(t, 9, "a.example.", true)), evs)
+	if len(evs) != 2 || evs[1].Dst.Port() != 45664 || st.PortRepaired.Load() != 1 {
+		t.Fatalf("response not repaired: %+v, %s", evs, st.String())
+	}
+}

@@ -169,7 +169,7 @@ func ReadFile(path string, resolvers []netip.Prefix, stats *Stats, h func(Event)
 
 // String is the dnstap part of the stats line.
 func (s *Stats) String() string {
-	return fmt.Sprintf("dnstap_frames=%d dnstap_resolver_queries=%d dnstap_resolver_responses=%d dnstap_events=%d dnstap_client_dropped=%d dnstap_other=%d dnstap_not_resolver=%d dnstap_malformed=%d dnstap_oversized=%d dnstap_queue_dropped=%d dnstap_conns=%d dnstap_conn_errors=%d",
-		s.Frames.Load(), s.Queries.Load(), s.Responses.Load(), s.Events.Load(), s.Client.Load(), s.Other.Load(), s.NotResolver.Load(), s.Malformed.Load(),
+	return fmt.Sprintf("dnstap_frames=%d dnstap_resolver_queries=%d dnstap_resolver_responses=%d dnstap_port_repaired=%d dnstap_events=%d dnstap_client_dropped=%d dnstap_other=%d dnstap_not_resolver=%d dnstap_malformed=%d dnstap_oversized=%d dnstap_queue_dropped=%d dnstap_conns=%d dnstap_conn_errors=%d",
+		s.Frames.Load(), s.Queries.Load(), s.Responses.Load(), s.PortRepaired.Load(), s.Events.Load(), s.Client.Load(), s.Other.Load(), s.NotResolver.Load(), s.Malformed.Load(),
 		s.Oversized.Load(), s.QueueDropped.Load(), s.Conns.Load(), s.ConnErrors.Load())
 }

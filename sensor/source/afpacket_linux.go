@@ -55,7 +55,8 @@ func OpenRing(c RingConfig) (*Ring, error) {
 		afpacket.OptBlockSize(c.BlockSize),
 		afpacket.OptNumBlocks(c.NumBlocks),
 		afpacket.OptBlockTimeout(c.BlockTimeout),
-		afpacket.OptPollTimeout(100*time.Millisecond),
+		// Short polls bound how long a partly filled batch waits in the reader (sensor/live).
+		afpacket.OptPollTimeout(c.BlockTimeout),
 		// A tag the NIC stripped into tp_vlan_tci is put back in front of the ethertype, so
 		// frames look as on the wire and the decoder walks every tag itself.
 		afpacket.OptAddVLANHeader(true),
