@@ -167,8 +167,8 @@ func wholeContainers(path string) (int64, error) {
 var ErrStoreClosed = errors.New("collector: store closed")
 
 // Deliver appends the payload's container to the sensor's current file
-// (sielink.Handler). The container is buffered; it reaches the disk
-// when the buffer fills, when the file is sealed, or at Close.
+// (sielink.Handler). The container is written through to the kernel before Deliver returns; the
+// file is fsynced when it is sealed.
 func (s *Store) Deliver(d *sielink.Delivery) error {
 	sf, err := s.sensor(d.Sensor)
 	if err != nil {
@@ -192,7 +192,13 @@ func (s *Store) Deliver(d *sielink.Delivery) error {
 	if s.opts.Zlib && len(data) >= nmsg.HeaderSize && data[4]&0x01 == 0 {
 		data = sf.compress(data)
 	}
-	if _, err := sf.bw.Write(data); err != nil {
+	// Flush before returning: once Deliver returns, the sensor's next Sync confirms the data and
+	// its spool deletes it, so it must already be in the kernel's hands (a collector kill -9 then
+	// loses nothing; the end-to-end fault test caught the buffered version losing confirmed data).
+	if _, err := sf.bw.Write(data); err == nil {
+		err = sf.bw.Flush()
+	}
+	if err != nil {
 		sf.st.WriteErrors++
 		return fmt.Errorf("writing %s: %w", sf.tmp, err)
 	}

@@ -1,0 +1,47 @@
+// Command uplinkd ships the sensor's spooled NMSG segments to SIE Europe, a SOC collector or NMSG/UDP
+// relays, in order, deleting each only once every destination has it, and serves its counters on a
+// localhost HTTP endpoint.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/sie-europe/dnssensor/uplink/uplinkd"
+)
+
+func main() {
+	configFile := flag.String("config", "", "JSON configuration `FILE` (spool, destinations, metrics)")
+	spoolDir := flag.String("spool", "", "spool RAM tier `DIR` (overrides spool.dir)")
+	spoolDisk := flag.String("spool-disk", "", "spool disk tier `DIR` (overrides spool.disk_dir)")
+	flag.Parse()
+	if *configFile == "" {
+		fmt.Fprintln(os.Stderr, "uplinkd: -config FILE is required")
+		os.Exit(2)
+	}
+	cfg, err := uplinkd.LoadConfig(*configFile)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "uplinkd: %v\n", err)
+		os.Exit(2)
+	}
+	if *spoolDir != "" {
+		cfg.Spool.Dir = *spoolDir
+	}
+	if *spoolDisk != "" {
+		cfg.Spool.DiskDir = *spoolDisk
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	s, err := uplinkd.New(cfg, log.Printf)
+	if err != nil {
+		log.Fatalf("uplinkd: %v", err)
+	}
+	if err := s.Run(ctx); err != nil {
+		log.Fatalf("uplinkd: %v", err)
+	}
+}

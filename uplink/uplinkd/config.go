@@ -1,0 +1,144 @@
+// Package uplinkd is the uplink supervisor: it takes sealed segments out of the spool in order and
+// hands each to every configured destination — SIE Europe or a SOC collector over sielink, classic
+// NMSG/UDP relays — deleting a segment only once all of them have it. It exposes its state and
+// counters on a localhost HTTP endpoint for the status page.
+//
+// Delivery is at-least-once: a segment is acked only after every destination confirmed it (sielink:
+// a Sync after the segment's containers; UDP: sent), so a crash or a dropped connection resends it,
+// and duplicates carry the segment's sequence. Loss happens only in the spool (quota, damage), is
+// counted in its ledger, and travels upstream as sielink linkLoss.
+package uplinkd
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+)
+
+// Duration reads "30s"-style strings from JSON.
+type Duration struct{ time.Duration }
+
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("want a duration string like \"30s\"")
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	d.Duration = v
+	return nil
+}
+
+func (d Duration) MarshalJSON() ([]byte, error) { return json.Marshal(d.String()) }
+
+// Destination is one place segments go.
+type Destination struct {
+	Type string `json:"type"` // "sielink" or "nmsg-udp"
+	Name string `json:"name"` // label for metrics; default type + index
+
+	// sielink
+	URL        string   `json:"url,omitempty"`          // wss://host[:port]
+	Sensor     string   `json:"sensor,omitempty"`       // session name
+	APIKeyFile string   `json:"api_key_file,omitempty"` // mode 0600
+	Origin     string   `json:"origin,omitempty"`
+	Channel    uint32   `json:"channel,omitempty"` // default 202
+	Heartbeat  Duration `json:"heartbeat,omitempty"`
+	CAFile     string   `json:"ca_file,omitempty"` // extra roots (a SOC collector's own CA)
+
+	// nmsg-udp
+	Addr string `json:"addr,omitempty"` // host:port
+	MTU  int    `json:"mtu,omitempty"`
+	Zlib bool   `json:"zlib,omitempty"`
+	Rate int    `json:"rate,omitempty"` // datagrams/s
+}
+
+// Config is uplinkd's configuration file.
+type Config struct {
+	Spool struct {
+		Dir     string `json:"dir"`      // RAM tier, as sensord's -spool
+		DiskDir string `json:"disk_dir"` // disk tier, as sensord's -spool-disk
+	} `json:"spool"`
+	Destinations []Destination `json:"destinations"`
+	Metrics      string        `json:"metrics"` // listen address, default 127.0.0.1:9410
+	// RetryMax bounds the wait between attempts at a failing destination (default 30s).
+	RetryMax Duration `json:"retry_max"`
+	// ShutdownGrace is how long SIGTERM lets the current segment finish (default 20s, well
+	// inside gokrazy's 100 s).
+	ShutdownGrace Duration `json:"shutdown_grace"`
+}
+
+// LoadConfig reads and checks a JSON config file. Errors name the key at fault.
+func LoadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("-config: %v", err)
+	}
+	return ParseConfig(data, path)
+}
+
+// ParseConfig parses and checks a config.
+func ParseConfig(data []byte, name string) (*Config, error) {
+	var c Config
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("%s: %v (keys: spool.dir, spool.disk_dir, destinations[], metrics, retry_max, shutdown_grace)", name, err)
+	}
+	if err := c.check(); err != nil {
+		return nil, fmt.Errorf("%s: %v", name, err)
+	}
+	return &c, nil
+}
+
+func (c *Config) check() error {
+	if c.Spool.Dir == "" && c.Spool.DiskDir == "" {
+		return fmt.Errorf("spool.dir: set the spool directory sensord writes to (its -spool)")
+	}
+	if len(c.Destinations) == 0 {
+		return fmt.Errorf("destinations: configure at least one (type \"sielink\" or \"nmsg-udp\")")
+	}
+	names := map[string]bool{}
+	for i := range c.Destinations {
+		d := &c.Destinations[i]
+		if d.Name == "" {
+			d.Name = fmt.Sprintf("%s%d", d.Type, i)
+		}
+		if names[d.Name] {
+			return fmt.Errorf("destinations[%d].name: %q used twice", i, d.Name)
+		}
+		names[d.Name] = true
+		switch d.Type {
+		case "sielink":
+			if !strings.HasPrefix(d.URL, "wss://") && !strings.HasPrefix(d.URL, "ws://") {
+				return fmt.Errorf("destinations[%d].url: want wss://host[:port], got %q", i, d.URL)
+			}
+			if d.Sensor == "" {
+				return fmt.Errorf("destinations[%d].sensor: set the sensor's session name", i)
+			}
+			if d.APIKeyFile == "" {
+				return fmt.Errorf("destinations[%d].api_key_file: set the file holding the API key (mode 0600)", i)
+			}
+		case "nmsg-udp":
+			if d.Addr == "" {
+				return fmt.Errorf("destinations[%d].addr: set host:port of the NMSG receiver", i)
+			}
+		default:
+			return fmt.Errorf("destinations[%d].type: %q is not \"sielink\" or \"nmsg-udp\"", i, d.Type)
+		}
+	}
+	if c.Metrics == "" {
+		c.Metrics = "127.0.0.1:9410"
+	}
+	if c.RetryMax.Duration == 0 {
+		c.RetryMax.Duration = 30 * time.Second
+	}
+	if c.ShutdownGrace.Duration == 0 {
+		c.ShutdownGrace.Duration = 20 * time.Second
+	}
+	return nil
+}
