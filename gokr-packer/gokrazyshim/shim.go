@@ -55,6 +55,11 @@ func (fw *FATWriter) Mkdir(path string, modTime time.Time) error { return fw.w.M
 // Flush writes the file system; fw must not be used afterwards.
 func (fw *FATWriter) Flush() error { return fw.w.Flush() }
 
+// TotalSectors is the file system size in 512-byte sectors, known after Flush.
+// It can exceed what Flush wrote: the writer declares at least 4085 clusters
+// (the FAT16 minimum) without writing the unused ones.
+func (fw *FATWriter) TotalSectors() int { return fw.w.TotalSectors }
+
 // FATExtents returns the byte offset and length of a file inside a FAT image
 // written by FATWriter (path starts with "/").
 func FATExtents(r io.ReadSeeker, path string) (offset, length int64, err error) {

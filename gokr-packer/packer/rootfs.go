@@ -179,13 +179,40 @@ func writeSquashfs(w io.WriteSeeker, t *tree, mtime time.Time) error {
 	return sw.Flush()
 }
 
-// writeFAT writes t as a FAT16B image (no symlinks) to w. Files are written in
-// sorted order; each one is contiguous.
+// writeFAT writes t as a FAT16B image (no symlinks) to w, padded to the size its
+// boot sector declares (so boot.img is a complete file system on its own). Files
+// are written in sorted order; each one is contiguous.
 func writeFAT(w io.Writer, t *tree, mtime time.Time) error {
-	fw, err := shim.NewFATWriter(w)
+	cw := &countingWriter{w: w}
+	fw, err := shim.NewFATWriter(cw)
 	if err != nil {
 		return err
 	}
+	if err := writeFATEntries(fw, t, mtime); err != nil {
+		return err
+	}
+	if err := fw.Flush(); err != nil {
+		return err
+	}
+	if pad := int64(fw.TotalSectors())*sectorSize - cw.n; pad > 0 {
+		_, err := w.Write(make([]byte, pad))
+		return err
+	}
+	return nil
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+func writeFATEntries(fw *shim.FATWriter, t *tree, mtime time.Time) error {
 	var walk func(n *fsNode, p string) error
 	walk = func(n *fsNode, p string) error {
 		for _, name := range sortedNames(n) {
@@ -220,8 +247,5 @@ func writeFAT(w io.Writer, t *tree, mtime time.Time) error {
 		}
 		return nil
 	}
-	if err := walk(t.root, ""); err != nil {
-		return err
-	}
-	return fw.Flush()
+	return walk(t.root, "")
 }
