@@ -60,13 +60,13 @@ type Profile struct {
 	QEMU *QEMU `json:"qemu,omitempty"`
 }
 
-// QEMU describes the emulated machine for qemu-* profiles.
+// QEMU describes the emulated machine for qemu-* profiles; ci/qemu-run uses the
+// same values (checked by TestQEMUProfilesMatchRunner).
 type QEMU struct {
-	Binary  string   `json:"binary"`  // qemu-system-x86_64, qemu-system-aarch64
-	Machine string   `json:"machine"` // -machine
-	CPU     string   `json:"cpu,omitempty"`
-	NIC     string   `json:"nic"` // -device model for every interface
-	Extra   []string `json:"extra,omitempty"`
+	Binary  string `json:"binary"`  // qemu-system-x86_64, qemu-system-aarch64
+	Machine string `json:"machine"` // -machine
+	CPU     string `json:"cpu,omitempty"`
+	NIC     string `json:"nic"` // -device model for every interface
 }
 
 // kernelArch maps a kernel module to the GOARCH its vmlinuz is built for.

@@ -90,3 +90,29 @@ func TestGetUnknown(t *testing.T) {
 		t.Errorf("Get(nope) = %v, want an error listing the known profiles", err)
 	}
 }
+
+// TestQEMUProfilesMatchRunner: ci/qemu-run boots the qemu-* profiles; keep the
+// machine, binary and NIC model it uses equal to the profile data.
+func TestQEMUProfilesMatchRunner(t *testing.T) {
+	script, err := os.ReadFile("../ci/qemu-run")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, err := All()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range ps {
+		if p.QEMU == nil {
+			continue
+		}
+		for _, want := range []string{p.QEMU.Binary, "-machine " + p.QEMU.Machine, p.QEMU.NIC} {
+			if !strings.Contains(string(script), want) {
+				t.Errorf("%s: ci/qemu-run does not use %q", p.Name, want)
+			}
+		}
+		if p.QEMU.CPU != "" && !strings.Contains(string(script), "-cpu "+p.QEMU.CPU) {
+			t.Errorf("%s: ci/qemu-run does not use -cpu %s", p.Name, p.QEMU.CPU)
+		}
+	}
+}

@@ -66,6 +66,7 @@ type Result struct {
 	BuildTimestamp string   `json:"build_timestamp"`
 	Programs       []string `json:"programs"`
 	Skipped        []string `json:"skipped,omitempty"`
+	Warnings       []string `json:"warnings,omitempty"`
 	Seconds        float64  `json:"seconds"`
 }
 
@@ -216,6 +217,10 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 		return nil, errs[0]
 	}
 	st.printf("built; kernel %s@%s", prof.Kernel, kernelVersion)
+	if w := kernelModuleMismatch(kernelDir); w != "" {
+		st.printf("warning: %s", w)
+		res.Warnings = append(res.Warnings, w)
+	}
 
 	// SBOM.
 	sbom := SBOM{Image: im.Name, Profile: prof.Name, GOARCH: prof.GOARCH}
