@@ -304,6 +304,26 @@ func (p *Producer) Write(r *dnsqr.Record) error {
 		Operator: env.Operator, HasOperator: env.HasOperator,
 		Group: env.Group, HasGroup: env.HasGroup,
 	}
+	return p.writeLocked(t)
+}
+
+// WritePayload spools an NMSG payload as it is (any vendor and type, its own envelope): the SOC
+// collector forwards what its sensors sent through a spool of its own. pl is copied before
+// WritePayload returns.
+func (p *Producer) WritePayload(pl *nmsg.Payload) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return ErrClosed
+	}
+	p.enc = append(p.enc[:0], pl.Data...)
+	p.pl = *pl
+	p.pl.Data = p.enc
+	return p.writeLocked(pl.TimeSec*1e9 + int64(pl.TimeNsec))
+}
+
+// writeLocked adds p.pl, captured at t, to the current segment.
+func (p *Producer) writeLocked(t int64) error {
 	size := nmsg.PayloadSize(&p.pl) + payloadOverhead
 	if nmsgHeaderSize+size > p.opts.containerSize() {
 		p.reject(uint64(len(p.enc)), &p.stats.RejectedTooLarge)

@@ -24,6 +24,7 @@ import (
 
 	"github.com/sie-europe/dnssensor/uplink/collector"
 	"github.com/sie-europe/dnssensor/uplink/sielink/sielinktest"
+	"github.com/sie-europe/dnssensor/uplink/spool"
 )
 
 func main() {
@@ -39,6 +40,10 @@ func main() {
 	flag.StringVar(&opts.MetricsListen, "metrics", "127.0.0.1:9125", "metrics listen address (loopback only; empty disables)")
 	flag.DurationVar(&opts.Heartbeat, "heartbeat", 30*time.Second, "sielink heartbeat interval")
 	selftest := flag.Bool("selftest-server", false, "run on loopback with a generated certificate and keys; print connection details as JSON")
+	var fwd spool.Options
+	flag.StringVar(&fwd.Dir, "forward-spool", "", "also spool everything received into this RAM-tier `DIR`, for an uplinkd on this host to forward to SIE Europe")
+	flag.StringVar(&fwd.DiskDir, "forward-spool-disk", "", "disk tier `DIR` of the forward spool (used while the onward link is down)")
+	flag.Int64Var(&fwd.DiskQuota, "forward-spool-disk-quota", 0, "octets the forward spool's disk tier may hold (0: the spool default)")
 	flag.Parse()
 
 	logger := log.New(os.Stderr, "", log.LstdFlags)
@@ -56,6 +61,17 @@ func main() {
 		fmt.Fprintln(os.Stderr, "collector: -keys, -dir and (-cert and -key, or -plain-http) are required")
 		flag.Usage()
 		os.Exit(2)
+	}
+	if fwd.Dir != "" {
+		fwd.Logf = logger.Printf
+		p, err := spool.OpenProducer(fwd)
+		if err != nil {
+			log.Fatalf("collector: -forward-spool: %v", err)
+		}
+		// Close seals the last segment and moves the RAM tier to disk, after Run has stopped
+		// taking data.
+		defer p.Close()
+		opts.Forward = collector.SpoolForwarder{P: p}
 	}
 	if err := collector.Run(ctx, opts); err != nil {
 		log.Fatal(err)
