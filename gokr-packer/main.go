@@ -54,13 +54,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	out := fs.String("o", "", "write the image to `FILE`.img, or to a whole disk /dev/sdX (needs -yes-erase-device)")
 	confirm := fs.String("yes-erase-device", "", "confirm erasing `DEVICE` (must equal -o)")
 	artefacts := fs.String("artefacts", "", "`DIR` for the update artefacts (default: beside -o)")
+	permDir := fs.String("perm-dir", "", "copy `DIR` into the new /perm (the device's configuration, e.g. sensord/config.json)")
 	if err := fs.Parse(args); err != nil {
 		return usageError{err}
 	}
 	if *out == "" {
 		return usageError{fmt.Errorf("-o is required (image file or device)")}
 	}
-	res, err := c.build(ctx, *out, *confirm, *artefacts, stderr)
+	res, err := c.build(ctx, *out, *confirm, *artefacts, *permDir, stderr)
 	if err != nil {
 		return err
 	}
@@ -78,7 +79,7 @@ func (c *common) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.timestamp, "build-timestamp", "", "build time (RFC 3339 or Unix seconds; default $SOURCE_DATE_EPOCH, else now); fix it for reproducible root images")
 }
 
-func (c *common) build(ctx context.Context, out, confirm, artefacts string, stderr io.Writer) (*packer.Result, error) {
+func (c *common) build(ctx context.Context, out, confirm, artefacts, permDir string, stderr io.Writer) (*packer.Result, error) {
 	im, err := images.Load(c.image)
 	if err != nil {
 		return nil, usageError{err}
@@ -103,6 +104,7 @@ func (c *common) build(ctx context.Context, out, confirm, artefacts string, stde
 		ArtefactDir:   artefacts,
 		BuildTime:     bt,
 		PasswordFile:  pw,
+		PermDir:       permDir,
 		Log:           prefixWriter{stderr},
 	})
 }
@@ -201,7 +203,7 @@ func runUpdate(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		defer os.RemoveAll(tmp)
 		work = tmp
 	}
-	res, err := c.build(ctx, filepath.Join(work, c.image+".img"), "", work, stderr)
+	res, err := c.build(ctx, filepath.Join(work, c.image+".img"), "", work, "", stderr)
 	if err != nil {
 		return err
 	}

@@ -43,7 +43,11 @@ type Options struct {
 	// PasswordFile holds the device's HTTP password (user "gokrazy"); created
 	// with a random password when missing.
 	PasswordFile string
-	Log          io.Writer // progress, one line per step
+	// PermDir, when set, is copied into the new /perm (mkfs.ext4 -d): the
+	// device's own configuration (sensord's resolver addresses, uplinkd's
+	// destinations and API key) on first flash. Updates never touch /perm.
+	PermDir string
+	Log     io.Writer // progress, one line per step
 }
 
 // Result is what the packer prints as its one-line JSON answer.
@@ -358,7 +362,7 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	if err := writeDisk(target, layout, mbr, bootImg, rootImg); err != nil {
 		return nil, err
 	}
-	if err := formatPerm(ctx, mkfs, opts.Output, layout); err != nil {
+	if err := formatPerm(ctx, mkfs, opts.Output, layout, opts.PermDir); err != nil {
 		return nil, err
 	}
 	if err := target.f.Sync(); err != nil {
@@ -619,13 +623,19 @@ func copyInto(f *os.File, src string, off int64) error {
 
 // formatPerm makes the ext4 /perm file system inside partition 4 (gokrazy
 // never formats it itself). The UUID is derived from the seed like the GUIDs.
-func formatPerm(ctx context.Context, mkfs, path string, l Layout) error {
+func formatPerm(ctx context.Context, mkfs, path string, l Layout, permDir string) error {
 	p := l.Parts[3]
 	blocks := p.Sectors() * sectorSize / 4096
-	cmd := exec.CommandContext(ctx, mkfs, "-F", "-q", "-t", "ext4", "-b", "4096", "-L", "perm",
+	args := []string{"-F", "-q", "-t", "ext4", "-b", "4096", "-L", "perm",
 		"-U", strings.ToLower(p.GUID.String()),
-		"-E", "offset="+strconv.FormatInt(p.Offset(), 10)+",nodiscard",
-		path, strconv.FormatUint(blocks, 10))
+		"-E", "offset=" + strconv.FormatInt(p.Offset(), 10) + ",nodiscard,root_owner=0:0"}
+	if permDir != "" {
+		if fi, err := os.Stat(permDir); err != nil || !fi.IsDir() {
+			return fmt.Errorf("-perm-dir %s: not a directory", permDir)
+		}
+		args = append(args, "-d", permDir)
+	}
+	cmd := exec.CommandContext(ctx, mkfs, append(args, path, strconv.FormatUint(blocks, 10))...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
