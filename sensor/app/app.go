@@ -18,6 +18,14 @@ import (
 	"github.com/sie-europe/dnssensor/uplink/spool"
 )
 
+// frameSink is one pipeline, or several sharded over cores (-workers).
+type frameSink interface {
+	Frame(link decode.LinkType, ts int64, frame []byte, wireLen int)
+	Idle(ts int64)
+	Flush()
+	Stats() pipeline.Stats
+}
+
 // Main runs sensord with args and returns the process exit code.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	o, err := ParseFlags(args, stderr)
@@ -81,9 +89,17 @@ func Run(ctx context.Context, o *Options, stdout, stderr io.Writer) (err error) 
 	if o.MemoryLimit > 0 {
 		debug.SetMemoryLimit(o.MemoryLimit)
 	}
-	p, err := pipeline.New(o.Pipeline, outs.Write)
-	if err != nil {
-		return err
+	var p frameSink
+	var single *pipeline.Pipeline
+	if o.Workers > 1 {
+		if p, err = pipeline.NewSharded(o.Workers, o.Pipeline, outs.Write); err != nil {
+			return err
+		}
+	} else {
+		if single, err = pipeline.New(o.Pipeline, outs.Write); err != nil {
+			return err
+		}
+		p = single
 	}
 	if o.CPUProfile != "" {
 		f, err := os.Create(o.CPUProfile)
@@ -121,7 +137,7 @@ func Run(ctx context.Context, o *Options, stdout, stderr io.Writer) (err error) 
 	if o.Live.any() {
 		// Runs until SIGTERM (ctx) or the end of a dnstap file; the deferred flush then emits
 		// every pending query and closes the outputs, and sensord exits 0.
-		return runLive(ctx, o, p, stderr)
+		return runLive(ctx, o, p, single, stderr)
 	}
 
 	var lastStats time.Time

@@ -31,9 +31,11 @@ type Options struct {
 	CPUProfile string
 	// MemoryLimit is the Go heap's soft limit; the pipeline's caps bound what traffic can add.
 	MemoryLimit int64
-	Live        liveOptions  // -i, -dnstap, -dnstap-file (live.go)
-	Spool       spoolOptions // -spool* (spool.go)
-	dnstapAll   bool         // dnstap without -resolver: every resolver-side message
+	// Workers is the number of sharded pipelines (1: no sharding).
+	Workers   int
+	Live      liveOptions  // -i, -dnstap, -dnstap-file (live.go)
+	Spool     spoolOptions // -spool* (spool.go)
+	dnstapAll bool         // dnstap without -resolver: every resolver-side message
 }
 
 // usageNote is printed under the flag list.
@@ -78,6 +80,7 @@ func ParseFlags(args []string, stderr io.Writer) (*Options, error) {
 	fs.DurationVar(&o.StatsEvery, "stats", 0, "print the stats line at this `interval` too (0: only at exit)")
 	config := fs.String("config", "", "read settings from JSON `FILE`; flags override")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile to `FILE` (for benchmarks)")
+	fs.IntVar(&o.Workers, "workers", 1, "pairing pipelines, one goroutine each, frames sharded by a symmetric hash of the two addresses (pairing is unchanged); use the box's core count minus one for the capture")
 	o.Live.register(fs)
 	o.Spool.register(fs)
 	if err := fs.Parse(args); err != nil {
@@ -145,6 +148,9 @@ func ParseFlags(args []string, stderr io.Writer) (*Options, error) {
 	}
 	if o.Pipeline.TCP.MaxTotalBytes < 65536 {
 		return nil, fmt.Errorf("-tcp-max-bytes: %d is below one largest message (65536)", o.Pipeline.TCP.MaxTotalBytes)
+	}
+	if o.Workers < 1 || o.Workers > 64 {
+		return nil, fmt.Errorf("-workers: %d outside [1, 64]", o.Workers)
 	}
 	if o.Pipeline.StateMax < 1 {
 		return nil, fmt.Errorf("-state-max: %d must be at least 1", o.Pipeline.StateMax)

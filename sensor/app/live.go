@@ -67,6 +67,9 @@ func (l *liveOptions) finish(o *Options) error {
 	if len(l.Ifaces) > 0 && l.MergeWindow > 0 && l.MergeWindow < 2*l.BlockTimeout {
 		return fmt.Errorf("-merge-window: %v must cover twice -block-timeout (%v) or be 0", l.MergeWindow, l.BlockTimeout)
 	}
+	if (l.Dnstap != "" || l.DnstapFile != "") && o.Workers > 1 {
+		return errors.New("-workers: dnstap input runs one pipeline (a resolver's dnstap rate needs no more)")
+	}
 	if (l.Dnstap != "" || l.DnstapFile != "") && len(o.Pipeline.Resolvers) == 0 && len(o.Pipeline.Authorities) == 0 {
 		// The dnstap decoder keeps only the resolver's own messages, so every initiator the
 		// pipeline sees is a resolver.
@@ -77,10 +80,10 @@ func (l *liveOptions) finish(o *Options) error {
 }
 
 // runLive feeds p from the live inputs until ctx ends (SIGTERM) or a dnstap file is read.
-func runLive(ctx context.Context, o *Options, p *pipeline.Pipeline, stderr io.Writer) error {
+func runLive(ctx context.Context, o *Options, p frameSink, single *pipeline.Pipeline, stderr io.Writer) error {
 	logf := func(format string, args ...any) { fmt.Fprintf(stderr, "sensord: "+format+"\n", args...) }
 	if o.Live.DnstapFile != "" || o.Live.Dnstap != "" {
-		return runDnstap(ctx, o, p, stderr, logf)
+		return runDnstap(ctx, o, single, stderr, logf)
 	}
 	l := &o.Live
 	filter, err := source.ResolverFilter(o.filterPrefixes(), l.Snaplen)

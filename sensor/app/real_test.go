@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"sort"
 	"strconv"
@@ -119,6 +120,11 @@ func TestRealTrafficAgreesWithTshark(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			_, js := runSensor(t, "-r", p, "-resolver", realResolvers+","+realClientSide, "-rd", "any")
 			got := sensorPairs(t, readLines(t, js))
+			// Sharded over several pipelines, pairing must not change.
+			_, js3 := runSensor(t, "-r", p, "-resolver", realResolvers+","+realClientSide, "-rd", "any", "-workers", "3")
+			if got3 := sensorPairs(t, readLines(t, js3)); !reflect.DeepEqual(normalize(got), normalize(got3)) {
+				t.Errorf("-workers 3 pairs differently from one pipeline")
+			}
 			want := readPairs(t, tsv)
 			if strings.HasPrefix(name, "client") {
 				if len(got) != 0 {
@@ -182,6 +188,17 @@ func TestRealTrafficAgreesWithTshark(t *testing.T) {
 		t.Logf("agreement with tshark: %d of %d resolver transactions (%.3f%%); %d client transactions refused",
 			agree, total, 100*float64(agree)/float64(total), refused)
 	}
+}
+
+// normalize sorts each key's transactions, since shards emit in their own order.
+func normalize(m map[txKey][]tx) map[txKey][]tx {
+	out := map[txKey][]tx{}
+	for k, v := range m {
+		v = append([]tx(nil), v...)
+		sort.Slice(v, func(i, j int) bool { return v[i].kind+v[i].rcode < v[j].kind+v[j].rcode })
+		out[k] = v
+	}
+	return out
 }
 
 func isClientSide(a string) bool {

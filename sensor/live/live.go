@@ -21,7 +21,6 @@ import (
 	"time"
 
 	"github.com/sie-europe/dnssensor/sensor/decode"
-	"github.com/sie-europe/dnssensor/sensor/pipeline"
 )
 
 // Source is one capture port. Read returns the next frame (valid until the next Read), its
@@ -108,10 +107,18 @@ func (s *Stats) String() string {
 	return b.String()
 }
 
+// Sink is what the merged frames feed: a *pipeline.Pipeline, or a *pipeline.Sharded spreading
+// them over cores (which also has Sync, called after each release so no frame waits for a batch
+// to fill).
+type Sink interface {
+	Frame(link decode.LinkType, ts int64, frame []byte, wireLen int)
+	Idle(ts int64)
+}
+
 // Run captures until ctx ends, feeding p from the calling goroutine (p's owner), and returns
 // after every reader has stopped. The caller flushes p afterwards. stats may be read
 // concurrently. statsLine is called every cfg.StatsEvery from the pipeline goroutine.
-func Run(ctx context.Context, cfg Config, ports []Port, p *pipeline.Pipeline, stats *Stats, statsLine func()) error {
+func Run(ctx context.Context, cfg Config, ports []Port, p Sink, stats *Stats, statsLine func()) error {
 	if cfg.now == nil {
 		cfg.now = time.Now
 	}
@@ -338,7 +345,7 @@ func dnsPort(p uint16) bool { return p == 53 || p == 5353 }
 // merger orders the ports' frames by ring timestamp; it runs on the pipeline's goroutine.
 type merger struct {
 	cfg    Config
-	p      *pipeline.Pipeline
+	p      Sink
 	stats  *Stats
 	queues [][]*batch
 	free   []chan *batch
@@ -386,6 +393,9 @@ func (m *merger) release(now time.Time, all bool) {
 		}
 	}
 	m.stats.Held.Store(int64(m.held))
+	if s, ok := m.p.(interface{ Sync() }); ok {
+		s.Sync()
+	}
 }
 
 // watch warns about a tap that looks miscabled: a silent port while another carries traffic, or

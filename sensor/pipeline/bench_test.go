@@ -17,7 +17,14 @@ import (
 // authorities, Ethernet-framed, with answers of realistic size (referrals with glue).
 func benchFrames(b *testing.B, n int) (frames [][]byte, times []int64) {
 	t := &testing.T{}
-	auths := []netip.Addr{auth4, netip.MustParseAddr("192.0.2.11"), auth6}
+	// A resolver talks to many authorities; 48 here, a third of them over IPv6.
+	var auths []netip.Addr
+	for i := 0; i < 32; i++ {
+		auths = append(auths, netip.AddrFrom4([4]byte{192, 0, 2, byte(10 + i)}))
+		if i%2 == 0 {
+			auths = append(auths, netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0, 2, 15: byte(10 + i)}))
+		}
+	}
 	for i := 0; i < n; i++ {
 		a := auths[i%len(auths)]
 		r := res4
