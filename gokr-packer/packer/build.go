@@ -362,10 +362,17 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	if err := writeDisk(target, layout, mbr, bootImg, rootImg); err != nil {
 		return nil, err
 	}
-	if err := formatPerm(ctx, mkfs, opts.Output, layout, opts.PermDir); err != nil {
+	if err := target.f.Sync(); err != nil {
 		return nil, err
 	}
-	if err := target.f.Sync(); err != nil {
+	if target.device {
+		// mke2fs opens the device exclusively; our handle (exclusive since
+		// openTarget) must go first. The device was checked unused then.
+		if err := target.f.Close(); err != nil {
+			return nil, err
+		}
+	}
+	if err := formatPerm(ctx, mkfs, opts.Output, layout, opts.PermDir); err != nil {
 		return nil, err
 	}
 	st.printf("/perm formatted (ext4, %d MiB)", layout.Parts[3].Sectors()*sectorSize>>20)
@@ -377,6 +384,9 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 			return nil, fmt.Errorf("writing to a device: give -artefacts DIR for boot.img/root.img/mbr.img")
 		}
 		artDir = filepath.Dir(opts.Output)
+	}
+	if err := os.MkdirAll(artDir, 0o755); err != nil {
+		return nil, err
 	}
 	stem := filepath.Join(artDir, strings.TrimSuffix(filepath.Base(opts.Output), ".img"))
 	if target.device {
