@@ -24,6 +24,12 @@ func main() {
 		fmt.Fprintln(os.Stderr, "uplinkd: -config FILE is required")
 		os.Exit(2)
 	}
+	if _, err := os.Stat(*configFile); os.IsNotExist(err) {
+		// Nothing to ship to until the operator configures a destination; 125 tells gokrazy not
+		// to restart us every second (restart the service once the file is in place).
+		fmt.Fprintf(os.Stderr, "uplinkd: %s does not exist yet: no destination configured, nothing to do\n", *configFile)
+		os.Exit(125)
+	}
 	cfg, err := uplinkd.LoadConfig(*configFile)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "uplinkd: %v\n", err)
