@@ -37,6 +37,10 @@ type StoreOptions struct {
 	Zlib bool
 	// Logf reports file errors and recovery; nil discards.
 	Logf sielink.Logf
+	// Sync fsyncs every container before Deliver returns, so data a sensor saw confirmed (and
+	// deleted from its spool) survives a power cut of the collector host too, at the cost of one
+	// fsync per container.
+	Sync bool
 
 	now func() time.Time // seam for tests
 }
@@ -196,7 +200,9 @@ func (s *Store) Deliver(d *sielink.Delivery) error {
 	// its spool deletes it, so it must already be in the kernel's hands (a collector kill -9 then
 	// loses nothing; the end-to-end fault test caught the buffered version losing confirmed data).
 	if _, err := sf.bw.Write(data); err == nil {
-		err = sf.bw.Flush()
+		if err = sf.bw.Flush(); err == nil && s.opts.Sync {
+			err = sf.f.Sync()
+		}
 	}
 	if err != nil {
 		sf.st.WriteErrors++

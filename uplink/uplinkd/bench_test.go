@@ -78,7 +78,7 @@ func BenchmarkDrainToCollector(b *testing.B) {
 		cdone := make(chan error, 1)
 		go func() {
 			cdone <- collector.Run(ctx, collector.Options{Listen: "127.0.0.1:0", CertFile: certFile, KeyFile: keyFile,
-				KeysFile: keysFile, Store: collector.StoreOptions{Dir: filepath.Join(dir, "store"), Rotate: time.Hour},
+				KeysFile: keysFile, Store: collector.StoreOptions{Dir: filepath.Join(dir, "store"), Rotate: time.Hour, Sync: true},
 				Ready: func(a, _ string) { ready <- a }})
 		}()
 		addr := <-ready

@@ -37,6 +37,7 @@ func main() {
 	flag.StringVar(&opts.Store.Dir, "dir", "", "directory for NMSG files (one subdirectory per sensor)")
 	flag.DurationVar(&opts.Store.Rotate, "rotate", time.Minute, "file rotation interval (aligned to UTC)")
 	flag.BoolVar(&opts.Store.Zlib, "zlib", false, "zlib-compress containers that arrive uncompressed")
+	flag.BoolVar(&opts.Store.Sync, "fsync", true, "fsync each container before the sensor can see it confirmed (survives a power cut of this host)")
 	flag.StringVar(&opts.MetricsListen, "metrics", "127.0.0.1:9125", "metrics listen address (loopback only; empty disables)")
 	flag.DurationVar(&opts.Heartbeat, "heartbeat", 30*time.Second, "sielink heartbeat interval")
 	selftest := flag.Bool("selftest-server", false, "run on loopback with a generated certificate and keys; print connection details as JSON")
