@@ -88,16 +88,7 @@ func BenchmarkSharded(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			b.ReportAllocs()
-			b.ResetTimer()
-			var base int64
-			for i := 0; i < b.N; i++ {
-				j := i % len(frames)
-				if j == 0 && i > 0 {
-					base += times[len(times)-1] - times[0] + 1e9
-				}
-				s.Frame(decode.LinkEthernet, base+times[j], frames[j], len(frames[j]))
-			}
+			replay(b, s.Frame, frames, times)
 			s.Flush()
 			b.StopTimer()
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "pkts/s")
