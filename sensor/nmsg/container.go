@@ -207,3 +207,27 @@ func appendFragment(b []byte, id, current, last uint32, data []byte, withCRC boo
 	}
 	return b
 }
+
+// ContainerSequence returns the sequence_id and sequence of one whole, unfragmented container (a
+// datagram, a spool or sielink container), inflating a zlib body if needed. ok is false when the
+// container carries no sequence fields or does not parse. Receivers use it to recognise a
+// container delivered twice (at-least-once delivery resends whole containers).
+func ContainerSequence(b []byte) (id uint64, seq uint32, ok bool) {
+	h, err := parseHeader(b)
+	if err != nil || h.flags&flagFragment != 0 || uint64(h.length) > uint64(len(b)-HeaderSize) {
+		return 0, 0, false
+	}
+	body := b[HeaderSize : HeaderSize+int(h.length)]
+	if h.flags&flagZlib != 0 {
+		var cnt Counters
+		d := decoder{max: MaxContainerSize, cnt: &cnt}
+		if body, err = d.inflate(body); err != nil {
+			return 0, 0, false
+		}
+	}
+	var c container
+	if parseNmsg(body, &c) != nil || !c.hasSeq || !c.hasSeqID {
+		return 0, 0, false
+	}
+	return c.seqID, c.sequence, true
+}

@@ -460,3 +460,49 @@ func TestWriterAllocs(t *testing.T) {
 		t.Errorf("DatagramWriter.Write: %v allocations per payload", n)
 	}
 }
+
+// TestFileSequence: with a SequenceID, every container carries it and a sequence counting from 0,
+// the reader still returns every payload, and containers stay within MaxSize.
+func TestFileSequence(t *testing.T) {
+	for _, zlib := range []bool{false, true} {
+		var buf bytes.Buffer
+		fw, err := NewFileWriter(&buf, FileOptions{CRC: true, Zlib: zlib, MaxSize: 4096, SequenceID: 0xfeedface12345678})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 100; i++ {
+			if err := fw.Write(&Payload{Vid: 1, Msgtype: 9, TimeSec: int64(i), Data: bytes.Repeat([]byte{byte(i)}, 300)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		fw.Close()
+		b := buf.Bytes()
+		var want uint32
+		for len(b) > 0 {
+			n := HeaderSize + int(binary.BigEndian.Uint32(b[6:10]))
+			if n > 4096 {
+				t.Errorf("container of %d octets over MaxSize", n)
+			}
+			id, seq, ok := ContainerSequence(b[:n])
+			if !ok || id != 0xfeedface12345678 || seq != want {
+				t.Fatalf("zlib=%v container %d: id %x seq %d ok %v", zlib, want, id, seq, ok)
+			}
+			want++
+			b = b[n:]
+		}
+		rd := NewReader(bytes.NewReader(buf.Bytes()), ReaderOptions{})
+		n := 0
+		for {
+			if _, err := rd.Next(); err != nil {
+				break
+			}
+			n++
+		}
+		if n != 100 || want < 2 {
+			t.Errorf("zlib=%v: %d payloads read from %d containers", zlib, n, want)
+		}
+	}
+	if _, _, ok := ContainerSequence([]byte("NMSG\x00\x02\x00\x00\x00\x00")); ok {
+		t.Error("empty container reported a sequence")
+	}
+}

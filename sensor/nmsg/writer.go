@@ -119,13 +119,20 @@ type FileOptions struct {
 	MaxSize int
 	// CRC adds payload_crcs, as the C library does by default.
 	CRC bool
+	// SequenceID, when not zero, stamps every container with sequence_id
+	// and a sequence counting from 0, as datagrams carry them. The C file
+	// output has none (leave it zero for byte compatibility); the spool
+	// sets it so that a receiver can recognise a container delivered twice.
+	SequenceID uint64
 }
 
 // FileWriter writes a stream of containers, as the C library's file and
-// stream outputs do: no sequence numbers, no fragmentation.
+// stream outputs do: no fragmentation, and no sequence numbers unless
+// FileOptions.SequenceID asks for them.
 type FileWriter struct {
 	w     io.Writer
 	opts  FileOptions
+	seq   uint32
 	b     builder
 	z     compressor
 	stats WriterStats
@@ -157,7 +164,7 @@ func (fw *FileWriter) Write(p *Payload) error {
 	if fw.err != nil {
 		return fw.err
 	}
-	size, psize, crc := fw.b.sizeWith(p, 0)
+	size, psize, crc := fw.b.sizeWith(p, fw.seqBytes())
 	if size > fw.opts.MaxSize {
 		if fw.b.n == 0 {
 			return ErrTooLarge
@@ -165,7 +172,7 @@ func (fw *FileWriter) Write(p *Payload) error {
 		if err := fw.Flush(); err != nil {
 			return err
 		}
-		size, psize, crc = fw.b.sizeWith(p, 0)
+		size, psize, crc = fw.b.sizeWith(p, fw.seqBytes())
 		if size > fw.opts.MaxSize {
 			return ErrTooLarge
 		}
@@ -183,7 +190,8 @@ func (fw *FileWriter) Flush() error {
 	if fw.b.n == 0 {
 		return nil
 	}
-	fw.b.finish(false, 0, 0)
+	fw.b.finish(fw.opts.SequenceID != 0, fw.seq, fw.opts.SequenceID)
+	fw.seq++
 	out := fw.b.buf
 	flags := byte(0)
 	if fw.opts.Zlib {
@@ -202,6 +210,13 @@ func (fw *FileWriter) Flush() error {
 	}
 	fw.stats.Containers++
 	return nil
+}
+
+func (fw *FileWriter) seqBytes() int {
+	if fw.opts.SequenceID == 0 {
+		return 0
+	}
+	return 1 + varintLen(uint64(fw.seq)) + 1 + varintLen(fw.opts.SequenceID)
 }
 
 // Close flushes the last container. Further writes return ErrClosed.

@@ -48,6 +48,7 @@ type StoreOptions struct {
 // FileStats are a sensor's storage counters.
 type FileStats struct {
 	Containers   uint64    `json:"containers"`    // containers written
+	Duplicates   uint64    `json:"duplicates"`    // containers received again (same sequence_id and sequence), not written twice
 	Bytes        uint64    `json:"bytes"`         // octets written (after compression)
 	FilesSealed  uint64    `json:"files_sealed"`  // files renamed into place
 	WriteErrors  uint64    `json:"write_errors"`  //
@@ -80,6 +81,46 @@ type sensorFile struct {
 	zw        *zlib.Writer
 	zbuf      bytes.Buffer
 	st        FileStats
+	seen      map[seqKey]struct{} // recent containers' (sequence_id, sequence)
+	seenRing  []seqKey
+	seenNext  int
+}
+
+// seqKey identifies a container by its NMSG sequence fields (the sensor's spool stamps them).
+type seqKey struct {
+	id  uint64
+	seq uint32
+}
+
+// seenWindow is how many recent containers per sensor are remembered to recognise a resend: a
+// sensor resends at most the segments of one broken connection.
+const seenWindow = 1 << 16
+
+// seenBefore reports whether a container with c's sequence fields was stored recently, and the
+// key to remember once c is stored (ok false: c carries no sequence).
+func (sf *sensorFile) seenBefore(c []byte) (k seqKey, ok, dup bool) {
+	id, seq, ok := nmsg.ContainerSequence(c)
+	if !ok {
+		return k, false, false
+	}
+	k = seqKey{id, seq}
+	_, dup = sf.seen[k]
+	return k, true, dup
+}
+
+// remember records a stored container's key, forgetting the oldest beyond seenWindow. Only
+// stored containers are remembered, so a container whose write failed is taken when resent.
+func (sf *sensorFile) remember(k seqKey) {
+	if sf.seen == nil {
+		sf.seen = make(map[seqKey]struct{}, seenWindow)
+		sf.seenRing = make([]seqKey, seenWindow)
+	}
+	if old := sf.seenRing[sf.seenNext]; old != (seqKey{}) {
+		delete(sf.seen, old)
+	}
+	sf.seenRing[sf.seenNext] = k
+	sf.seenNext = (sf.seenNext + 1) % seenWindow
+	sf.seen[k] = struct{}{}
 }
 
 // NewStore creates Dir if needed and recovers temp files a crash left
@@ -180,6 +221,12 @@ func (s *Store) Deliver(d *sielink.Delivery) error {
 	}
 	sf.mu.Lock()
 	defer sf.mu.Unlock()
+	key, hasKey, dup := sf.seenBefore(d.Payload.Data)
+	if dup {
+		// A resend after a broken connection: already stored (and confirmed) once.
+		sf.st.Duplicates++
+		return nil
+	}
 	now := s.opts.now()
 	if sf.f != nil && !now.Before(sf.end) {
 		if err := s.seal(sf); err != nil {
@@ -207,6 +254,9 @@ func (s *Store) Deliver(d *sielink.Delivery) error {
 	if err != nil {
 		sf.st.WriteErrors++
 		return fmt.Errorf("writing %s: %w", sf.tmp, err)
+	}
+	if hasKey {
+		sf.remember(key)
 	}
 	sf.st.Containers++
 	sf.st.Bytes += uint64(len(data))

@@ -1,6 +1,8 @@
 package spool
 
 import (
+	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -156,7 +158,12 @@ func OpenProducer(opts Options) (*Producer, error) {
 		p.unlock()
 		return nil, err
 	}
-	fw, err := nmsg.NewFileWriter(segWriter{p}, nmsg.FileOptions{Zlib: opts.Zlib, CRC: true, MaxSize: opts.containerSize()})
+	// Every container gets this run's random sequence_id and a counter, so whoever receives a
+	// segment twice (at-least-once delivery) can tell the repeated containers apart from new ones.
+	var idb [8]byte
+	rand.Read(idb[:])
+	seqID := binary.BigEndian.Uint64(idb[:]) | 1
+	fw, err := nmsg.NewFileWriter(segWriter{p}, nmsg.FileOptions{Zlib: opts.Zlib, CRC: true, MaxSize: opts.containerSize(), SequenceID: seqID})
 	if err != nil {
 		p.unlock()
 		return nil, err

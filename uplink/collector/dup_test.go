@@ -1,0 +1,73 @@
+package collector
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/sie-europe/dnssensor/sensor/nmsg"
+	"github.com/sie-europe/dnssensor/uplink/sielink"
+)
+
+// TestDuplicatesRecognised: a container delivered again (same sequence_id and sequence, as a
+// sensor's spool resends after a broken connection) is counted and stored once; containers
+// without sequence fields are always stored.
+func TestDuplicatesRecognised(t *testing.T) {
+	dir := t.TempDir()
+	s, err := NewStore(StoreOptions{Dir: dir, Rotate: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	fw, _ := nmsg.NewFileWriter(&buf, nmsg.FileOptions{CRC: true, MaxSize: 1024, SequenceID: 42})
+	for i := 0; i < 20; i++ {
+		fw.Write(&nmsg.Payload{Vid: 1, Msgtype: 9, TimeSec: int64(i), Data: bytes.Repeat([]byte{byte(i)}, 200)})
+	}
+	fw.Close()
+	var conts [][]byte
+	for b := buf.Bytes(); len(b) > 0; {
+		n := nmsg.HeaderSize + int(uint32(b[6])<<24|uint32(b[7])<<16|uint32(b[8])<<8|uint32(b[9]))
+		conts = append(conts, b[:n])
+		b = b[n:]
+	}
+	var pb bytes.Buffer
+	pw, _ := nmsg.NewFileWriter(&pb, nmsg.FileOptions{})
+	pw.Write(&nmsg.Payload{Vid: 1, Msgtype: 9, Data: []byte("no sequence")})
+	pw.Close()
+	plain := pb.Bytes()
+	deliver := func(c []byte) {
+		if err := s.Deliver(&sielink.Delivery{Sensor: "s1", Payload: &sielink.Payload{Data: c}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range conts {
+		deliver(c)
+	}
+	for _, c := range conts[len(conts)/2:] { // the resend of a broken connection's tail
+		deliver(c)
+	}
+	deliver(plain)
+	deliver(plain)
+	s.Close()
+	st := s.Stats()["s1"]
+	if st.Duplicates != uint64(len(conts)-len(conts)/2) || st.Containers != uint64(len(conts)+2) {
+		t.Errorf("duplicates %d containers %d; want %d and %d", st.Duplicates, st.Containers, len(conts)-len(conts)/2, len(conts)+2)
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "s1", "*.nmsg"))
+	n := 0
+	for _, f := range files {
+		b, _ := os.ReadFile(f)
+		rd := nmsg.NewReader(bytes.NewReader(b), nmsg.ReaderOptions{})
+		for {
+			if _, err := rd.Next(); err != nil {
+				break
+			}
+			n++
+		}
+	}
+	if n != 22 {
+		t.Errorf("%d payloads stored, want 22 (20 once, the unsequenced one twice)", n)
+	}
+}
