@@ -23,14 +23,15 @@ func eth(etype uint16, payload []byte) []byte {
 	return append(b, payload...)
 }
 
-func tag(etype uint16, inner uint16, payload []byte) []byte {
+// tag prepends an 802.1Q-style tag (TCI 7) whose inner type is inner.
+func tag(inner uint16, payload []byte) []byte {
 	b := binary.BigEndian.AppendUint16([]byte{0, 7}, inner)
 	return append(b, payload...)
 }
 
 func TestDecodeLinkStacks(t *testing.T) {
 	ip := udp4()
-	qinq := append([]byte{}, tag(0, 0x8100, tag(0, 0x0800, ip))...)
+	qinq := append([]byte{}, tag(0x8100, tag(0x0800, ip))...)
 	mpls := append([]byte{0, 0x01, 0x00, 0x40, 0, 0x02, 0x01, 0x40}, ip...) // two labels, bottom-of-stack on the second
 	padded := append(append([]byte{}, ip...), 0, 0, 0, 0, 0, 0)             // Ethernet minimum-size padding
 	sll := append(make([]byte, 14), append([]byte{0x08, 0x00}, ip...)...)
@@ -43,7 +44,7 @@ func TestDecodeLinkStacks(t *testing.T) {
 		{"raw", LinkRaw, ip},
 		{"ethernet", LinkEthernet, eth(0x0800, ip)},
 		{"ethernet padded", LinkEthernet, eth(0x0800, padded)},
-		{"802.1Q", LinkEthernet, eth(0x8100, tag(0, 0x0800, ip))},
+		{"802.1Q", LinkEthernet, eth(0x8100, tag(0x0800, ip))},
 		{"QinQ 88a8", LinkEthernet, eth(0x88a8, qinq)},
 		{"QinQ 9100", LinkEthernet, eth(0x9100, qinq)},
 		{"MPLS", LinkEthernet, eth(0x8847, mpls)},
@@ -104,7 +105,7 @@ func TestDecodeRejects(t *testing.T) {
 	var p Packet
 	many := udp4()
 	for i := 0; i < maxTags+1; i++ {
-		many = tag(0, 0x8100, many)
+		many = tag(0x8100, many)
 		many[2], many[3] = 0x81, 0x00
 	}
 	if r := Decode(LinkEthernet, eth(0x8100, many), &p); r != TooManyTags {
@@ -116,7 +117,7 @@ func TestDecodeRejects(t *testing.T) {
 // frame to UDP or TCP, the two decoders agree on addresses, ports and payload.
 func FuzzDecode(f *testing.F) {
 	f.Add(uint8(1), eth(0x0800, udp4()))
-	f.Add(uint8(1), eth(0x8100, tag(0, 0x0800, udp4())))
+	f.Add(uint8(1), eth(0x8100, tag(0x0800, udp4())))
 	f.Add(uint8(101), udp4())
 	f.Fuzz(func(t *testing.T, lt uint8, frame []byte) {
 		links := []LinkType{LinkEthernet, LinkRaw, LinkSLL, LinkSLL2, LinkNull}
@@ -161,7 +162,7 @@ func FuzzDecode(f *testing.F) {
 }
 
 func BenchmarkDecode(b *testing.B) {
-	frame := eth(0x8100, tag(0, 0x0800, udp4()))
+	frame := eth(0x8100, tag(0x0800, udp4()))
 	var p Packet
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {

@@ -203,7 +203,7 @@ func (r *Reassembler) complete(e *entry, proto uint8) *Datagram {
 	} else if p := lastNextHeader(e.frags[0].pkt); p >= 0 {
 		r.out.Proto = uint8(p)
 	}
-	r.remove(e)
+	r.forget(e)
 	r.stats.Datagrams++
 	return &r.out
 }
@@ -281,12 +281,10 @@ func (r *Reassembler) compact() {
 
 func (r *Reassembler) drop(e *entry) {
 	r.stats.FragsLost += uint64(len(e.frags))
-	r.remove(e)
+	r.forget(e)
 }
 
-// remove takes e out of the map; its FIFO slot is skipped when it reaches the front.
-func (r *Reassembler) remove(e *entry) { r.forget(e) }
-
+// forget takes e out of the map; its FIFO slot is skipped when it reaches the front.
 func (r *Reassembler) forget(e *entry) {
 	if e.dead {
 		return

@@ -119,7 +119,7 @@ func (t *table) alloc(k flowKey) int32 {
 	return i
 }
 
-// each calls fn for the pending entries with key k, oldest first, until fn returns true; it
+// find calls fn for the pending entries with key k, oldest first, until fn returns true; it
 // returns that entry's index or nilIdx.
 func (t *table) find(k *flowKey, fn func(e *entry) bool) int32 {
 	h := k.hash(t.seed)
