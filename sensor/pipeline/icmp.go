@@ -17,10 +17,12 @@ func icmpError(proto uint8, typ uint8) bool {
 	return typ >= 1 && typ <= 4
 }
 
-// icmp turns an ICMP error that quotes one of the resolver's DNS queries into an ICMP record,
-// closing the pending query it answers. The C reference parses the quoted packet as if it were the
-// outer one and so never matches anything; here the quote is read leniently, since routers quote
-// as little as 8 octets of UDP.
+// icmp turns an ICMP error that quotes one of the resolver's pending DNS queries into an ICMP
+// record, closing that query. The C reference parses the quoted packet as if it were the outer one
+// and so never matches anything. Only a quoted query (QR=0) that the privacy rule keeps (a
+// resolver asking port 53) and that is pending counts: anything else an ICMP error can quote, such
+// as the resolver's answer to a client, or a "query" a client made up, would put the client's
+// address and names into a record.
 func (p *Pipeline) icmp(pk *decode.Packet, pkt []byte, ts int64) {
 	if len(pk.L4) < 8 || !icmpError(pk.Proto, pk.L4[0]) {
 		p.stats.NotDNS++
@@ -50,51 +52,41 @@ func (p *Pipeline) icmp(pk *decode.Packet, pkt []byte, ts int64) {
 		return
 	}
 	sport, dport := binary.BigEndian.Uint16(l4), binary.BigEndian.Uint16(l4[2:])
-	if !isDNSPort(dport) {
+	if !isDNSPort(sport) && !isDNSPort(dport) {
 		p.stats.NotDNS++
 		return
 	}
-	if !p.initiator(qsrc, qdst) || pk.Dst != qsrc {
+	if v := p.rule(qsrc, sport, qdst, dport); v != keep || pk.Dst != qsrc {
+		p.refuse(v)
+		return
+	}
+	// Only a UDP quote long enough to show the DNS header can be told to be a query and matched;
+	// the table holds only queries the rule kept, so a match vouches for every address involved.
+	if proto != decode.ProtoUDP || len(l4) < 8+dnswire.HeaderLen {
+		p.stats.ICMPUnmatched++
+		return
+	}
+	h, _ := dnswire.ParseHeader(l4[8:])
+	if h.Response() {
 		p.stats.NotResolver++
 		return
 	}
-	var id uint16
-	var h dnswire.Header
-	var hasH bool
-	var dnsMsg []byte
-	if proto == decode.ProtoUDP && len(l4) >= 8+dnswire.HeaderLen {
-		dnsMsg = l4[8:]
-		h, hasH = dnswire.ParseHeader(dnsMsg)
-		id = h.ID
+	matched := p.t.first(makeKey(qsrc, qdst, proto, sport, dport, h.ID))
+	if matched == nilIdx {
+		p.stats.ICMPUnmatched++
+		return
 	}
-	r := p.newRecord(dnsqr.ICMP, pk.Proto, qsrc, qdst, sport, dport, id)
-	var flags uint16
-	matched := int32(nilIdx)
-	if hasH {
-		matched = p.t.first(makeKey(qsrc, qdst, proto, sport, dport, id))
+	r := p.newRecord(dnsqr.ICMP, pk.Proto, qsrc, qdst, sport, dport, h.ID)
+	p.t.unlink(matched)
+	e := &p.t.e[matched]
+	r.QueryPackets, r.QueryTimes = append(r.QueryPackets, e.pkts...), append(r.QueryTimes, e.times...)
+	if e.hasQ {
+		r.HasQuestion, r.Qname, r.Qtype, r.Qclass = true, e.qname, e.qtype, e.qclass
 	}
-	if matched != nilIdx {
-		p.t.unlink(matched)
-		e := &p.t.e[matched]
-		r.QueryPackets, r.QueryTimes = append(r.QueryPackets, e.pkts...), append(r.QueryTimes, e.times...)
-		if e.hasQ {
-			r.HasQuestion, r.Qname, r.Qtype, r.Qclass = true, e.qname, e.qtype, e.qclass
-		}
-		flags = e.flags
-		p.stats.ICMPMatched++
-	} else if hasH {
-		flags = h.Flags
-		if h.QDCount == 1 {
-			if qq, ok := dnswire.ParseQuestion(dnsMsg); ok {
-				r.HasQuestion, r.Qname, r.Qtype, r.Qclass = true, qq.Name, qq.Type, qq.Class
-			}
-		}
-	}
+	p.stats.ICMPMatched++
 	p.ibuf = append(p.ibuf[:0], pkt...)
 	r.ICMP = p.ibuf
 	r.EventTime = ts
-	p.finish(r, flags)
-	if matched != nilIdx {
-		p.t.release(matched)
-	}
+	p.finish(r, e.flags)
+	p.t.release(matched)
 }

@@ -31,8 +31,26 @@ type Config struct {
 	QnameInclude []string       // DNSQR_FILTER_QNAMES_INCLUDE: exceptions to the exclude list
 	QueryTimeout time.Duration  // DNSQR_QUERY_TIMEOUT (default 60 s, whole seconds as in C)
 	StateMax     int            // DNSQR_STATE_TABLE_MAX (default 131072)
-	Defrag       defrag.Config
-	TCP          tcpdns.Config
+	// Unsolicited keeps responses that match no query as UDP_UNSOLICITED_RESPONSE records (TCP
+	// records without a query), as the C reference does. Off, they are dropped and counted: a
+	// client that answers from port 53 to a resolver's ephemeral port looks exactly like a late
+	// authority, so a passive sensor cannot keep one without risking the other.
+	Unsolicited bool
+	// Hold keeps a response that matches no pending query for this much packet time, so a query
+	// that arrives after its response (two tap ports read independently) still pairs. 0: decide
+	// at once, in the C reference's record order.
+	Hold time.Duration
+	// HoldMaxBytes bounds the octets of held responses (default 4 MiB); beyond it the oldest is
+	// released early, counted.
+	HoldMaxBytes int
+	// MDNS keeps port 5353 traffic (mDNS), as the C reference does. It is not a resolver's
+	// cache-miss traffic and carries hosts' own names, so it is dropped and counted by default.
+	MDNS bool
+	// AllowWideResolver accepts resolver (or authority) prefixes shorter than /16 (IPv4) or /32
+	// (IPv6); such a prefix almost always takes clients for resolvers.
+	AllowWideResolver bool
+	Defrag            defrag.Config
+	TCP               tcpdns.Config
 }
 
 // Validate reports the first configuration error, naming the setting.
@@ -52,10 +70,47 @@ func (c *Config) Validate() error {
 	if c.StateMax < 0 {
 		return fmt.Errorf("state-max: must be positive, got %d", c.StateMax)
 	}
+	if c.Hold < 0 || c.Hold > 10*time.Second {
+		return fmt.Errorf("unsolicited-hold: %v outside [0, 10s]", c.Hold)
+	}
+	if c.HoldMaxBytes < 0 {
+		return fmt.Errorf("unsolicited-hold-bytes: must be positive, got %d", c.HoldMaxBytes)
+	}
+	if !c.AllowWideResolver {
+		for _, set := range []struct {
+			name string
+			ps   []netip.Prefix
+		}{{"resolver", c.Resolvers}, {"authoritative", c.Authorities}} {
+			for _, pr := range set.ps {
+				if err := CheckWidth(pr); err != nil {
+					return fmt.Errorf("%s: %v", set.name, err)
+				}
+			}
+		}
+	}
 	for _, n := range append(append([]string(nil), c.QnameExclude...), c.QnameInclude...) {
 		if _, err := wireName(n); err != nil {
 			return fmt.Errorf("qname-exclude/qname-include: %q: %v", n, err)
 		}
+	}
+	return nil
+}
+
+// Narrowest prefixes accepted without AllowWideResolver: a resolver farm fits in a /16 or a /32,
+// and anything wider is far more likely a mistake that turns clients into "resolvers".
+const (
+	MinBits4 = 16
+	MinBits6 = 32
+)
+
+// CheckWidth refuses a resolver or authority prefix wider than MinBits4/MinBits6.
+func CheckWidth(pr netip.Prefix) error {
+	min := MinBits6
+	if pr.Addr().Is4() {
+		min = MinBits4
+	}
+	if pr.Bits() < min {
+		return fmt.Errorf("%v is wider than /%d and would take clients for resolvers; list the servers' own addresses or their narrow prefixes, or set -allow-wide-resolver (config key \"allow-wide-resolver\") if this is deliberate", pr, min)
 	}
 	return nil
 }
@@ -84,6 +139,9 @@ type Pipeline struct {
 	include   map[string]struct{}
 
 	t      *table
+	held   *table // responses that matched no query, waiting for a late one (Hold)
+	hold   int64  // Hold in ns
+	heldB  int    // octets of held responses
 	frag   *defrag.Reassembler
 	tcp    *tcpdns.Reassembler
 	scrub  privacy.Scrubber
@@ -115,11 +173,16 @@ func New(cfg Config, emit Emit) (*Pipeline, error) {
 	if cfg.StateMax == 0 {
 		cfg.StateMax = 131072
 	}
+	if cfg.HoldMaxBytes == 0 {
+		cfg.HoldMaxBytes = 4 << 20
+	}
 	p := &Pipeline{
 		cfg:      cfg,
 		emit:     emit,
 		timeoutS: int64(cfg.QueryTimeout / time.Second),
 		t:        newTable(cfg.StateMax),
+		held:     newTable(holdMax),
+		hold:     int64(cfg.Hold),
 		frag:     defrag.New(cfg.Defrag),
 		tcp:      tcpdns.New(cfg.TCP),
 	}
@@ -174,6 +237,9 @@ func (p *Pipeline) advance(ts int64) {
 	if ts > p.now {
 		p.now = ts
 	}
+	if p.held.n > 0 {
+		p.expireHeld(p.now, false)
+	}
 }
 
 func (p *Pipeline) packet(pk *decode.Packet, ts int64) {
@@ -226,8 +292,10 @@ func (p *Pipeline) transport(pk *decode.Packet, pkts [][]byte, times []int64) {
 			p.stats.NotDNS++
 			return
 		}
-		// Client traffic never enters the reassembler: it costs memory and must not be kept.
-		if !p.initiator(pk.Src, pk.Dst) && !p.initiator(pk.Dst, pk.Src) {
+		// Only connections a resolver opened toward port 53 (authority mode: toward an
+		// authority's port 53) enter the reassembler, in either direction; client traffic is
+		// refused before any state exists, so it can neither be kept nor evict the resolver's.
+		if p.rule(pk.Src, pk.SrcPort, pk.Dst, pk.DstPort) != keep && p.rule(pk.Dst, pk.DstPort, pk.Src, pk.SrcPort) != keep {
 			p.stats.NotResolver++
 			return
 		}
@@ -262,6 +330,45 @@ func (p *Pipeline) initiator(src, dst netip.Addr) bool {
 		}
 	}
 	return false
+}
+
+type verdict uint8
+
+const (
+	keep        verdict = iota
+	notOurs             // client-side traffic: counted as not_resolver
+	mdnsTraffic         // port 5353 without -mdns
+)
+
+// rule is the privacy rule for a transaction seen from its query's side: qip:qport asked
+// rip:rport. In resolver mode a resolver asks from an ephemeral port and the far side answers on
+// port 53; anything where the resolver's address uses 53 or 5353 is its client-facing service,
+// whatever the QR bit says (a client can set it). In authority mode an authority answers on 53.
+// Port 5353 alone is mDNS, a host's own names rather than cache misses: kept only with MDNS, and
+// then as the C reference keeps it.
+func (p *Pipeline) rule(qip netip.Addr, qport uint16, rip netip.Addr, rport uint16) verdict {
+	if qport != 53 && rport != 53 {
+		if !p.cfg.MDNS {
+			return mdnsTraffic
+		}
+		if p.initiator(qip, rip) {
+			return keep
+		}
+		return notOurs
+	}
+	if rport != 53 || !p.initiator(qip, rip) || (!p.auth && isDNSPort(qport)) {
+		return notOurs
+	}
+	return keep
+}
+
+// refuse counts a message the rule did not keep.
+func (p *Pipeline) refuse(v verdict) {
+	if v == mdnsTraffic {
+		p.stats.MDNSDropped++
+	} else {
+		p.stats.NotResolver++
+	}
 }
 
 // query is what the capture path knows of one DNS message.
@@ -312,8 +419,8 @@ func (p *Pipeline) dns(m *message) {
 	}
 	// The privacy rule, in user space for both families whatever the kernel filter did: only the
 	// resolver's own transactions, never a client's.
-	if !p.initiator(qip, rip) {
-		p.stats.NotResolver++
+	if v := p.rule(qip, qport, rip, rport); v != keep {
+		p.refuse(v)
 		return
 	}
 	typ := dnsqr.UDPQueryResponse
@@ -340,21 +447,21 @@ func (p *Pipeline) dns(m *message) {
 	}
 	k := makeKey(qip, rip, m.proto, qport, rport, m.h.ID)
 	if !resp {
+		if p.held.n > 0 && p.pairHeld(k, m, typ) {
+			return
+		}
 		p.insert(k, m, qip, rip)
 		return
 	}
 	i := p.t.match(k, m.hasQ, m.q, m.h.Rcode())
+	if i == nilIdx {
+		p.unmatched(k, m, qip, rip)
+		return
+	}
 	r := p.newRecord(typ, m.proto, qip, rip, qport, rport, m.h.ID)
 	r.HasRcode, r.Rcode = true, m.h.Rcode()
 	p.setQuestion(r, m.hasQ, m.q)
 	p.setResponse(r, m)
-	if i == nilIdx {
-		if !m.tcp {
-			r.Type = dnsqr.UDPUnsolicitedResponse
-		}
-		p.finish(r, m.h.Flags)
-		return
-	}
 	e := &p.t.e[i]
 	r.QueryPackets, r.QueryTimes = append(r.QueryPackets, e.pkts...), append(r.QueryTimes, e.times...)
 	if !r.HasQuestion && e.hasQ {
@@ -370,8 +477,14 @@ func (p *Pipeline) insert(k flowKey, m *message, qip, rip netip.Addr) {
 		p.expireOne(p.now)
 	}
 	i := p.t.alloc(k)
-	e := &p.t.e[i]
-	e.qip, e.rip, e.flags, e.hasQ = qip, rip, m.h.Flags, m.hasQ
+	p.t.e[i].store(m, qip, rip)
+	p.stats.Pending = uint64(p.t.n)
+}
+
+// store copies the message's packets and question into the entry's own storage: the message is
+// about to be overwritten.
+func (e *entry) store(m *message, qip, rip netip.Addr) {
+	e.qip, e.rip, e.flags, e.hasQ, e.rcode = qip, rip, m.h.Flags, m.hasQ, m.h.Rcode()
 	for _, b := range m.pkts {
 		e.buf = append(e.buf, b...)
 	}
@@ -382,14 +495,12 @@ func (p *Pipeline) insert(k flowKey, m *message, qip, rip netip.Addr) {
 		off += len(b)
 	}
 	if m.hasQ {
-		// Keep the question in the entry's own storage: the message is about to be overwritten.
 		e.buf = append(e.buf, m.q.Name...)
 		e.qname = e.buf[off : off+len(m.q.Name)]
 		e.qtype, e.qclass = m.q.Type, m.q.Class
 	} else {
 		e.qname = nil
 	}
-	p.stats.Pending = uint64(p.t.n)
 }
 
 // expire emits as unanswered every pending query older than the timeout at packet time now, or
@@ -404,6 +515,115 @@ func (p *Pipeline) expire(now int64, all bool) {
 	}
 	p.frag.Expire(now)
 	p.tcp.Expire(now, p.tcpMsg)
+}
+
+// unmatched handles a response that found no pending query: held for the hold window when there
+// is one, else decided at once.
+func (p *Pipeline) unmatched(k flowKey, m *message, qip, rip netip.Addr) {
+	if p.hold == 0 {
+		if !p.cfg.Unsolicited {
+			p.stats.UnsolicitedDropped++
+			return
+		}
+		r := p.newRecord(dnsqr.UDPUnsolicitedResponse, m.proto, qip, rip, k.qport, k.rport, k.id)
+		if m.tcp {
+			r.Type = dnsqr.TCP
+		}
+		r.HasRcode, r.Rcode = true, m.h.Rcode()
+		p.setQuestion(r, m.hasQ, m.q)
+		p.setResponse(r, m)
+		p.finish(r, m.h.Flags)
+		return
+	}
+	size := 0
+	for _, b := range m.pkts {
+		size += len(b)
+	}
+	if size > p.cfg.HoldMaxBytes {
+		p.stats.HoldEvicted++
+		p.stats.UnsolicitedDropped++
+		return
+	}
+	for p.held.n >= p.held.max || p.heldB+size > p.cfg.HoldMaxBytes {
+		p.stats.HoldEvicted++
+		p.releaseHeld(p.held.head)
+	}
+	i := p.held.alloc(k)
+	e := &p.held.e[i]
+	e.store(m, qip, rip)
+	p.heldB += len(e.buf)
+	p.stats.Held++
+}
+
+// pairHeld pairs a query with a held response to it, as the pair table would have, had the
+// query come first. It reports whether it did.
+func (p *Pipeline) pairHeld(k flowKey, m *message, typ dnsqr.Type) bool {
+	i := p.held.find(&k, func(e *entry) bool {
+		if e.hasQ && m.hasQ {
+			return e.qtype == m.q.Type && e.qclass == m.q.Class && dnswire.EqualFold(e.qname, m.q.Name)
+		}
+		switch e.rcode {
+		case 1, 2, 4, 5:
+			return !e.hasQ
+		}
+		return false
+	})
+	if i == nilIdx {
+		return false
+	}
+	p.held.unlink(i)
+	e := &p.held.e[i]
+	p.heldB -= len(e.buf)
+	r := p.newRecord(typ, k.proto, e.qip, e.rip, k.qport, k.rport, k.id)
+	r.HasRcode, r.Rcode = true, e.rcode
+	if e.hasQ {
+		r.HasQuestion, r.Qname, r.Qtype, r.Qclass = true, e.qname, e.qtype, e.qclass
+	} else {
+		p.setQuestion(r, m.hasQ, m.q)
+	}
+	// The query's packets are the capture's: copy them so the scrubber writes to our own.
+	r.QueryPackets, r.QueryTimes = append(r.QueryPackets, p.scratch(m.pkts)...), append(r.QueryTimes, m.times...)
+	r.ResponsePackets, r.ResponseTimes = append(r.ResponsePackets, e.pkts...), append(r.ResponseTimes, e.times...)
+	p.stats.HeldPaired++
+	p.finish(r, m.h.Flags)
+	p.held.release(i)
+	return true
+}
+
+// expireHeld decides every held response older than the hold window at packet time now, or all
+// of them (end of input).
+func (p *Pipeline) expireHeld(now int64, all bool) {
+	for p.held.head != nilIdx {
+		e := &p.held.e[p.held.head]
+		if !all && now-e.times[len(e.times)-1] <= p.hold {
+			break
+		}
+		p.releaseHeld(p.held.head)
+	}
+}
+
+// releaseHeld ends the wait of held response i: no query came, so it is unsolicited.
+func (p *Pipeline) releaseHeld(i int32) {
+	p.held.unlink(i)
+	e := &p.held.e[i]
+	p.heldB -= len(e.buf)
+	if !p.cfg.Unsolicited {
+		p.stats.UnsolicitedDropped++
+		p.held.release(i)
+		return
+	}
+	typ := dnsqr.UDPUnsolicitedResponse
+	if e.key.proto == decode.ProtoTCP {
+		typ = dnsqr.TCP
+	}
+	r := p.newRecord(typ, e.key.proto, e.qip, e.rip, e.key.qport, e.key.rport, e.key.id)
+	r.HasRcode, r.Rcode = true, e.rcode
+	if e.hasQ {
+		r.HasQuestion, r.Qname, r.Qtype, r.Qclass = true, e.qname, e.qtype, e.qclass
+	}
+	r.ResponsePackets, r.ResponseTimes = append(r.ResponsePackets, e.pkts...), append(r.ResponseTimes, e.times...)
+	p.finish(r, e.flags)
+	p.held.release(i)
 }
 
 func (p *Pipeline) expireOne(now int64) {
@@ -440,18 +660,23 @@ func (p *Pipeline) setQuestion(r *dnsqr.Record, hasQ bool, q dnswire.Question) {
 
 // setResponse copies the response packets into scratch space the scrubber may write.
 func (p *Pipeline) setResponse(r *dnsqr.Record, m *message) {
+	r.ResponsePackets = append(r.ResponsePackets, p.scratch(m.pkts)...)
+	r.ResponseTimes = append(r.ResponseTimes, m.times...)
+}
+
+// scratch copies packets into the pipeline's scratch space, valid until the next call.
+func (p *Pipeline) scratch(pkts [][]byte) [][]byte {
 	p.rbuf = p.rbuf[:0]
-	for _, b := range m.pkts {
+	for _, b := range pkts {
 		p.rbuf = append(p.rbuf, b...)
 	}
 	p.rpkts = p.rpkts[:0]
 	off := 0
-	for _, b := range m.pkts {
+	for _, b := range pkts {
 		p.rpkts = append(p.rpkts, p.rbuf[off:off+len(b):off+len(b)])
 		off += len(b)
 	}
-	r.ResponsePackets = append(r.ResponsePackets, p.rpkts...)
-	r.ResponseTimes = append(r.ResponseTimes, m.times...)
+	return p.rpkts
 }
 
 // finish applies the RD and qname filters (on the query's flags when there was a query), the
@@ -482,6 +707,7 @@ func (p *Pipeline) finish(r *dnsqr.Record, flags uint16) {
 // fragments are counted.
 func (p *Pipeline) Flush() {
 	p.tcp.Flush(p.tcpMsg)
+	p.expireHeld(p.now, true)
 	p.expire(p.now, true)
 	p.frag.Flush()
 	p.stats.Pending = 0
@@ -513,7 +739,7 @@ func (p *Pipeline) Stats() Stats {
 	s.TCP = p.tcp.Stats()
 	s.Privacy = p.scrub.Stats
 	s.Pending = uint64(p.t.n)
-	s.MemTable = p.t.memory()
+	s.MemTable = p.t.memory() + p.held.memory()
 	s.MemFrag = p.frag.Bytes()
 	s.MemTCP = p.tcp.MemoryBytes()
 	return s

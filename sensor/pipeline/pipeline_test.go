@@ -247,7 +247,8 @@ func udpChecksumValid(pkt []byte) bool {
 
 func TestZeroResolverEverywhere(t *testing.T) {
 	for _, fam := range []struct{ res, auth netip.Addr }{{res4, auth4}, {res6, auth6}} {
-		h := newHarness(t, Config{RD: -1, ZeroResolver: true})
+		// Unsolicited records on and no hold: the C reference's record order.
+		h := newHarness(t, Config{RD: -1, ZeroResolver: true, Unsolicited: true})
 		q := msg(t, 11, "z.example.", dns.TypeA, false, false, netip.Prefix{})
 		// answered, unsolicited, unanswered
 		h.p.IPPacket(t0, udp(fam.res, 40000, fam.auth, 53, q))

@@ -28,9 +28,16 @@ type Stats struct {
 	FilteredQname  uint64 // dropped by -qname-exclude
 	PrivacyDropped uint64 // records the scrubber could not vouch for
 	StateEvicted   uint64 // pending queries pushed out by -state-max (emitted as unanswered)
-	OutputErrors   uint64 // records the output refused
-	Records        [8]uint64
-	Pending        uint64
+	MDNSDropped    uint64 // port 5353 traffic without -mdns
+	ICMPUnmatched  uint64 // ICMP errors quoting a resolver query that is not pending (or unreadable)
+	Held           uint64 // responses held for a late query (-unsolicited-hold)
+	HeldPaired     uint64 // of them, paired when their query arrived
+	HoldEvicted    uint64 // held responses released early by the hold's bounds
+	// UnsolicitedDropped counts responses that matched no query, dropped without -unsolicited.
+	UnsolicitedDropped uint64
+	OutputErrors       uint64 // records the output refused
+	Records            [8]uint64
+	Pending            uint64
 
 	Defrag  defrag.Stats
 	TCP     tcpdns.Stats
@@ -50,6 +57,8 @@ func (s *Stats) String() string {
 	}
 	fmt.Fprintf(&b, " not_dns=%d not_resolver=%d dns_malformed=%d icmp_malformed=%d icmp_matched=%d",
 		s.NotDNS, s.NotResolver, s.DNSMalformed, s.ICMPMalformed, s.ICMPMatched)
+	fmt.Fprintf(&b, " mdns_dropped=%d icmp_unmatched=%d held=%d held_paired=%d hold_evicted=%d unsolicited_dropped=%d",
+		s.MDNSDropped, s.ICMPUnmatched, s.Held, s.HeldPaired, s.HoldEvicted, s.UnsolicitedDropped)
 	fmt.Fprintf(&b, " filtered_qr=%d filtered_rd=%d filtered_qname=%d privacy_dropped=%d state_evicted=%d output_errors=%d",
 		s.FilteredQR, s.FilteredRD, s.FilteredQname, s.PrivacyDropped, s.StateEvicted, s.OutputErrors)
 	var total uint64

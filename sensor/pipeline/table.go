@@ -45,6 +45,9 @@ func (k *flowKey) hash(seed uint64) uint64 {
 
 const nilIdx = -1
 
+// holdMax bounds the number of held responses (Config.Hold); HoldMaxBytes bounds their octets.
+const holdMax = 4096
+
 // entry is one pending query. Its packet bytes live in buf, reused across the entries' lives so the
 // steady state does not allocate.
 type entry struct {
@@ -56,6 +59,7 @@ type entry struct {
 	qtype      uint16
 	qclass     uint16
 	flags      uint16
+	rcode      uint16 // of a held response
 	buf        []byte
 	pkts       [][]byte
 	times      []int64
