@@ -138,28 +138,31 @@ type Pipeline struct {
 	exclude   map[string]struct{}
 	include   map[string]struct{}
 
-	t      *table
-	held   *table // responses that matched no query, waiting for a late one (Hold)
-	hold   int64  // Hold in ns
-	heldB  int    // octets of held responses
-	frag   *defrag.Reassembler
-	tcp    *tcpdns.Reassembler
-	scrub  privacy.Scrubber
-	stats  Stats
-	now    int64 // time of the previous packet: the C reference expires with it
-	rec    dnsqr.Record
-	pkt    decode.Packet
-	rbuf   []byte   // copy of the response packets, so scrubbing never writes to the capture buffer
-	rpkts  [][]byte // views into rbuf
-	tbuf   []byte   // synthesized TCP packets
-	lower  []byte
-	tcpMsg func(*tcpdns.Message)
-	ibuf   []byte // copy of an ICMP packet for the scrubber
-	mbuf   []byte // synthesized UDP packet of Message
-	one    [1][]byte
-	oneT   [1]int64
-	tone   [1][]byte
-	toneT  [1]int64
+	t     *table
+	held  *table // responses that matched no query, waiting for a late one (Hold)
+	hold  int64  // Hold in ns
+	heldB int    // octets of held responses
+	// clients, when unsolicited records are kept in resolver mode, remembers the resolver's
+	// clients, whose addresses an unsolicited record must never carry (clients.go).
+	clients *clientSet
+	frag    *defrag.Reassembler
+	tcp     *tcpdns.Reassembler
+	scrub   privacy.Scrubber
+	stats   Stats
+	now     int64 // time of the previous packet: the C reference expires with it
+	rec     dnsqr.Record
+	pkt     decode.Packet
+	rbuf    []byte   // copy of the response packets, so scrubbing never writes to the capture buffer
+	rpkts   [][]byte // views into rbuf
+	tbuf    []byte   // synthesized TCP packets
+	lower   []byte
+	tcpMsg  func(*tcpdns.Message)
+	ibuf    []byte // copy of an ICMP packet for the scrubber
+	mbuf    []byte // synthesized UDP packet of Message
+	one     [1][]byte
+	oneT    [1]int64
+	tone    [1][]byte
+	toneT   [1]int64
 }
 
 // New builds a pipeline; cfg must have passed Validate.
@@ -189,6 +192,9 @@ func New(cfg Config, emit Emit) (*Pipeline, error) {
 	p.resolvers = cfg.Resolvers
 	if len(cfg.Authorities) > 0 {
 		p.resolvers, p.auth = cfg.Authorities, true
+	}
+	if cfg.Unsolicited && !p.auth {
+		p.clients = newClientSet()
 	}
 	p.scrub.ZeroResolver = cfg.ZeroResolver
 	p.exclude = nameSet(cfg.QnameExclude)
@@ -296,6 +302,9 @@ func (p *Pipeline) transport(pk *decode.Packet, pkts [][]byte, times []int64) {
 		// authority's port 53) enter the reassembler, in either direction; client traffic is
 		// refused before any state exists, so it can neither be kept nor evict the resolver's.
 		if p.rule(pk.Src, pk.SrcPort, pk.Dst, pk.DstPort) != keep && p.rule(pk.Dst, pk.DstPort, pk.Src, pk.SrcPort) != keep {
+			if p.clients != nil {
+				p.noteClient(pk.Src, pk.SrcPort, pk.Dst, pk.DstPort)
+			}
 			p.stats.NotResolver++
 			return
 		}
@@ -420,6 +429,9 @@ func (p *Pipeline) dns(m *message) {
 	// The privacy rule, in user space for both families whatever the kernel filter did: only the
 	// resolver's own transactions, never a client's.
 	if v := p.rule(qip, qport, rip, rport); v != keep {
+		if p.clients != nil {
+			p.noteClient(m.src.Addr(), m.src.Port(), m.dst.Addr(), m.dst.Port())
+		}
 		p.refuse(v)
 		return
 	}
@@ -521,8 +533,7 @@ func (p *Pipeline) expire(now int64, all bool) {
 // is one, else decided at once.
 func (p *Pipeline) unmatched(k flowKey, m *message, qip, rip netip.Addr) {
 	if p.hold == 0 {
-		if !p.cfg.Unsolicited {
-			p.stats.UnsolicitedDropped++
+		if !p.unsolicited(rip) {
 			return
 		}
 		r := p.newRecord(dnsqr.UDPUnsolicitedResponse, m.proto, qip, rip, k.qport, k.rport, k.id)
@@ -602,13 +613,26 @@ func (p *Pipeline) expireHeld(now int64, all bool) {
 	}
 }
 
+// unsolicited reports whether an unsolicited response from rip may become a record, counting
+// the drop when not.
+func (p *Pipeline) unsolicited(rip netip.Addr) bool {
+	if !p.cfg.Unsolicited {
+		p.stats.UnsolicitedDropped++
+		return false
+	}
+	if p.clients != nil && p.clients.has(rip) {
+		p.stats.UnsolicitedClient++
+		return false
+	}
+	return true
+}
+
 // releaseHeld ends the wait of held response i: no query came, so it is unsolicited.
 func (p *Pipeline) releaseHeld(i int32) {
 	p.held.unlink(i)
 	e := &p.held.e[i]
 	p.heldB -= len(e.buf)
-	if !p.cfg.Unsolicited {
-		p.stats.UnsolicitedDropped++
+	if !p.unsolicited(e.rip) {
 		p.held.release(i)
 		return
 	}

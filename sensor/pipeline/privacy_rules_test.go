@@ -1,8 +1,11 @@
 package pipeline
 
 import (
+	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 
@@ -15,6 +18,13 @@ import (
 type hostileCase struct {
 	name string
 	feed func(t *testing.T, h *harness, client, res, auth netip.Addr)
+	// unsolicitedOnly: a response from port 53 to a resolver's ephemeral port by an address never
+	// seen as a client cannot be told from a late authority; only unsolicited records being off
+	// (the default) keeps it out.
+	unsolicitedOnly bool
+	// holdOnly: with unsolicited records on, the client shows itself only after its forged
+	// response, so only the hold window keeps it out.
+	holdOnly bool
 }
 
 func tcpSeg(src netip.Addr, sport uint16, dst netip.Addr, dport uint16, seq uint32, m []byte) []byte {
@@ -36,38 +46,46 @@ var hostileCases = []hostileCase{
 		resp := udp(res, 53, c, 5353, r1(t, 1, "laptop.example."))
 		h.p.IPPacket(t0+1e6, resp)
 		h.p.IPPacket(t0+2e6, icmpUnreach(c, res, resp))
-	}},
+	}, false, false},
 	{"icmp quoting the resolver's response to client port 53", func(t *testing.T, h *harness, c, res, _ netip.Addr) {
 		resp := udp(res, 53, c, 53, r1(t, 2, "laptop.example."))
 		h.p.IPPacket(t0, resp)
 		h.p.IPPacket(t0+1e6, icmpUnreach(c, res, resp))
-	}},
+	}, false, false},
 	{"icmp quoting a QR=1 message from a resolver port to client port 53", func(t *testing.T, h *harness, c, res, _ netip.Addr) {
 		h.p.IPPacket(t0, icmpUnreach(c, res, udp(res, 40000, c, 53, r1(t, 3, "laptop.example."))))
-	}},
+	}, false, false},
 	{"icmp quoting a query the resolver never sent", func(t *testing.T, h *harness, c, res, _ netip.Addr) {
 		h.p.IPPacket(t0, icmpUnreach(c, res, udp(res, 40000, c, 53, q0(t, 4, "laptop.example."))))
-	}},
+	}, false, false},
 	{"client tcp to resolver:53 with a forged QR=1 message", func(t *testing.T, h *harness, c, res, _ netip.Addr) {
 		h.p.IPPacket(t0, tcpSeg(c, 40000, res, 53, 1000, q0(t, 5, "laptop.example.")))
 		h.p.IPPacket(t0+1e6, tcpSeg(res, 53, c, 40000, 5000, r1(t, 5, "laptop.example.")))
 		h.p.IPPacket(t0+2e6, tcpSeg(c, 40000, res, 53, 1000+2+uint32(len(q0(t, 5, "laptop.example."))), r1(t, 6, "forged.example.")))
-	}},
+	}, false, false},
 	{"client tcp from port 53 with a forged QR=1 message", func(t *testing.T, h *harness, c, res, _ netip.Addr) {
 		h.p.IPPacket(t0, tcpSeg(c, 53, res, 53, 1000, r1(t, 7, "forged.example.")))
-	}},
+	}, false, false},
 	{"client udp QR=1 to resolver:53", func(t *testing.T, h *harness, c, res, _ netip.Addr) {
 		h.p.IPPacket(t0, udp(c, 40000, res, 53, r1(t, 8, "forged.example.")))
-	}},
+	}, false, false},
 	{"client udp QR=1 from port 53 to resolver:53", func(t *testing.T, h *harness, c, res, _ netip.Addr) {
 		h.p.IPPacket(t0, udp(c, 53, res, 53, r1(t, 9, "forged.example.")))
-	}},
+	}, false, false},
 	{"resolver:53 sends QR=0 to a client", func(t *testing.T, h *harness, c, res, _ netip.Addr) {
 		h.p.IPPacket(t0, udp(res, 53, c, 40000, q0(t, 10, "laptop.example.")))
-	}},
+	}, false, false},
 	{"client QR=1 from port 53 to a resolver ephemeral port, no query", func(t *testing.T, h *harness, c, res, _ netip.Addr) {
 		h.p.IPPacket(t0, udp(c, 53, res, 40000, r1(t, 11, "forged.example.")))
-	}},
+	}, true, false},
+	{"known client QR=1 from port 53 to a resolver ephemeral port", func(t *testing.T, h *harness, c, res, _ netip.Addr) {
+		h.p.IPPacket(t0, udp(c, 40000, res, 53, msg(t, 13, "laptop.example.", dns.TypeA, false, true, netip.Prefix{})))
+		h.p.IPPacket(t0+1e6, udp(c, 53, res, 40000, r1(t, 14, "forged.example.")))
+	}, false, false},
+	{"client QR=1 from port 53 to a resolver ephemeral port, then a query from it", func(t *testing.T, h *harness, c, res, _ netip.Addr) {
+		h.p.IPPacket(t0, udp(c, 53, res, 40000, r1(t, 15, "forged.example.")))
+		h.p.IPPacket(t0+100e6, tcpSeg(c, 40001, res, 53, 1, msg(t, 16, "laptop.example.", dns.TypeA, false, true, netip.Prefix{})))
+	}, false, true},
 	{"mdns unicast reply to resolver:5353", func(t *testing.T, h *harness, c, res, _ netip.Addr) {
 		group := netip.MustParseAddr("224.0.0.251")
 		if res.Is6() {
@@ -75,35 +93,44 @@ var hostileCases = []hostileCase{
 		}
 		h.p.IPPacket(t0, udp(res, 5353, group, 5353, q0(t, 0, "laptop.local.")))
 		h.p.IPPacket(t0+1e6, udp(c, 5353, res, 5353, r1(t, 0, "laptop.local.")))
-	}},
+	}, false, false},
 	{"mdns unicast query and reply", func(t *testing.T, h *harness, c, res, _ netip.Addr) {
 		h.p.IPPacket(t0, udp(res, 5353, c, 5353, q0(t, 12, "laptop.local.")))
 		h.p.IPPacket(t0+1e6, udp(c, 5353, res, 5353, r1(t, 12, "laptop.local.")))
-	}},
+	}, false, false},
 }
 
 // TestHostileClientTrafficNeverRecorded is the privacy corpus for client traffic dressed up as
-// the resolver's own: every class, both families, with and without -rd any and -zero-resolver.
+// the resolver's own: every class, both families, with and without -rd any and -zero-resolver,
+// with unsolicited records off (the default) or on, with and without the hold.
 // A case leaks when any record, in any field or stored packet byte, carries the client's address.
 func TestHostileClientTrafficNeverRecorded(t *testing.T) {
 	leaks, total := 0, 0
 	for _, c := range hostileCases {
 		for _, fam := range []struct{ client, res, auth netip.Addr }{{client4, res4, auth4}, {client6, res6, auth6}} {
-			for _, rd := range []int{-1, 0} {
-				for _, zero := range []bool{false, true} {
-					total++
-					h := newHarness(t, Config{RD: rd, ZeroResolver: zero})
-					c.feed(t, h, fam.client, fam.res, fam.auth)
-					h.p.Flush()
-					leaked := h.contains(fam.client.AsSlice())
-					for _, r := range h.recs {
-						if r.QueryIP == fam.client || r.ResponseIP == fam.client {
-							leaked = true
+			for _, mode := range []struct {
+				unsol bool
+				hold  time.Duration
+			}{{false, 0}, {false, 500 * time.Millisecond}, {true, 0}, {true, 500 * time.Millisecond}} {
+				if mode.unsol && (c.unsolicitedOnly || c.holdOnly && mode.hold == 0) {
+					continue
+				}
+				for _, rd := range []int{-1, 0} {
+					for _, zero := range []bool{false, true} {
+						total++
+						h := newHarness(t, Config{RD: rd, ZeroResolver: zero, Unsolicited: mode.unsol, Hold: mode.hold})
+						c.feed(t, h, fam.client, fam.res, fam.auth)
+						h.p.Flush()
+						leaked := h.contains(fam.client.AsSlice())
+						for _, r := range h.recs {
+							if r.QueryIP == fam.client || r.ResponseIP == fam.client {
+								leaked = true
+							}
 						}
-					}
-					if leaked {
-						leaks++
-						t.Errorf("%s (%v, rd %d, zero %v): the client's address is in a record: %v", c.name, fam.client, rd, zero, types(h.recs))
+						if leaked {
+							leaks++
+							t.Errorf("%s (%v, rd %d, zero %v, %+v): the client's address is in a record: %v", c.name, fam.client, rd, zero, mode, types(h.recs))
+						}
 					}
 				}
 			}
@@ -118,4 +145,172 @@ func types(recs []*dnsqr.Record) []dnsqr.Type {
 		out = append(out, r.Type)
 	}
 	return out
+}
+
+// TestClientTCPNeverReassembled: client connections to the resolver's port 53 are refused before
+// the reassembler allocates anything, whichever side sends; only the resolver's own connection
+// toward an authority's port 53 goes in.
+func TestClientTCPNeverReassembled(t *testing.T) {
+	for _, fam := range []struct{ client, res, auth netip.Addr }{{client4, res4, auth4}, {client6, res6, auth6}} {
+		h := newHarness(t, Config{RD: -1})
+		n := 0
+		for i := 0; i < 200; i++ {
+			port := uint16(30000 + i)
+			h.p.IPPacket(t0+int64(n)*1e6, tcpSeg(fam.client, port, fam.res, 53, 1, q0(t, uint16(i), "laptop.example.")))
+			h.p.IPPacket(t0+int64(n+1)*1e6, tcpSeg(fam.res, 53, fam.client, port, 1, r1(t, uint16(i), "laptop.example.")))
+			n += 2
+		}
+		s := h.p.Stats()
+		if s.TCP.Segments != 0 || s.MemTCP != 0 || s.NotResolver != uint64(n) {
+			t.Errorf("%v: client TCP reached the reassembler: segments %d mem %d not_resolver %d of %d",
+				fam.client, s.TCP.Segments, s.MemTCP, s.NotResolver, n)
+		}
+		// The resolver's own connection still pairs.
+		h.p.IPPacket(t0+1e9, tcpSeg(fam.res, 41000, fam.auth, 53, 1, q0(t, 77, "tcp.example.")))
+		h.p.IPPacket(t0+1e9+1e6, tcpSeg(fam.auth, 53, fam.res, 41000, 1, r1(t, 77, "tcp.example.")))
+		h.p.Flush()
+		if len(h.recs) != 1 || h.recs[0].Type != dnsqr.TCP || len(h.recs[0].QueryPackets) != 1 || len(h.recs[0].ResponsePackets) != 1 {
+			t.Fatalf("%v: resolver TCP transaction: %v", fam.res, types(h.recs))
+		}
+		// A QR=1 message the resolver's side sends on its own connection is no answer.
+		h.p.IPPacket(t0+2e9, tcpSeg(fam.res, 41001, fam.auth, 53, 1, r1(t, 78, "forged.example.")))
+		h.p.Flush()
+		if len(h.recs) != 1 {
+			t.Errorf("%v: a QR=1 message toward port 53 became a record", fam.res)
+		}
+	}
+}
+
+// TestUnsolicitedHeldForLateQuery: a response whose query arrives up to the hold window later
+// (two tap ports read independently) still pairs; after the window it is unsolicited: dropped
+// and counted by default, a record with Unsolicited.
+func TestUnsolicitedHeldForLateQuery(t *testing.T) {
+	for _, fam := range []struct{ res, auth netip.Addr }{{res4, auth4}, {res6, auth6}} {
+		for _, unsol := range []bool{false, true} {
+			h := newHarness(t, Config{RD: -1, Hold: 500 * time.Millisecond, Unsolicited: unsol})
+			// late by 300 ms: pairs
+			h.p.IPPacket(t0, udp(fam.auth, 53, fam.res, 40000, r1(t, 1, "late.example.")))
+			h.p.IPPacket(t0+300e6, udp(fam.res, 40000, fam.auth, 53, q0(t, 1, "late.example.")))
+			if len(h.recs) != 1 || h.recs[0].Type != dnsqr.UDPQueryResponse {
+				t.Fatalf("%v: late query did not pair: %v", fam.res, types(h.recs))
+			}
+			r := h.recs[0]
+			if len(r.QueryPackets) != 1 || len(r.ResponsePackets) != 1 || r.QueryTimes[0] != t0+300e6 || r.ResponseTimes[0] != t0 ||
+				dnsqr.NameString(r.Qname) != "late.example." || r.QueryPort != 40000 || r.ResponseIP != fam.auth {
+				t.Errorf("%v: late pair %+v", fam.res, r)
+			}
+			// late by 700 ms: the response is unsolicited, the query unanswered
+			h.p.IPPacket(t0+1e9, udp(fam.auth, 53, fam.res, 40001, r1(t, 2, "later.example.")))
+			h.p.IPPacket(t0+1e9+700e6, udp(fam.res, 40001, fam.auth, 53, q0(t, 2, "later.example.")))
+			// never asked, still held at the end of input
+			h.p.IPPacket(t0+2e9, udp(fam.auth, 53, fam.res, 40002, r1(t, 3, "never.example.")))
+			h.p.Flush()
+			want := []dnsqr.Type{dnsqr.UDPQueryResponse, dnsqr.UDPUnansweredQuery}
+			if unsol {
+				want = []dnsqr.Type{dnsqr.UDPQueryResponse, dnsqr.UDPUnsolicitedResponse, dnsqr.UDPUnsolicitedResponse, dnsqr.UDPUnansweredQuery}
+			}
+			if got := types(h.recs); len(got) != len(want) || fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Errorf("%v unsolicited=%v: records %v, want %v", fam.res, unsol, got, want)
+			}
+			s := h.p.Stats()
+			wantDropped := uint64(2)
+			if unsol {
+				wantDropped = 0
+			}
+			if s.Held != 3 || s.HeldPaired != 1 || s.UnsolicitedDropped != wantDropped {
+				t.Errorf("%v unsolicited=%v: held %d paired %d dropped %d", fam.res, unsol, s.Held, s.HeldPaired, s.UnsolicitedDropped)
+			}
+		}
+	}
+}
+
+// TestUnsolicitedOffByDefault: without a hold, a response that matches no query is dropped and
+// counted, unless unsolicited records are asked for (then at once, as the C reference does).
+func TestUnsolicitedOffByDefault(t *testing.T) {
+	for _, unsol := range []bool{false, true} {
+		h := newHarness(t, Config{RD: -1, Unsolicited: unsol})
+		h.p.IPPacket(t0, udp(auth6, 53, res6, 40000, r1(t, 1, "u.example.")))
+		h.p.IPPacket(t0+1e6, tcpSeg(auth4, 53, res4, 40000, 1, r1(t, 2, "u.example.")))
+		if unsol {
+			if got := types(h.recs); fmt.Sprint(got) != fmt.Sprint([]dnsqr.Type{dnsqr.UDPUnsolicitedResponse, dnsqr.TCP}) {
+				t.Errorf("with Unsolicited: %v", got)
+			}
+			continue
+		}
+		if len(h.recs) != 0 || h.p.Stats().UnsolicitedDropped != 2 {
+			t.Errorf("default: %d records, unsolicited_dropped %d", len(h.recs), h.p.Stats().UnsolicitedDropped)
+		}
+	}
+}
+
+// TestHoldBounded: held responses are bounded in octets; the oldest is decided early, counted.
+func TestHoldBounded(t *testing.T) {
+	h := newHarness(t, Config{RD: -1, Hold: time.Second, HoldMaxBytes: 1000})
+	for i := 0; i < 50; i++ {
+		h.p.IPPacket(t0+int64(i), udp(auth4, 53, res4, uint16(40000+i), r1(t, uint16(i), "flood.example.")))
+	}
+	s := h.p.Stats()
+	if s.HoldEvicted == 0 || s.UnsolicitedDropped != s.HoldEvicted || h.p.heldB > 1000 || h.p.held.n == 0 {
+		t.Errorf("evicted %d dropped %d held %d octets in %d", s.HoldEvicted, s.UnsolicitedDropped, h.p.heldB, h.p.held.n)
+	}
+	// The newest is still held: its query pairs.
+	h.p.IPPacket(t0+100, udp(res4, 40049, auth4, 53, q0(t, 49, "flood.example.")))
+	if len(h.recs) != 1 || h.recs[0].Type != dnsqr.UDPQueryResponse {
+		t.Errorf("newest held response did not pair: %v", types(h.recs))
+	}
+}
+
+// TestMDNSOptIn: port 5353 is dropped and counted unless MDNS is set.
+func TestMDNSOptIn(t *testing.T) {
+	for _, on := range []bool{false, true} {
+		h := newHarness(t, Config{RD: -1, MDNS: on})
+		h.p.IPPacket(t0, udp(res4, 5353, auth4, 5353, q0(t, 5, "printer.local.")))
+		h.p.IPPacket(t0+1e6, udp(auth4, 5353, res4, 5353, r1(t, 5, "printer.local.")))
+		h.p.Flush()
+		s := h.p.Stats()
+		if on && (len(h.recs) != 1 || h.recs[0].Type != dnsqr.UDPQueryResponse) {
+			t.Errorf("-mdns: %v", types(h.recs))
+		}
+		if !on && (len(h.recs) != 0 || s.MDNSDropped != 2) {
+			t.Errorf("default: %d records, mdns_dropped %d", len(h.recs), s.MDNSDropped)
+		}
+	}
+}
+
+// TestICMPOnlyForPendingQueries: an ICMP error about a query that is not pending, or quoted too
+// short to tell, makes no record and is counted.
+func TestICMPOnlyForPendingQueries(t *testing.T) {
+	h := newHarness(t, Config{RD: -1})
+	q := udp(res4, 40000, auth4, 53, q0(t, 9, "gone.example."))
+	h.p.IPPacket(t0, icmpUnreach(auth4, res4, q))
+	h.p.IPPacket(t0+1e6, icmpUnreach(auth4, res4, q[:28]))
+	h.p.Flush()
+	if s := h.p.Stats(); len(h.recs) != 0 || s.ICMPUnmatched != 2 {
+		t.Errorf("%d records, icmp_unmatched %d", len(h.recs), s.ICMPUnmatched)
+	}
+}
+
+func TestWideResolverPrefixRefused(t *testing.T) {
+	for _, tc := range []struct {
+		p    string
+		auth bool
+		ok   bool
+	}{
+		{"0.0.0.0/0", false, false}, {"198.51.0.0/15", false, false}, {"198.51.0.0/16", false, true},
+		{"::/0", false, false}, {"2001:db8::/31", false, false}, {"2001:db8::/32", false, true},
+		{"192.0.0.0/8", true, false},
+	} {
+		cfg := Config{Resolvers: []netip.Prefix{netip.MustParsePrefix(tc.p)}}
+		if tc.auth {
+			cfg = Config{Authorities: cfg.Resolvers}
+		}
+		err := cfg.Validate()
+		if (err == nil) != tc.ok || (err != nil && !strings.Contains(err.Error(), "allow-wide-resolver")) {
+			t.Errorf("%s: %v", tc.p, err)
+		}
+		cfg.AllowWideResolver = true
+		if err := cfg.Validate(); err != nil {
+			t.Errorf("%s with AllowWideResolver: %v", tc.p, err)
+		}
+	}
 }

@@ -35,9 +35,12 @@ type Stats struct {
 	HoldEvicted    uint64 // held responses released early by the hold's bounds
 	// UnsolicitedDropped counts responses that matched no query, dropped without -unsolicited.
 	UnsolicitedDropped uint64
-	OutputErrors       uint64 // records the output refused
-	Records            [8]uint64
-	Pending            uint64
+	// UnsolicitedClient counts unsolicited responses dropped because their sender was seen as a
+	// client of the resolver (with -unsolicited).
+	UnsolicitedClient uint64
+	OutputErrors      uint64 // records the output refused
+	Records           [8]uint64
+	Pending           uint64
 
 	Defrag  defrag.Stats
 	TCP     tcpdns.Stats
@@ -57,8 +60,8 @@ func (s *Stats) String() string {
 	}
 	fmt.Fprintf(&b, " not_dns=%d not_resolver=%d dns_malformed=%d icmp_malformed=%d icmp_matched=%d",
 		s.NotDNS, s.NotResolver, s.DNSMalformed, s.ICMPMalformed, s.ICMPMatched)
-	fmt.Fprintf(&b, " mdns_dropped=%d icmp_unmatched=%d held=%d held_paired=%d hold_evicted=%d unsolicited_dropped=%d",
-		s.MDNSDropped, s.ICMPUnmatched, s.Held, s.HeldPaired, s.HoldEvicted, s.UnsolicitedDropped)
+	fmt.Fprintf(&b, " mdns_dropped=%d icmp_unmatched=%d held=%d held_paired=%d hold_evicted=%d unsolicited_dropped=%d unsolicited_client=%d",
+		s.MDNSDropped, s.ICMPUnmatched, s.Held, s.HeldPaired, s.HoldEvicted, s.UnsolicitedDropped, s.UnsolicitedClient)
 	fmt.Fprintf(&b, " filtered_qr=%d filtered_rd=%d filtered_qname=%d privacy_dropped=%d state_evicted=%d output_errors=%d",
 		s.FilteredQR, s.FilteredRD, s.FilteredQname, s.PrivacyDropped, s.StateEvicted, s.OutputErrors)
 	var total uint64
