@@ -67,6 +67,11 @@ func ParseFlags(args []string, stderr io.Writer) (*Options, error) {
 	source := fs.String("source", "", "NMSG source `ID` (hex with 0x, or decimal)")
 	resolver := fs.String("resolver", "", "resolver addresses or CIDRs, IPv4 and IPv6 (`LIST`, comma-separated); DNSQR_RES_ADDRS")
 	auth := fs.String("authoritative", "", "authority mode: authoritative server addresses or CIDRs (`LIST`); DNSQR_AUTH_ADDRS")
+	fs.BoolVar(&o.Pipeline.AllowWideResolver, "allow-wide-resolver", false, "accept -resolver/-authoritative prefixes shorter than /16 (IPv4) or /32 (IPv6); such a prefix almost always takes clients for resolvers")
+	fs.BoolVar(&o.Pipeline.Unsolicited, "unsolicited", false, "keep responses that match no query as UDP_UNSOLICITED_RESPONSE (TCP: records without a query), as the C reference does; off, they are dropped and counted, since a client answering from port 53 looks like a late authority")
+	fs.DurationVar(&o.Pipeline.Hold, "unsolicited-hold", 500*time.Millisecond, "hold a response that matches no query for this much packet time, so a query read after it (two tap ports) still pairs; 0: decide at once, in the C reference's record order")
+	fs.IntVar(&o.Pipeline.HoldMaxBytes, "unsolicited-hold-bytes", 4<<20, "most octets of responses held by -unsolicited-hold; the oldest is decided early (counted) beyond this")
+	fs.BoolVar(&o.Pipeline.MDNS, "mdns", false, "keep port 5353 (mDNS) traffic as the C reference does; it is hosts' own names, not resolver cache misses, so it is dropped and counted by default")
 	fs.BoolVar(&o.Pipeline.ZeroResolver, "zero-resolver", false, "zero the resolver address in records and packets; DNSQR_ZERO_RESOLVER_ADDRESS")
 	rd := fs.String("rd", "", "keep only queries with this RD bit: 0, 1 or any (default 0 in resolver mode, any in authority mode); DNSQR_CAPTURE_RD")
 	qr := fs.String("qr", "", "0: emit every query unpaired, 1: every response unpaired (default: pair them); DNSQR_CAPTURE_QR")
@@ -107,10 +112,10 @@ func ParseFlags(args []string, stderr io.Writer) (*Options, error) {
 		}
 		o.Source, o.HasSource = uint32(v), true
 	}
-	if o.Pipeline.Resolvers, err = parsePrefixes(*resolver); err != nil {
+	if o.Pipeline.Resolvers, err = parsePrefixes(*resolver, o.Pipeline.AllowWideResolver); err != nil {
 		return nil, fmt.Errorf("-resolver: %v", err)
 	}
-	if o.Pipeline.Authorities, err = parsePrefixes(*auth); err != nil {
+	if o.Pipeline.Authorities, err = parsePrefixes(*auth, o.Pipeline.AllowWideResolver); err != nil {
 		return nil, fmt.Errorf("-authoritative: %v", err)
 	}
 	if *resolver != "" && len(o.Pipeline.Resolvers) == 0 {
@@ -154,6 +159,12 @@ func ParseFlags(args []string, stderr io.Writer) (*Options, error) {
 	}
 	if o.Pipeline.StateMax < 1 {
 		return nil, fmt.Errorf("-state-max: %d must be at least 1", o.Pipeline.StateMax)
+	}
+	if o.Pipeline.Hold < 0 || o.Pipeline.Hold > 10*time.Second {
+		return nil, fmt.Errorf("-unsolicited-hold: %v outside [0, 10s] (a query is never that much later than its response)", o.Pipeline.Hold)
+	}
+	if o.Pipeline.HoldMaxBytes < 65536 {
+		return nil, fmt.Errorf("-unsolicited-hold-bytes: %d is below one largest message (65536)", o.Pipeline.HoldMaxBytes)
 	}
 	if err := o.Live.finish(o); err != nil {
 		return nil, err
@@ -230,23 +241,38 @@ func splitList(s string) []string {
 	return out
 }
 
-func parsePrefixes(s string) ([]netip.Prefix, error) {
+// parsePrefixes reads a list of addresses and CIDRs. IPv4-mapped IPv6 forms become IPv4, since
+// IPv4 packets carry IPv4 addresses; a zone is dropped, as packets carry none. Unless wide is
+// set, a prefix wider than /16 (IPv4) or /32 (IPv6) is refused: it takes clients for resolvers.
+func parsePrefixes(s string, wide bool) ([]netip.Prefix, error) {
 	var out []netip.Prefix
 	for _, f := range splitList(s) {
+		var p netip.Prefix
 		if strings.Contains(f, "/") {
-			p, err := netip.ParsePrefix(f)
+			var err error
+			if p, err = netip.ParsePrefix(f); err != nil {
+				return nil, fmt.Errorf("%q is not an address or CIDR", f)
+			}
+			if a := p.Addr(); a.Is4In6() {
+				if p.Bits() < 96 {
+					return nil, fmt.Errorf("%q: an IPv4-mapped prefix must be /96 or longer; give the IPv4 CIDR", f)
+				}
+				p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+			}
+		} else {
+			a, err := netip.ParseAddr(f)
 			if err != nil {
 				return nil, fmt.Errorf("%q is not an address or CIDR", f)
 			}
-			out = append(out, p.Masked())
-			continue
+			a = a.Unmap().WithZone("")
+			p = netip.PrefixFrom(a, a.BitLen())
 		}
-		a, err := netip.ParseAddr(f)
-		if err != nil {
-			return nil, fmt.Errorf("%q is not an address or CIDR", f)
+		if !wide {
+			if err := pipeline.CheckWidth(p); err != nil {
+				return nil, err
+			}
 		}
-		a = a.Unmap()
-		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+		out = append(out, p.Masked())
 	}
 	return out, nil
 }

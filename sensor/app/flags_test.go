@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sie-europe/dnssensor/sensor/internal/conformance"
 )
@@ -80,5 +82,51 @@ func TestTruncatedFileKeepsWhatPrecedes(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), "records=5") {
 		t.Errorf("stats line missing or wrong: %s", stderr.String())
+	}
+}
+
+// TestResolverPrefixes: prefixes wider than /16 (IPv4) or /32 (IPv6) are refused with the way
+// out named, unless -allow-wide-resolver; mapped and zoned forms match what packets carry.
+func TestResolverPrefixes(t *testing.T) {
+	base := []string{"-r", "x.pcap", "-J", "-"}
+	for _, tc := range []struct {
+		args []string
+		want string // error substring; "" for success
+	}{
+		{[]string{"-resolver", "198.51.100.2/0"}, `-resolver: 198.51.100.2/0 is wider than /16`},
+		{[]string{"-resolver", "198.51.100.2,10.0.0.0/8"}, `-allow-wide-resolver`},
+		{[]string{"-resolver", "2001:db8::/16"}, `-resolver: 2001:db8::/16 is wider than /32`},
+		{[]string{"-resolver", "::ffff:0.0.0.0/96"}, `-resolver: 0.0.0.0/0 is wider than /16`},
+		{[]string{"-resolver", "::ffff:0:0/80"}, `IPv4-mapped prefix must be /96 or longer`},
+		{[]string{"-authoritative", "192.0.0.0/8"}, `-authoritative: 192.0.0.0/8 is wider than /16`},
+		{[]string{"-resolver", "198.51.100.2/0", "-allow-wide-resolver"}, ""},
+		{[]string{"-resolver", "198.51.0.0/16,2001:db8::/32"}, ""},
+		{[]string{"-resolver", "192.0.2.1", "-unsolicited-hold", "11s"}, "-unsolicited-hold"},
+		{[]string{"-resolver", "192.0.2.1", "-unsolicited-hold-bytes", "10"}, "-unsolicited-hold-bytes"},
+	} {
+		_, err := ParseFlags(append(append([]string(nil), base...), tc.args...), io.Discard)
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("ParseFlags(%q) = %v, want %q", tc.args, err, tc.want)
+		}
+	}
+	o, err := ParseFlags(append(base, "-resolver", "::ffff:198.51.100.0/120,fe80::1%eth0,::ffff:192.0.2.1"), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []string{"198.51.100.2", "fe80::1", "192.0.2.1"} {
+		in := false
+		for _, p := range o.Pipeline.Resolvers {
+			in = in || p.Contains(netip.MustParseAddr(a))
+		}
+		if !in {
+			t.Errorf("%s not matched by %v", a, o.Pipeline.Resolvers)
+		}
+	}
+	// The config file key works as the flag does.
+	p := filepath.Join(t.TempDir(), "c.json")
+	os.WriteFile(p, []byte(`{"resolver": "10.0.0.0/8", "allow-wide-resolver": true, "unsolicited": true, "mdns": true}`), 0o644)
+	o, err = ParseFlags(append(base, "-config", p), io.Discard)
+	if err != nil || !o.Pipeline.Unsolicited || !o.Pipeline.MDNS || o.Pipeline.Hold != 500*time.Millisecond {
+		t.Errorf("config file: %v %+v", err, o)
 	}
 }

@@ -74,6 +74,7 @@ func (l *liveOptions) finish(o *Options) error {
 		// The dnstap decoder keeps only the resolver's own messages, so every initiator the
 		// pipeline sees is a resolver.
 		o.Pipeline.Resolvers = dnstap.AllAddresses
+		o.Pipeline.AllowWideResolver = true
 		o.dnstapAll = true
 	}
 	return nil

@@ -145,6 +145,7 @@ type Pipeline struct {
 	// clients, when unsolicited records are kept in resolver mode, remembers the resolver's
 	// clients, whose addresses an unsolicited record must never carry (clients.go).
 	clients *clientSet
+	order   outQueue // the C reference's record order while responses are held (order.go)
 	frag    *defrag.Reassembler
 	tcp     *tcpdns.Reassembler
 	scrub   privacy.Scrubber
@@ -562,8 +563,24 @@ func (p *Pipeline) unmatched(k flowKey, m *message, qip, rip netip.Addr) {
 	i := p.held.alloc(k)
 	e := &p.held.e[i]
 	e.store(m, qip, rip)
+	e.oseq = 0
+	if p.cfg.Unsolicited {
+		// Its record, if it gets one, goes where the C reference would have put it: here.
+		e.oseq = p.order.reserve()
+	}
 	p.heldB += len(e.buf)
 	p.stats.Held++
+}
+
+// deciding makes the next finished record take the place held entry e reserved in the output;
+// decidedHeld then releases that place, with or without a record.
+func (p *Pipeline) deciding(e *entry) { p.order.filling = e.oseq }
+
+func (p *Pipeline) decidedHeld(e *entry) {
+	p.order.filling = 0
+	if e.oseq != 0 {
+		p.decided(e.oseq)
+	}
 }
 
 // pairHeld pairs a query with a held response to it, as the pair table would have, had the
@@ -596,7 +613,9 @@ func (p *Pipeline) pairHeld(k flowKey, m *message, typ dnsqr.Type) bool {
 	r.QueryPackets, r.QueryTimes = append(r.QueryPackets, p.scratch(m.pkts)...), append(r.QueryTimes, m.times...)
 	r.ResponsePackets, r.ResponseTimes = append(r.ResponsePackets, e.pkts...), append(r.ResponseTimes, e.times...)
 	p.stats.HeldPaired++
+	p.deciding(e)
 	p.finish(r, m.h.Flags)
+	p.decidedHeld(e)
 	p.held.release(i)
 	return true
 }
@@ -632,21 +651,21 @@ func (p *Pipeline) releaseHeld(i int32) {
 	p.held.unlink(i)
 	e := &p.held.e[i]
 	p.heldB -= len(e.buf)
-	if !p.unsolicited(e.rip) {
-		p.held.release(i)
-		return
+	p.deciding(e)
+	if p.unsolicited(e.rip) {
+		typ := dnsqr.UDPUnsolicitedResponse
+		if e.key.proto == decode.ProtoTCP {
+			typ = dnsqr.TCP
+		}
+		r := p.newRecord(typ, e.key.proto, e.qip, e.rip, e.key.qport, e.key.rport, e.key.id)
+		r.HasRcode, r.Rcode = true, e.rcode
+		if e.hasQ {
+			r.HasQuestion, r.Qname, r.Qtype, r.Qclass = true, e.qname, e.qtype, e.qclass
+		}
+		r.ResponsePackets, r.ResponseTimes = append(r.ResponsePackets, e.pkts...), append(r.ResponseTimes, e.times...)
+		p.finish(r, e.flags)
 	}
-	typ := dnsqr.UDPUnsolicitedResponse
-	if e.key.proto == decode.ProtoTCP {
-		typ = dnsqr.TCP
-	}
-	r := p.newRecord(typ, e.key.proto, e.qip, e.rip, e.key.qport, e.key.rport, e.key.id)
-	r.HasRcode, r.Rcode = true, e.rcode
-	if e.hasQ {
-		r.HasQuestion, r.Qname, r.Qtype, r.Qclass = true, e.qname, e.qtype, e.qclass
-	}
-	r.ResponsePackets, r.ResponseTimes = append(r.ResponsePackets, e.pkts...), append(r.ResponseTimes, e.times...)
-	p.finish(r, e.flags)
+	p.decidedHeld(e)
 	p.held.release(i)
 }
 
@@ -722,9 +741,7 @@ func (p *Pipeline) finish(r *dnsqr.Record, flags uint16) {
 		return
 	}
 	p.stats.Records[r.Type]++
-	if err := p.emit(r); err != nil {
-		p.stats.OutputErrors++
-	}
+	p.out(r)
 }
 
 // Flush ends the input: pending queries are emitted as unanswered, incomplete TCP messages and

@@ -314,3 +314,64 @@ func TestWideResolverPrefixRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestHoldKeepsCReferenceOrder: with unsolicited records kept, holding responses changes neither
+// the records nor their order from deciding at once (the C reference), byte for byte, as long as
+// no late query pairs; a late pair takes the held response's place.
+func TestHoldKeepsCReferenceOrder(t *testing.T) {
+	feed := func(h *harness) {
+		h.p.IPPacket(t0, udp(auth4, 53, res4, 40000, r1(t, 1, "u1.example.")))
+		h.p.IPPacket(t0+1e6, udp(res4, 40001, auth4, 53, q0(t, 2, "p2.example.")))
+		h.p.IPPacket(t0+2e6, udp(auth4, 53, res4, 40001, r1(t, 2, "p2.example.")))
+		h.p.IPPacket(t0+3e6, udp(auth6, 53, res6, 40002, r1(t, 3, "u3.example.")))
+		h.p.IPPacket(t0+4e6, udp(res6, 40003, auth6, 53, q0(t, 4, "n4.example.")))
+		q5 := udp(res4, 40005, auth4, 53, q0(t, 5, "i5.example."))
+		h.p.IPPacket(t0+5e6, q5)
+		h.p.IPPacket(t0+6e6, icmpUnreach(auth4, res4, q5))
+		h.p.IPPacket(t0+2e9, udp(auth4, 53, res4, 40006, r1(t, 6, "u6.example.")))
+		h.p.IPPacket(t0+2e9+1e6, udp(res4, 40007, auth4, 53, q0(t, 7, "p7.example.")))
+		h.p.IPPacket(t0+2e9+2e6, udp(auth4, 53, res4, 40007, r1(t, 7, "p7.example.")))
+		h.p.Flush() // u6 is still held here
+	}
+	now := newHarness(t, Config{RD: -1, Unsolicited: true})
+	feed(now)
+	held := newHarness(t, Config{RD: -1, Unsolicited: true, Hold: 500 * time.Millisecond})
+	feed(held)
+	if len(now.raw) != 7 || len(held.raw) != len(now.raw) {
+		t.Fatalf("%d records at once, %d held: %v / %v", len(now.raw), len(held.raw), types(now.recs), types(held.recs))
+	}
+	for i := range now.raw {
+		if string(now.raw[i]) != string(held.raw[i]) {
+			t.Errorf("record %d differs: at once %v id %d, held %v id %d", i, now.recs[i].Type, now.recs[i].ID, held.recs[i].Type, held.recs[i].ID)
+		}
+	}
+	// A late query pairs in the held response's place, before the pair that followed it.
+	h := newHarness(t, Config{RD: -1, Unsolicited: true, Hold: 500 * time.Millisecond})
+	h.p.IPPacket(t0, udp(auth4, 53, res4, 40000, r1(t, 1, "late.example.")))
+	h.p.IPPacket(t0+1e6, udp(res4, 40001, auth4, 53, q0(t, 2, "p2.example.")))
+	h.p.IPPacket(t0+2e6, udp(auth4, 53, res4, 40001, r1(t, 2, "p2.example.")))
+	if len(h.recs) != 0 || h.p.order.bytes == 0 {
+		t.Fatalf("a record passed the undecided held response: %v", types(h.recs))
+	}
+	h.p.IPPacket(t0+3e6, udp(res4, 40000, auth4, 53, q0(t, 1, "late.example.")))
+	if len(h.recs) != 2 || h.recs[0].ID != 1 || h.recs[1].ID != 2 || h.recs[0].Type != dnsqr.UDPQueryResponse {
+		t.Errorf("got %v, want the late pair then the other", types(h.recs))
+	}
+	if h.p.order.bytes != 0 || !h.p.order.empty() {
+		t.Errorf("queue not drained: %d octets", h.p.order.bytes)
+	}
+}
+
+// TestHoldQueueBounded: records waiting behind a held response are bounded too.
+func TestHoldQueueBounded(t *testing.T) {
+	h := newHarness(t, Config{RD: -1, Unsolicited: true, Hold: 5 * time.Second, HoldMaxBytes: 4000})
+	h.p.IPPacket(t0, udp(auth4, 53, res4, 40000, r1(t, 1, "u.example.")))
+	for i := 0; i < 100; i++ {
+		h.p.IPPacket(t0+int64(i+1)*1e6, udp(res4, uint16(41000+i), auth4, 53, q0(t, uint16(i), "q.example.")))
+		h.p.IPPacket(t0+int64(i+1)*1e6+1, udp(auth4, 53, res4, uint16(41000+i), r1(t, uint16(i), "q.example.")))
+	}
+	s := h.p.Stats()
+	if len(h.recs) < 90 || h.recs[0].Type != dnsqr.UDPUnsolicitedResponse || s.HoldEvicted != 1 || h.p.order.bytes > 4000 {
+		t.Errorf("%d records (first %v), hold_evicted %d, queued %d octets", len(h.recs), types(h.recs[:1]), s.HoldEvicted, h.p.order.bytes)
+	}
+}

@@ -60,6 +60,7 @@ type entry struct {
 	qclass     uint16
 	flags      uint16
 	rcode      uint16 // of a held response
+	oseq       uint64 // a held response's place in the output (order.go), 0: none
 	buf        []byte
 	pkts       [][]byte
 	times      []int64
