@@ -49,4 +49,7 @@ func (p *Pipeline) Idle(ts int64) {
 	p.expire(p.now, false)
 	p.now = ts
 	p.expire(p.now, false)
+	if p.held.n > 0 {
+		p.expireHeld(p.now, false)
+	}
 }

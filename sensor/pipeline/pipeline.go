@@ -194,7 +194,8 @@ func New(cfg Config, emit Emit) (*Pipeline, error) {
 	if len(cfg.Authorities) > 0 {
 		p.resolvers, p.auth = cfg.Authorities, true
 	}
-	if cfg.Unsolicited && !p.auth {
+	// Responses without a query to vouch for them are kept with -unsolicited and -qr 1.
+	if (cfg.Unsolicited || cfg.QR == QRResponsesOnly) && !p.auth {
 		p.clients = newClientSet()
 	}
 	p.scrub.ZeroResolver = cfg.ZeroResolver
@@ -443,6 +444,10 @@ func (p *Pipeline) dns(m *message) {
 	if p.cfg.QR != QRPair {
 		if m.tcp || resp != (p.cfg.QR == QRResponsesOnly) {
 			p.stats.FilteredQR++
+			return
+		}
+		if resp && p.clients != nil && p.clients.has(rip) {
+			p.stats.UnsolicitedClient++
 			return
 		}
 		r := p.newRecord(dnsqr.UDPQueryOnly, m.proto, qip, rip, qport, rport, m.h.ID)

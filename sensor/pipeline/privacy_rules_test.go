@@ -375,3 +375,30 @@ func TestHoldQueueBounded(t *testing.T) {
 		t.Errorf("%d records (first %v), hold_evicted %d, queued %d octets", len(h.recs), types(h.recs[:1]), s.HoldEvicted, h.p.order.bytes)
 	}
 }
+
+// TestIdleDecidesHeld: a quiet live input still decides held responses on the capture clock.
+func TestIdleDecidesHeld(t *testing.T) {
+	h := newHarness(t, Config{RD: -1, Unsolicited: true, Hold: 500 * time.Millisecond})
+	h.p.IPPacket(t0, udp(auth4, 53, res4, 40000, r1(t, 1, "u.example.")))
+	h.p.Idle(t0 + 400e6)
+	if len(h.recs) != 0 {
+		t.Fatalf("decided before the hold window ended")
+	}
+	h.p.Idle(t0 + 600e6)
+	if len(h.recs) != 1 || h.recs[0].Type != dnsqr.UDPUnsolicitedResponse {
+		t.Errorf("after the window: %v", types(h.recs))
+	}
+}
+
+// TestResponsesOnlyModeRefusesKnownClients: -qr 1 emits responses without a query, so the
+// remembered clients apply there too.
+func TestResponsesOnlyModeRefusesKnownClients(t *testing.T) {
+	h := newHarness(t, Config{RD: -1, QR: QRResponsesOnly})
+	h.p.IPPacket(t0, udp(client6, 40000, res6, 53, q0(t, 1, "laptop.example.")))
+	h.p.IPPacket(t0+1e6, udp(client6, 53, res6, 40000, r1(t, 2, "forged.example.")))
+	h.p.IPPacket(t0+2e6, udp(auth6, 53, res6, 40001, r1(t, 3, "real.example.")))
+	h.p.Flush()
+	if len(h.recs) != 1 || h.recs[0].ResponseIP != auth6 || h.p.Stats().UnsolicitedClient != 1 {
+		t.Errorf("got %v, want only the authority's response", types(h.recs))
+	}
+}
