@@ -402,3 +402,41 @@ func TestResponsesOnlyModeRefusesKnownClients(t *testing.T) {
 		t.Errorf("got %v, want only the authority's response", types(h.recs))
 	}
 }
+
+// TestAuthorityModeMirrorsTheRule: in authority mode the authority answers on port 53; its
+// queriers' transactions (UDP, TCP, ICMP errors about them) are kept, nothing else.
+func TestAuthorityModeMirrorsTheRule(t *testing.T) {
+	for _, fam := range []struct{ querier, auth, other netip.Addr }{{res4, auth4, client4}, {res6, auth6, client6}} {
+		h := newHarness(t, Config{RD: -1, Authorities: []netip.Prefix{netip.PrefixFrom(fam.auth, fam.auth.BitLen())}})
+		// kept: UDP pair, TCP pair, ICMP error about a pending query
+		h.p.IPPacket(t0, udp(fam.querier, 40000, fam.auth, 53, q0(t, 1, "a.example.")))
+		h.p.IPPacket(t0+1e6, udp(fam.auth, 53, fam.querier, 40000, r1(t, 1, "a.example.")))
+		h.p.IPPacket(t0+2e6, tcpSeg(fam.querier, 40001, fam.auth, 53, 1, q0(t, 2, "a.example.")))
+		h.p.IPPacket(t0+3e6, tcpSeg(fam.auth, 53, fam.querier, 40001, 1, r1(t, 2, "a.example.")))
+		q3 := udp(fam.querier, 40002, fam.auth, 53, q0(t, 3, "a.example."))
+		h.p.IPPacket(t0+4e6, q3)
+		h.p.IPPacket(t0+5e6, icmpUnreach(fam.other, fam.querier, q3))
+		// refused: the authority's own outgoing query, a QR=1 message to the authority's port 53,
+		// an ICMP error quoting the authority's answer, mDNS
+		h.p.IPPacket(t0+6e6, udp(fam.auth, 40003, fam.other, 53, q0(t, 4, "b.example.")))
+		h.p.IPPacket(t0+7e6, udp(fam.other, 40004, fam.auth, 53, r1(t, 5, "b.example.")))
+		h.p.IPPacket(t0+8e6, tcpSeg(fam.auth, 40005, fam.other, 53, 1, q0(t, 6, "b.example.")))
+		h.p.IPPacket(t0+9e6, icmpUnreach(fam.other, fam.auth, udp(fam.auth, 53, fam.other, 40006, r1(t, 7, "b.example."))))
+		h.p.IPPacket(t0+10e6, udp(fam.other, 5353, fam.auth, 5353, q0(t, 8, "b.local.")))
+		h.p.Flush()
+		want := []dnsqr.Type{dnsqr.UDPQueryResponse, dnsqr.TCP, dnsqr.ICMP}
+		if fmt.Sprint(types(h.recs)) != fmt.Sprint(want) {
+			t.Errorf("%v: %v, want %v", fam.auth, types(h.recs), want)
+		}
+		// The ICMP error's sender (a router) is in the ICMP datagram by design; the refused
+		// traffic's far address is in no record field.
+		for _, r := range h.recs {
+			if r.QueryIP == fam.other || r.ResponseIP == fam.other {
+				t.Errorf("%v: refused traffic recorded: %v", fam.auth, r.Type)
+			}
+		}
+		if s := h.p.Stats(); s.NotResolver != 4 || s.MDNSDropped != 1 || s.TCP.Segments != 2 {
+			t.Errorf("%v: not_resolver %d mdns %d tcp segments %d", fam.auth, s.NotResolver, s.MDNSDropped, s.TCP.Segments)
+		}
+	}
+}
