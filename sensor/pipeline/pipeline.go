@@ -185,10 +185,13 @@ func New(cfg Config, emit Emit) (*Pipeline, error) {
 		emit:     emit,
 		timeoutS: int64(cfg.QueryTimeout / time.Second),
 		t:        newTable(cfg.StateMax),
-		held:     newTable(holdMax),
+		held:     newTable(1), // without a hold nothing is ever held
 		hold:     int64(cfg.Hold),
 		frag:     defrag.New(cfg.Defrag),
 		tcp:      tcpdns.New(cfg.TCP),
+	}
+	if cfg.Hold > 0 {
+		p.held = newTable(holdMax)
 	}
 	p.resolvers = cfg.Resolvers
 	if len(cfg.Authorities) > 0 {
