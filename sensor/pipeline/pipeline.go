@@ -40,8 +40,9 @@ type Config struct {
 	// that arrives after its response (two tap ports read independently) still pairs. 0: decide
 	// at once, in the C reference's record order.
 	Hold time.Duration
-	// HoldMaxBytes bounds the octets of held responses (default 4 MiB); beyond it the oldest is
-	// released early, counted.
+	// HoldMaxBytes bounds the octets of held responses, and separately those of the records
+	// waiting behind them for the C reference's order (default 4 MiB each); beyond it the oldest
+	// held response is decided early, counted. A larger response is decided at once.
 	HoldMaxBytes int
 	// MDNS keeps port 5353 traffic (mDNS), as the C reference does. It is not a resolver's
 	// cache-miss traffic and carries hosts' own names, so it is dropped and counted by default.
@@ -541,7 +542,11 @@ func (p *Pipeline) expire(now int64, all bool) {
 // unmatched handles a response that found no pending query: held for the hold window when there
 // is one, else decided at once.
 func (p *Pipeline) unmatched(k flowKey, m *message, qip, rip netip.Addr) {
-	if p.hold == 0 {
+	size := 0
+	for _, b := range m.pkts {
+		size += len(b)
+	}
+	if p.hold == 0 || size > p.cfg.HoldMaxBytes {
 		if !p.unsolicited(rip) {
 			return
 		}
@@ -553,15 +558,6 @@ func (p *Pipeline) unmatched(k flowKey, m *message, qip, rip netip.Addr) {
 		p.setQuestion(r, m.hasQ, m.q)
 		p.setResponse(r, m)
 		p.finish(r, m.h.Flags)
-		return
-	}
-	size := 0
-	for _, b := range m.pkts {
-		size += len(b)
-	}
-	if size > p.cfg.HoldMaxBytes {
-		p.stats.HoldEvicted++
-		p.stats.UnsolicitedDropped++
 		return
 	}
 	for p.held.n >= p.held.max || p.heldB+size > p.cfg.HoldMaxBytes {
@@ -598,9 +594,11 @@ func (p *Pipeline) pairHeld(k flowKey, m *message, typ dnsqr.Type) bool {
 		if e.hasQ && m.hasQ {
 			return e.qtype == m.q.Type && e.qclass == m.q.Class && dnswire.EqualFold(e.qname, m.q.Name)
 		}
+		// As the pair table matches: a response without a question, or to a query without one,
+		// pairs on the key alone when it reports an error.
 		switch e.rcode {
 		case 1, 2, 4, 5:
-			return !e.hasQ
+			return true
 		}
 		return false
 	})
