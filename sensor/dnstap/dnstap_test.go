@@ -244,7 +244,7 @@ func TestConformanceFile(t *testing.T) {
 		t.Skipf("%s absent: %v", path, err)
 	}
 	var recs []*dnsqr.Record
-	p, err := pipeline.New(pipeline.Config{Resolvers: AllAddresses, RD: -1}, func(r *dnsqr.Record) error {
+	p, err := pipeline.New(pipeline.Config{Resolvers: AllAddresses, AllowWideResolver: true, RD: -1}, func(r *dnsqr.Record) error {
 		rec, err := dnsqr.Parse(dnsqr.AppendProto(nil, r))
 		if err != nil {
 			t.Fatal(err)

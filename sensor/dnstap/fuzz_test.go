@@ -36,7 +36,7 @@ func FuzzStream(f *testing.F) {
 	f.Add(b2.Bytes())
 
 	f.Fuzz(func(t *testing.T, in []byte) {
-		p, err := pipeline.New(pipeline.Config{Resolvers: AllAddresses, RD: -1}, func(*dnsqr.Record) error { return nil })
+		p, err := pipeline.New(pipeline.Config{Resolvers: AllAddresses, AllowWideResolver: true, RD: -1}, func(*dnsqr.Record) error { return nil })
 		if err != nil {
 			t.Fatal(err)
 		}
