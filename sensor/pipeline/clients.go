@@ -25,11 +25,10 @@ func newClientSet() *clientSet {
 	return &clientSet{seed: rand.Uint64(), slots: make([]uint64, clientSlots)}
 }
 
+// key uses the pair table's seeded hash: which addresses share a slot is unknown outside.
 func (s *clientSet) key(a netip.Addr) uint64 {
-	b := a.Unmap().As16()
-	k := flowKey{qip: [16]byte(b)}
-	h := k.hash(s.seed)
-	return h | 1 // 0 marks an empty slot
+	k := flowKey{qip: a.As16()}
+	return k.hash(s.seed) | 1 // 0 marks an empty slot
 }
 
 func (s *clientSet) add(a netip.Addr) {
