@@ -14,7 +14,7 @@ require (
 	golang.org/x/net v0.59.0
 	golang.org/x/sync v0.25.0
 	golang.org/x/sys v0.48.0
-	google.golang.org/protobuf v1.25.0
+	google.golang.org/protobuf v1.36.12
 )
 
 require (
