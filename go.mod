@@ -3,27 +3,30 @@ module github.com/sie-europe/dnssensor
 go 1.26.8
 
 require (
-	github.com/coder/websocket v1.8.15 // indirect
-	github.com/dnstap/golang-dnstap v0.4.0 // indirect
-	github.com/farsightsec/go-nmsg v0.2.0 // indirect
-	github.com/farsightsec/golang-framestream v0.3.0 // indirect
+	github.com/coder/websocket v1.8.15
+	github.com/dnstap/golang-dnstap v0.4.0
+	github.com/farsightsec/go-nmsg v0.2.0
 	github.com/gokrazy/dnssensor-shim v0.0.0
-	github.com/gokrazy/gokrazy v0.0.0-20260418085648-c38c3134b8a7 // indirect
+	github.com/google/go-cmp v0.7.0
+	github.com/google/renameio/v2 v2.0.2
+	github.com/gopacket/gopacket v1.7.7
+	github.com/miekg/dns v1.1.73
+	golang.org/x/net v0.59.0
+	golang.org/x/sync v0.25.0
+	golang.org/x/sys v0.48.0
+	google.golang.org/protobuf v1.36.12
+)
+
+require (
+	github.com/BurntSushi/toml v1.4.1-0.20240526193622-a339e1f7089c // indirect
+	github.com/farsightsec/golang-framestream v0.3.0 // indirect
 	github.com/gokrazy/internal v0.0.0-20251208203110-3c1aa9087c82 // indirect
-	github.com/google/go-cmp v0.7.0 // indirect
-	github.com/google/renameio/v2 v2.0.2 // indirect
-	github.com/gopacket/gopacket v1.7.7 // indirect
-	github.com/insomniacslk/dhcp v0.0.0-20260901064844-234b97448fae // indirect
-	github.com/kenshaw/evdev v0.1.0 // indirect
-	github.com/mdlayher/watchdog v0.0.0-20201005150459-8bdc4f41966b // indirect
-	github.com/miekg/dns v1.1.73 // indirect
-	github.com/spf13/pflag v1.0.5 // indirect
-	github.com/vishvananda/netlink v1.1.0 // indirect
-	github.com/vishvananda/netns v0.0.0-20211101163701-50045581ed74 // indirect
-	golang.org/x/net v0.57.0 // indirect
-	golang.org/x/sync v0.25.0 // indirect
-	golang.org/x/sys v0.47.0 // indirect
-	google.golang.org/protobuf v1.25.0 // indirect
+	golang.org/x/exp/typeparams v0.0.0-20231108232855-2478ac86f678 // indirect
+	golang.org/x/mod v0.41.0 // indirect
+	golang.org/x/tools v0.51.0 // indirect
+	honnef.co/go/tools v0.8.2 // indirect
 )
 
 replace github.com/gokrazy/dnssensor-shim => ./gokr-packer/gokrazyshim
+
+tool honnef.co/go/tools/cmd/staticcheck

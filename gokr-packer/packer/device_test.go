@@ -10,14 +10,13 @@ import (
 	"time"
 
 	"github.com/sie-europe/dnssensor/images"
+	"github.com/sie-europe/dnssensor/internal/testenv"
 )
 
 // loopDevice attaches a sparse file as a block device (root only).
 func loopDevice(t *testing.T, size int64) string {
 	t.Helper()
-	if os.Getuid() != 0 {
-		t.Skip("needs root for a loop device")
-	}
+	testenv.NeedRoot(t, "a loop device")
 	losetup := requireTool(t, "losetup", "mount")
 	f := filepath.Join(t.TempDir(), "disk")
 	if err := os.WriteFile(f, nil, 0o644); err != nil {
@@ -28,7 +27,7 @@ func loopDevice(t *testing.T, size int64) string {
 	}
 	out, err := exec.Command(losetup, "-f", "--show", f).CombinedOutput()
 	if err != nil {
-		t.Skipf("no loop device here: %v %s", err, out)
+		testenv.Need(t, false, "no loop device here: %v %s", err, out)
 	}
 	dev := strings.TrimSpace(string(out))
 	t.Cleanup(func() { exec.Command(losetup, "-d", dev).Run() })
@@ -42,7 +41,7 @@ func TestBuildToDevice(t *testing.T) {
 		t.Skip("builds an image (-short)")
 	}
 	if _, err := needFile(efiStubPath, "systemd-boot-efi"); err != nil {
-		t.Skip(err)
+		testenv.Missing(t, err)
 	}
 	sgdisk := requireTool(t, "sgdisk", "gdisk")
 	mkfs := requireTool(t, "mkfs.ext4", "e2fsprogs")

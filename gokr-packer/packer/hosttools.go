@@ -6,10 +6,6 @@ import (
 	"os/exec"
 )
 
-// aptPackages is the one line that installs every host tool the packer and the
-// QEMU scripts use on Debian.
-const aptPackages = "apt-get install -y e2fsprogs systemd-boot-efi mtools dosfstools squashfs-tools gdisk fdisk qemu-system-x86 qemu-system-arm ovmf"
-
 // efiStubPath is where Debian's systemd-boot-efi puts the x86-64 boot loader.
 const efiStubPath = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi"
 

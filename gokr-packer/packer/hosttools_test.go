@@ -1,9 +1,10 @@
 package packer
 
 import (
-	"os"
 	"os/exec"
 	"testing"
+
+	"github.com/sie-europe/dnssensor/internal/testenv"
 )
 
 // requireTool returns the path of a host tool the test checks our bytes with.
@@ -13,10 +14,7 @@ func requireTool(t *testing.T, name, pkg string) string {
 	t.Helper()
 	p, err := needTool(name, pkg)
 	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal(err)
-		}
-		t.Skip(err)
+		testenv.Missing(t, err)
 	}
 	return p
 }

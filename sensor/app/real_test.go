@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/sie-europe/dnssensor/internal/testenv"
 )
 
 // The fixtures under sensor/testdata/real were made by ci/make-fixtures: a real unbound recursing
@@ -107,7 +109,7 @@ func sensorPairs(t *testing.T, recs []map[string]any) map[txKey][]tx {
 func TestRealTrafficAgreesWithTshark(t *testing.T) {
 	pcaps, _ := filepath.Glob("../testdata/real/*.pcap")
 	if len(pcaps) == 0 {
-		t.Skip("no real-traffic fixtures (make them with ci/make-fixtures)")
+		testenv.Need(t, false, "no real-traffic fixtures in sensor/testdata/real (make them with ci/make-fixtures)")
 	}
 	var total, agree, refused int
 	for _, p := range pcaps {
@@ -211,7 +213,7 @@ func isClientSide(a string) bool {
 func TestRealTrafficPrivacy(t *testing.T) {
 	pcaps, _ := filepath.Glob("../testdata/real/*.pcap")
 	if len(pcaps) == 0 {
-		t.Skip("no real-traffic fixtures (make them with ci/make-fixtures)")
+		testenv.Need(t, false, "no real-traffic fixtures in sensor/testdata/real (make them with ci/make-fixtures)")
 	}
 	secrets := map[string][]byte{
 		"resolver v4":       {198, 51, 100, 2},

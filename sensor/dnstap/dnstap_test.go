@@ -17,6 +17,7 @@ import (
 	"github.com/miekg/dns"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/sie-europe/dnssensor/internal/testenv"
 	"github.com/sie-europe/dnssensor/sensor/dnsqr"
 	"github.com/sie-europe/dnssensor/sensor/internal/conformance"
 	"github.com/sie-europe/dnssensor/sensor/pipeline"
@@ -241,7 +242,7 @@ func TestServerSeveralWriters(t *testing.T) {
 func TestConformanceFile(t *testing.T) {
 	path := filepath.Join(conformance.Dir(t), "dnstap", "dnstap-input-data")
 	if _, err := os.Stat(path); err != nil {
-		t.Skipf("%s absent: %v", path, err)
+		testenv.Need(t, false, "%s absent: %v", path, err)
 	}
 	var recs []*dnsqr.Record
 	p, err := pipeline.New(pipeline.Config{Resolvers: AllAddresses, AllowWideResolver: true, RD: -1}, func(r *dnsqr.Record) error {

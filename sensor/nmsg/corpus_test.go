@@ -10,18 +10,15 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/sie-europe/dnssensor/internal/testenv"
 )
 
-// corpusDir walks up from the working directory to the shared
-// conformance corpus, which lives beside the project checkout and is
-// absent from users' clones.
+// corpusDir is the shared conformance corpus (internal/testenv: skipped locally without it, a
+// failure under CI=true).
 func corpusDir(t testing.TB) string {
 	t.Helper()
-	dir, ok := findCorpus()
-	if !ok {
-		t.Skip("conformance corpus (shared/conformance) not found above the working directory; skipping")
-	}
-	return dir
+	return testenv.Conformance(t)
 }
 
 func readCorpus(t testing.TB, rel string) []byte {

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/sie-europe/dnssensor/internal/testenv"
 )
 
 var corpusSeeds = []string{
@@ -23,7 +25,7 @@ var corpusSeeds = []string{
 // addSeeds adds the corpus files when present (fuzzing must not need
 // them) plus literal seeds that reach each branch of the header parser.
 func addSeeds(f *testing.F) {
-	if dir, ok := findCorpus(); ok {
+	if dir, ok := testenv.FindConformance(); ok {
 		for _, rel := range corpusSeeds {
 			if b, err := os.ReadFile(filepath.Join(dir, filepath.FromSlash(rel))); err == nil {
 				f.Add(b)
@@ -48,27 +50,6 @@ func addSeeds(f *testing.F) {
 	f.Add([]byte("NMSG\x02\x02\x00\x00\x00\x08\x08\x01\x10\x00\x18\x00\x22\x00"))
 	f.Add([]byte("NMSG\x00\x01\x00\x00\x00\x00"))
 	f.Add([]byte("NMSG\x00\x02\xff\xff\xff\xff"))
-}
-
-// findCorpus walks up from the working directory to the shared
-// conformance corpus, which lives beside the project checkout and is
-// absent from users' clones.
-func findCorpus() (string, bool) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", false
-	}
-	for {
-		c := filepath.Join(dir, "shared", "conformance")
-		if st, err := os.Stat(c); err == nil && st.IsDir() {
-			return c, true
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", false
-		}
-		dir = parent
-	}
 }
 
 func FuzzReader(f *testing.F) {

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/sie-europe/dnssensor/internal/testenv"
 	"github.com/sie-europe/dnssensor/sensor/decode"
 	"github.com/sie-europe/dnssensor/sensor/dnsqr"
 	"github.com/sie-europe/dnssensor/sensor/source"
@@ -43,7 +44,7 @@ func records(t *testing.T, pcaps []string, mk func(Emit) frameSink) ([]string, S
 func TestShardedEqualsSingle(t *testing.T) {
 	pcaps, _ := filepath.Glob("../testdata/real/*.pcap")
 	if len(pcaps) == 0 {
-		t.Skip("no real-traffic fixtures")
+		testenv.Need(t, false, "no real-traffic fixtures in sensor/testdata/real (make them with ci/make-fixtures)")
 	}
 	cfg := Config{RD: -1, ZeroResolver: true, Resolvers: []netip.Prefix{
 		netip.MustParsePrefix("198.51.100.2/32"), netip.MustParsePrefix("2001:db8:1::2/128")}}

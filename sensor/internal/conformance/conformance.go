@@ -1,36 +1,15 @@
-// Package conformance finds the shared conformance corpus (../shared/conformance beside the
-// checkout) for tests, which skip when a clone does not have it.
+// Package conformance finds the shared conformance corpus for the sensor's tests; the finder and
+// the CI rule (a missing corpus fails under CI=true, skips elsewhere) live in internal/testenv.
 package conformance
 
 import (
-	"os"
-	"path/filepath"
 	"testing"
+
+	"github.com/sie-europe/dnssensor/internal/testenv"
 )
 
-// Dir returns the corpus folder, or skips t with a message when it is absent.
+// Dir returns the corpus folder, or skips t (fails it under CI=true) when it is absent.
 func Dir(t testing.TB) string {
 	t.Helper()
-	if d := os.Getenv("CONFORMANCE_DIR"); d != "" {
-		return d
-	}
-	wd, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for d := wd; ; d = filepath.Dir(d) {
-		c := filepath.Join(d, "shared", "conformance")
-		if fi, err := os.Stat(c); err == nil && fi.IsDir() {
-			return c
-		}
-		c = filepath.Join(d, "..", "shared", "conformance")
-		if fi, err := os.Stat(c); err == nil && fi.IsDir() {
-			return filepath.Clean(c)
-		}
-		if filepath.Dir(d) == d {
-			break
-		}
-	}
-	t.Skip("conformance corpus not found (../shared/conformance beside the checkout, or $CONFORMANCE_DIR); skipping")
-	return ""
+	return testenv.Conformance(t)
 }

@@ -1,0 +1,73 @@
+// Package testenv decides what a test does when the world it needs is missing: a corpus, a
+// Debian tool, root, a loop device. On a developer's machine it skips with a message that says how
+// to get what is missing; under CI=true it fails, because CI installs everything the tests need and
+// a skip there would let a proof (byte compatibility, real traffic, image boots) vanish while the
+// run stays green.
+package testenv
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// InCI reports whether the tests run under CI (CI=true, as .ci/run is started).
+func InCI() bool { return os.Getenv("CI") == "true" }
+
+// Need skips t (locally) or fails it (in CI) with the message when ok is false.
+func Need(t testing.TB, ok bool, format string, args ...any) {
+	t.Helper()
+	if ok {
+		return
+	}
+	msg := fmt.Sprintf(format, args...)
+	if InCI() {
+		t.Fatalf("CI=true and %s: a missing requirement is a failure in CI", msg)
+		return
+	}
+	t.Skip(msg)
+}
+
+// Missing skips t (locally) or fails it (in CI) because of err.
+func Missing(t testing.TB, err error) {
+	t.Helper()
+	Need(t, err == nil, "%v", err)
+}
+
+// NeedRoot requires uid 0 (network namespaces, loop devices, tmpfs mounts).
+func NeedRoot(t testing.TB, what string) {
+	t.Helper()
+	Need(t, os.Getuid() == 0, "%s needs root", what)
+}
+
+// Conformance returns the shared conformance corpus: $CONFORMANCE_DIR, or shared/conformance in
+// the working directory or any parent, or beside any parent (../shared/conformance beside the
+// checkout, as sessions and CI lay it out).
+func Conformance(t testing.TB) string {
+	t.Helper()
+	d, ok := FindConformance()
+	Need(t, ok, "conformance corpus not found (../shared/conformance beside the checkout, or $CONFORMANCE_DIR)")
+	return d
+}
+
+// FindConformance is Conformance without a test, for benchmarks' and tools' own decisions.
+func FindConformance() (string, bool) {
+	if d := os.Getenv("CONFORMANCE_DIR"); d != "" {
+		return d, true
+	}
+	wd, err := os.Getwd()
+	if err != nil {
+		return "", false
+	}
+	for d := wd; ; d = filepath.Dir(d) {
+		for _, c := range []string{filepath.Join(d, "shared", "conformance"), filepath.Join(d, "..", "shared", "conformance")} {
+			if fi, err := os.Stat(c); err == nil && fi.IsDir() {
+				return filepath.Clean(c), true
+			}
+		}
+		if filepath.Dir(d) == d {
+			return "", false
+		}
+	}
+}
