@@ -234,11 +234,7 @@ func applyConfig(fs *flag.FlagSet, path string, set map[string]bool) error {
 }
 
 func splitList(s string) []string {
-	var out []string
-	for _, f := range strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' }) {
-		out = append(out, f)
-	}
-	return out
+	return strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' })
 }
 
 // parsePrefixes reads a list of addresses and CIDRs. IPv4-mapped IPv6 forms become IPv4, since

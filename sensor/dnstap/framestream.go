@@ -228,9 +228,8 @@ func writeControl(w io.Writer, typ uint32, withType bool) error {
 // Writer writes a Frame Streams stream of dnstap frames; tests and tools use it to make files and
 // to play a resolver. It is not used on the device's data path.
 type Writer struct {
-	w   io.Writer
-	rd  *bufio.Reader // bidirectional: ACCEPT and FINISH come back here
-	err error
+	w  io.Writer
+	rd *bufio.Reader // bidirectional: ACCEPT and FINISH come back here
 }
 
 // NewWriter starts a unidirectional stream (START) on w.
