@@ -10,6 +10,9 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
+
+	"go.uber.org/goleak"
 )
 
 // InCI reports whether the tests run under CI (CI=true, as .ci/run is started).
@@ -70,4 +73,43 @@ func FindConformance() (string, bool) {
 			return "", false
 		}
 	}
+}
+
+// Patience is how long a test waits for a state it expects before calling it missing. The wait
+// ends as soon as the state is reached, so a generous bound costs a passing test nothing, while a
+// tight one (the 5 s bounds this replaces) failed on a loaded 2-core CI machine.
+var Patience = 60 * time.Second
+
+// WaitFor polls cond until it holds, and fails t naming what it waited for after Patience.
+func WaitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(Patience)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", Patience, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// CheckLeaks fails t if goroutines started during the test are still running when it ends
+// (after the test's other cleanups, given Patience to wind down). Goroutines that were running
+// before the test started, such as those of parallel tests, are not counted.
+func CheckLeaks(t testing.TB) {
+	t.Helper()
+	before := goleak.IgnoreCurrent()
+	t.Cleanup(func() {
+		// goleak.Find retries for about a second; a loaded machine can need longer to wind down.
+		deadline := time.Now().Add(Patience)
+		for {
+			err := goleak.Find(before)
+			if err == nil {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("goroutines leaked: %v", err)
+				return
+			}
+		}
+	})
 }

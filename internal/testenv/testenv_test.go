@@ -3,6 +3,7 @@ package testenv
 import (
 	"fmt"
 	"testing"
+	"time"
 )
 
 // recorder stands in for a test so that Need's verdict can be observed without ending this test.
@@ -44,3 +45,31 @@ func TestConformanceFromEnv(t *testing.T) {
 		t.Fatalf("FindConformance() = %q, %v; want %q", got, ok, d)
 	}
 }
+
+func TestCheckLeaksFindsALeak(t *testing.T) {
+	defer func(p time.Duration) { Patience = p }(Patience)
+	Patience = 300 * time.Millisecond
+	stop := make(chan struct{})
+	defer close(stop)
+	r := &leakRecorder{TB: t}
+	t.Run("leaky", func(t *testing.T) {
+		r.TB = t
+		CheckLeaks(r)
+		go func() { <-stop }()
+		// Cleanups registered on r run here, when the subtest ends.
+	})
+	if !r.failed {
+		t.Error("CheckLeaks missed a goroutine that outlived its test")
+	}
+}
+
+// leakRecorder records a failure instead of failing, and runs cleanups at the subtest's end.
+type leakRecorder struct {
+	testing.TB
+	failed bool
+}
+
+func (r *leakRecorder) Helper()               {}
+func (r *leakRecorder) Error(args ...any)     { r.failed = true }
+func (r *leakRecorder) Errorf(string, ...any) { r.failed = true }
+func (r *leakRecorder) Cleanup(f func())      { r.TB.Cleanup(f) }
