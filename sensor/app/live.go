@@ -175,15 +175,38 @@ func runDnstap(ctx context.Context, o *Options, p *pipeline.Pipeline, stderr io.
 	logf("accepting dnstap writers on %s", o.Live.Dnstap)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	statsLine := func() {
+		s := p.Stats()
+		fmt.Fprintf(stderr, "sensord: %s %s\n", s.String(), st.String())
+	}
+	return dnstapLoop(out, done, tick.C, time.Now, p, feed, o.Pipeline.QueryTimeout, o.StatsEvery, statsLine)
+}
+
+// dnstapLoop feeds the pipeline from the server's batches until the server ends.
+//
+// Queries expire by the stream's own time, as in a file: a writer's events can arrive late (a
+// delayed or buffered stream) or carry a clock behind the sensor's, and expiring them against
+// the sensor's clock turned every transaction into an unanswered query plus an unsolicited
+// response. The sensor's clock only moves the stream's time on once the stream has been silent
+// for longer than the query timeout, so the last queries of a quiet resolver still come out.
+func dnstapLoop(out <-chan []dnstap.Event, done <-chan error, tick <-chan time.Time, now func() time.Time,
+	p *pipeline.Pipeline, feed func(dnstap.Event), timeout, statsEvery time.Duration, statsLine func()) error {
 	var lastStats time.Time
+	var streamTime int64   // the latest event time seen
+	var streamAt time.Time // when, by the sensor's clock, the stream last moved on
 	for {
 		select {
 		case b := <-out:
 			for _, e := range b {
 				feed(e)
+				if e.Time > streamTime {
+					streamTime, streamAt = e.Time, now()
+				}
 			}
-		case <-tick.C:
-			p.Idle(time.Now().UnixNano())
+		case <-tick:
+			if silent := now().Sub(streamAt); !streamAt.IsZero() && silent > timeout {
+				p.Idle(streamTime + int64(silent))
+			}
 		case err := <-done:
 			// The server ends only with ctx or a listener failure; drain what it delivered.
 			for {
@@ -199,10 +222,9 @@ func runDnstap(ctx context.Context, o *Options, p *pipeline.Pipeline, stderr io.
 			}
 			return err
 		}
-		if o.StatsEvery > 0 && time.Since(lastStats) >= o.StatsEvery {
+		if statsEvery > 0 && time.Since(lastStats) >= statsEvery {
 			lastStats = time.Now()
-			s := p.Stats()
-			fmt.Fprintf(stderr, "sensord: %s %s\n", s.String(), st.String())
+			statsLine()
 		}
 	}
 }
