@@ -13,6 +13,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/sie-europe/dnssensor/sensor/budget"
 	"github.com/sie-europe/dnssensor/sensor/decode"
 )
 
@@ -22,6 +23,9 @@ type Config struct {
 	MaxFragments int           // fragments per datagram (default 64)
 	MaxBytes     int           // octets of fragments held in total (default 16 MiB)
 	Timeout      time.Duration // an incomplete datagram is dropped after this much packet time (default 30 s)
+	// Budget, when set, bounds fragments together with the pair table and TCP buffers; the
+	// caller registers the Reassembler with it.
+	Budget *budget.Budget
 }
 
 func (c *Config) defaults() {
@@ -49,6 +53,7 @@ type Stats struct {
 	Duplicates uint64 // exact duplicate fragments ignored
 	TooMany    uint64 // datagrams dropped for exceeding MaxFragments
 	TooBig     uint64 // datagrams dropped for exceeding 65535 octets
+	NoBudget   uint64 // datagrams dropped because the shared memory budget had no room
 	FragsLost  uint64 // fragments thrown away with dropped datagrams
 }
 
@@ -92,6 +97,7 @@ type Reassembler struct {
 	stats Stats
 	out   Datagram
 	l4    []byte
+	cur   *entry // the datagram being added to: never evicted for its own fragment
 }
 
 // New returns a Reassembler bounded by cfg.
@@ -156,6 +162,14 @@ func (r *Reassembler) Add(p *decode.Packet, now int64) *Datagram {
 	}
 	for r.bytes+len(p.Net) > r.cfg.MaxBytes && len(r.fifo) > 0 && r.fifo[0] != e {
 		r.evictOldest()
+	}
+	r.cur = e
+	ok := r.cfg.Budget.Reserve(len(p.Net))
+	r.cur = nil
+	if !ok {
+		r.stats.NoBudget++
+		r.drop(e)
+		return nil
 	}
 	pkt := append([]byte(nil), p.Net...)
 	e.frags = append(e.frags, frag{pkt: pkt, hdr: p.HdrLen, off: p.FragOff, more: p.FragMore, time: now})
