@@ -52,7 +52,7 @@ func ReadFile(path string, h Handler) (frames int, err error) {
 // ReadFileContext is ReadFile that stops when ctx ends, even while a pipe or FIFO has nothing to
 // read: it then returns the frames handled so far and ctx's error.
 func ReadFileContext(ctx context.Context, path string, h Handler) (frames int, err error) {
-	f, err := os.Open(path)
+	f, err := open(ctx, path)
 	if err != nil {
 		return 0, err
 	}
@@ -62,6 +62,31 @@ func ReadFileContext(ctx context.Context, path string, h Handler) (frames int, e
 	stop := context.AfterFunc(ctx, func() { f.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
 	return Read(ctx, f, h)
+}
+
+// open opens path, giving up when ctx ends: opening a FIFO waits for its writer.
+func open(ctx context.Context, path string) (*os.File, error) {
+	type result struct {
+		f   *os.File
+		err error
+	}
+	opened := make(chan result, 1)
+	go func() {
+		f, err := os.Open(path)
+		opened <- result{f, err}
+	}()
+	select {
+	case r := <-opened:
+		return r.f, r.err
+	case <-ctx.Done():
+		unblockOpen(path)
+		go func() {
+			if r := <-opened; r.f != nil {
+				r.f.Close()
+			}
+		}()
+		return nil, ctx.Err()
+	}
 }
 
 type zeroCopyReader interface {
