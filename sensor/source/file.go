@@ -104,7 +104,8 @@ func Read(ctx context.Context, rd io.Reader, h Handler) (frames int, err error) 
 }
 
 func read(ctx context.Context, rd io.Reader, h Handler) (frames int, err error) {
-	src := bufio.NewReaderSize(rd, 64<<10)
+	// ctx is checked below every buffer, so what was read before it ended is still handled.
+	src := bufio.NewReaderSize(ctxReader{ctx, rd}, 64<<10)
 	if magic, err := src.Peek(2); err == nil && magic[0] == 0x1f && magic[1] == 0x8b {
 		gz, err := gzip.NewReader(src)
 		if err != nil {
@@ -114,7 +115,7 @@ func read(ctx context.Context, rd io.Reader, h Handler) (frames int, err error) 
 	} else {
 		rd = src
 	}
-	lim := &budgetReader{ctx: ctx, r: rd, left: recordBudget}
+	lim := &budgetReader{r: rd, left: recordBudget}
 	// The capture readers take this buffer as theirs (it is larger than bufio's default), so
 	// every byte they read passes through lim.
 	r := bufio.NewReaderSize(lim, readBuf)
@@ -173,17 +174,26 @@ func read(ctx context.Context, rd io.Reader, h Handler) (frames int, err error) 
 	}
 }
 
-// budgetReader fails once a record has read more than it may, and once ctx has ended.
+// ctxReader stops reading once ctx has ended.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+// budgetReader fails once a record has read more than it may.
 type budgetReader struct {
-	ctx  context.Context
 	r    io.Reader
 	left int
 }
 
 func (b *budgetReader) Read(p []byte) (int, error) {
-	if err := b.ctx.Err(); err != nil {
-		return 0, err
-	}
 	if b.left <= 0 {
 		return 0, errRecordTooLong
 	}
