@@ -142,7 +142,7 @@ func Run(ctx context.Context, o *Options, stdout, stderr io.Writer) (err error) 
 
 	var lastStats time.Time
 	for _, name := range o.Read {
-		n, err := source.ReadFile(name, func(link decode.LinkType, ts int64, frame []byte, wireLen int) {
+		n, err := source.ReadFileContext(ctx, name, func(link decode.LinkType, ts int64, frame []byte, wireLen int) {
 			p.Frame(link, ts, frame, wireLen)
 			if o.StatsEvery > 0 && time.Since(lastStats) >= o.StatsEvery {
 				lastStats = time.Now()
@@ -150,11 +150,13 @@ func Run(ctx context.Context, o *Options, stdout, stderr io.Writer) (err error) 
 				fmt.Fprintf(stderr, "sensord: %s\n", s.String())
 			}
 		})
+		if ctx.Err() != nil {
+			// SIGTERM, also in the middle of a pipe or FIFO: the deferred flush emits what
+			// was read, and sensord exits 0.
+			return nil
+		}
 		if err != nil {
 			return fmt.Errorf("-r %s: %v (%d frames read before the error were processed)", name, err, n)
-		}
-		if ctx.Err() != nil {
-			return nil
 		}
 	}
 	return nil

@@ -82,6 +82,7 @@ func ParseFlags(args []string, stderr io.Writer) (*Options, error) {
 	fs.IntVar(&o.Pipeline.Defrag.MaxBytes, "frag-max-bytes", 16<<20, "most octets of IP fragments held for reassembly; the oldest datagram is dropped (counted) beyond this")
 	fs.IntVar(&o.Pipeline.TCP.MaxTotalBytes, "tcp-max-bytes", 64<<20, "most octets buffered for DNS-over-TCP reassembly; streams are evicted (counted) beyond this")
 	fs.Int64Var(&o.MemoryLimit, "memory-limit", 256<<20, "soft limit on the Go heap in octets (runtime/debug.SetMemoryLimit); the caps above bound what traffic can make it hold")
+	stateBytes := fs.Int64("state-max-bytes", 0, "most octets the pair table, IP fragments and TCP buffers hold together; the oldest is evicted (counted) beyond this (default: half of -memory-limit)")
 	fs.DurationVar(&o.StatsEvery, "stats", 0, "print the stats line at this `interval` too (0: only at exit)")
 	config := fs.String("config", "", "read settings from JSON `FILE`; flags override")
 	fs.StringVar(&o.CPUProfile, "cpuprofile", "", "write a CPU profile to `FILE` (for benchmarks)")
@@ -153,6 +154,9 @@ func ParseFlags(args []string, stderr io.Writer) (*Options, error) {
 	}
 	if o.Pipeline.TCP.MaxTotalBytes < 65536 {
 		return nil, fmt.Errorf("-tcp-max-bytes: %d is below one largest message (65536)", o.Pipeline.TCP.MaxTotalBytes)
+	}
+	if err := o.setStateBytes(*stateBytes); err != nil {
+		return nil, err
 	}
 	if o.Workers < 1 || o.Workers > 64 {
 		return nil, fmt.Errorf("-workers: %d outside [1, 64]", o.Workers)

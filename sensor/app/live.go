@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"strings"
 	"time"
@@ -25,9 +26,11 @@ type liveOptions struct {
 	MergeWindow  time.Duration
 	Dnstap       string
 	DnstapFile   string
+	DnstapAllow  []netip.Prefix // writers a dnstap TCP listener takes; nil: any (loopback only)
 
-	ifaces string
-	extra  func() string // the live/dnstap part of the final stats line
+	ifaces      string
+	dnstapAllow string
+	extra       func() string // the live/dnstap part of the final stats line
 }
 
 func (l *liveOptions) register(fs *flag.FlagSet) {
@@ -37,6 +40,7 @@ func (l *liveOptions) register(fs *flag.FlagSet) {
 	fs.DurationVar(&l.BlockTimeout, "block-timeout", 10*time.Millisecond, "TPACKET_V3 block retire timeout: the longest a frame waits in the kernel")
 	fs.DurationVar(&l.MergeWindow, "merge-window", 100*time.Millisecond, "order frames of all interfaces by capture time within this window, so a response read before its query still pairs (0: arrival order)")
 	fs.StringVar(&l.Dnstap, "dnstap", "", "accept dnstap writers on `SOCKET` (unix:/path or tcp:host:port); -resolver optional")
+	fs.StringVar(&l.dnstapAllow, "dnstap-allow", "", "dnstap writers allowed to connect to a tcp: listener (`LIST` of addresses or CIDRs); required unless it listens on loopback")
 	fs.StringVar(&l.DnstapFile, "dnstap-file", "", "read a recorded dnstap `FILE` (Frame Streams); -resolver optional")
 }
 
@@ -66,6 +70,9 @@ func (l *liveOptions) finish(o *Options) error {
 	}
 	if len(l.Ifaces) > 0 && l.MergeWindow > 0 && l.MergeWindow < 2*l.BlockTimeout {
 		return fmt.Errorf("-merge-window: %v must cover twice -block-timeout (%v) or be 0", l.MergeWindow, l.BlockTimeout)
+	}
+	if err := l.checkDnstapAllow(); err != nil {
+		return err
 	}
 	if (l.Dnstap != "" || l.DnstapFile != "") && o.Workers > 1 {
 		return errors.New("-workers: dnstap input runs one pipeline (a resolver's dnstap rate needs no more)")
@@ -161,7 +168,7 @@ func runDnstap(ctx context.Context, o *Options, p *pipeline.Pipeline, stderr io.
 		return fmt.Errorf("-dnstap: %v", err)
 	}
 	out := make(chan []dnstap.Event, 4096)
-	srv := &dnstap.Server{Resolvers: resolvers, Stats: st, Out: out, Logf: logf}
+	srv := &dnstap.Server{Resolvers: resolvers, Allow: o.Live.DnstapAllow, Stats: st, Out: out, Logf: logf}
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	done := make(chan error, 1)
@@ -169,15 +176,38 @@ func runDnstap(ctx context.Context, o *Options, p *pipeline.Pipeline, stderr io.
 	logf("accepting dnstap writers on %s", o.Live.Dnstap)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	statsLine := func() {
+		s := p.Stats()
+		fmt.Fprintf(stderr, "sensord: %s %s\n", s.String(), st.String())
+	}
+	return dnstapLoop(out, done, tick.C, time.Now, p, feed, o.Pipeline.QueryTimeout, o.StatsEvery, statsLine)
+}
+
+// dnstapLoop feeds the pipeline from the server's batches until the server ends.
+//
+// Queries expire by the stream's own time, as in a file: a writer's events can arrive late (a
+// delayed or buffered stream) or carry a clock behind the sensor's, and expiring them against
+// the sensor's clock turned every transaction into an unanswered query plus an unsolicited
+// response. The sensor's clock only moves the stream's time on once the stream has been silent
+// for longer than the query timeout, so the last queries of a quiet resolver still come out.
+func dnstapLoop(out <-chan []dnstap.Event, done <-chan error, tick <-chan time.Time, now func() time.Time,
+	p *pipeline.Pipeline, feed func(dnstap.Event), timeout, statsEvery time.Duration, statsLine func()) error {
 	var lastStats time.Time
+	var streamTime int64   // the latest event time seen
+	var streamAt time.Time // when, by the sensor's clock, the stream last moved on
 	for {
 		select {
 		case b := <-out:
 			for _, e := range b {
 				feed(e)
+				if e.Time > streamTime {
+					streamTime, streamAt = e.Time, now()
+				}
 			}
-		case <-tick.C:
-			p.Idle(time.Now().UnixNano())
+		case <-tick:
+			if silent := now().Sub(streamAt); !streamAt.IsZero() && silent > timeout {
+				p.Idle(streamTime + int64(silent))
+			}
 		case err := <-done:
 			// The server ends only with ctx or a listener failure; drain what it delivered.
 			for {
@@ -193,10 +223,39 @@ func runDnstap(ctx context.Context, o *Options, p *pipeline.Pipeline, stderr io.
 			}
 			return err
 		}
-		if o.StatsEvery > 0 && time.Since(lastStats) >= o.StatsEvery {
+		if statsEvery > 0 && time.Since(lastStats) >= statsEvery {
 			lastStats = time.Now()
-			s := p.Stats()
-			fmt.Fprintf(stderr, "sensord: %s %s\n", s.String(), st.String())
+			statsLine()
 		}
 	}
+}
+
+// checkDnstapAllow refuses a dnstap TCP listener that anybody on the network could write
+// records into: off loopback, the writers must be listed.
+func (l *liveOptions) checkDnstapAllow() error {
+	var err error
+	if l.DnstapAllow, err = parsePrefixes(l.dnstapAllow, true); err != nil {
+		return fmt.Errorf("-dnstap-allow: %v", err)
+	}
+	if l.dnstapAllow != "" && len(l.DnstapAllow) == 0 {
+		return fmt.Errorf("-dnstap-allow: the list is empty")
+	}
+	network, addr, _ := strings.Cut(l.Dnstap, ":")
+	if network != "tcp" {
+		if l.DnstapAllow != nil {
+			return fmt.Errorf("-dnstap-allow: applies only to -dnstap tcp:host:port (a unix socket's directory is its access control)")
+		}
+		return nil
+	}
+	if l.DnstapAllow != nil {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("-dnstap: %q: %v", l.Dnstap, err)
+	}
+	if a, err := netip.ParseAddr(host); (err == nil && a.IsLoopback()) || host == "localhost" {
+		return nil
+	}
+	return fmt.Errorf("-dnstap: %s listens beyond loopback, where anybody could write records; give -dnstap-allow with the resolvers' addresses (e.g. -dnstap-allow 192.0.2.53,2001:db8::53) or listen on 127.0.0.1", l.Dnstap)
 }

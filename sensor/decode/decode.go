@@ -93,6 +93,12 @@ type Packet struct {
 	FragOff  int // in octets
 	FragMore bool
 	HdrLen   int // octets of Net before L4 (IP header plus extension headers)
+	// FragData is, for a fragment, the octets of Net before the fragment's data: the IPv4
+	// header, or the IPv6 headers up to the Fragment header. Headers after it (Destination
+	// Options, RFC 8200 section 4.5) are part of the fragmented data; a first fragment's are
+	// walked, so Proto and L4 are the upper layer's (HdrLen includes them), and a later
+	// fragment's Proto is the Fragment header's next header.
+	FragData int
 
 	// Transport fields, set only when Frag is false.
 	SrcPort, DstPort uint16
@@ -218,6 +224,7 @@ func DecodeIP(b []byte, p *Packet) Result {
 		fo := binary.BigEndian.Uint16(b[6:])
 		if fo&0x3fff != 0 {
 			p.Frag, p.FragID, p.FragMore, p.FragOff = true, uint32(binary.BigEndian.Uint16(b[4:])), fo&0x2000 != 0, int(fo&0x1fff)*8
+			p.FragData = hl
 			return OK
 		}
 	case 6:
@@ -270,6 +277,10 @@ func DecodeIP(b []byte, p *Packet) Result {
 				p.FragOff = int(fo &^ 7)
 				p.FragMore = fo&1 != 0
 				next, off = p.Net[off], off+8
+				p.FragData = off
+				if p.FragOff != 0 {
+					break // the rest is data, whatever the next header says
+				}
 				continue
 			}
 			break

@@ -13,6 +13,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/sie-europe/dnssensor/sensor/budget"
 	"github.com/sie-europe/dnssensor/sensor/decode"
 )
 
@@ -22,6 +23,9 @@ type Config struct {
 	MaxFragments int           // fragments per datagram (default 64)
 	MaxBytes     int           // octets of fragments held in total (default 16 MiB)
 	Timeout      time.Duration // an incomplete datagram is dropped after this much packet time (default 30 s)
+	// Budget, when set, bounds fragments together with the pair table and TCP buffers; the
+	// caller registers the Reassembler with it.
+	Budget *budget.Budget
 }
 
 func (c *Config) defaults() {
@@ -49,6 +53,7 @@ type Stats struct {
 	Duplicates uint64 // exact duplicate fragments ignored
 	TooMany    uint64 // datagrams dropped for exceeding MaxFragments
 	TooBig     uint64 // datagrams dropped for exceeding 65535 octets
+	NoBudget   uint64 // datagrams dropped because the shared memory budget had no room
 	FragsLost  uint64 // fragments thrown away with dropped datagrams
 }
 
@@ -92,6 +97,7 @@ type Reassembler struct {
 	stats Stats
 	out   Datagram
 	l4    []byte
+	cur   *entry // the datagram being added to: never evicted for its own fragment
 }
 
 // New returns a Reassembler bounded by cfg.
@@ -130,7 +136,7 @@ func (r *Reassembler) Add(p *decode.Packet, now int64) *Datagram {
 			r.compact()
 		}
 	}
-	dataLen := len(p.Net) - p.HdrLen
+	dataLen := len(p.Net) - p.FragData
 	end := p.FragOff + dataLen
 	if end > 65535 {
 		r.stats.TooBig++
@@ -157,8 +163,16 @@ func (r *Reassembler) Add(p *decode.Packet, now int64) *Datagram {
 	for r.bytes+len(p.Net) > r.cfg.MaxBytes && len(r.fifo) > 0 && r.fifo[0] != e {
 		r.evictOldest()
 	}
+	r.cur = e
+	ok := r.cfg.Budget.Reserve(len(p.Net))
+	r.cur = nil
+	if !ok {
+		r.stats.NoBudget++
+		r.drop(e)
+		return nil
+	}
 	pkt := append([]byte(nil), p.Net...)
-	e.frags = append(e.frags, frag{pkt: pkt, hdr: p.HdrLen, off: p.FragOff, more: p.FragMore, time: now})
+	e.frags = append(e.frags, frag{pkt: pkt, hdr: p.FragData, off: p.FragOff, more: p.FragMore, time: now})
 	e.bytes += len(pkt)
 	r.bytes += len(pkt)
 	return r.complete(e, p.Proto)
@@ -196,26 +210,28 @@ func (r *Reassembler) complete(e *entry, proto uint8) *Datagram {
 		r.out.Times = append(r.out.Times, f.time)
 	}
 	r.out.Src, r.out.Dst, r.out.L4 = e.key.src, e.key.dst, r.l4
-	// The protocol is what the first fragment's header chain ends in.
+	// The protocol is what the first fragment's header chain ends in; the headers after an
+	// IPv6 Fragment header (Destination Options) are part of the reassembled data.
 	r.out.Proto = proto
 	if e.frags[0].pkt[0]>>4 == 4 {
 		r.out.Proto = e.frags[0].pkt[9]
-	} else if p := lastNextHeader(e.frags[0].pkt); p >= 0 {
-		r.out.Proto = uint8(p)
+	} else if p, ext := upperLayer(e.frags[0].pkt); p >= 0 && ext <= len(r.l4) {
+		r.out.Proto, r.out.L4 = uint8(p), r.l4[ext:]
 	}
 	r.forget(e)
 	r.stats.Datagrams++
 	return &r.out
 }
 
-// lastNextHeader re-walks an IPv6 fragment's header chain for the protocol after the fragment
-// header; -1 when it does not parse (then the caller's value stands).
-func lastNextHeader(pkt []byte) int {
+// upperLayer re-walks an IPv6 first fragment's header chain for the protocol it ends in and
+// the octets of extension headers after the Fragment header; -1 when it does not parse (then
+// the caller's value stands).
+func upperLayer(pkt []byte) (proto, ext int) {
 	var p decode.Packet
-	if decode.DecodeIP(pkt, &p) != decode.OK {
-		return -1
+	if decode.DecodeIP(pkt, &p) != decode.OK || !p.Frag {
+		return -1, 0
 	}
-	return int(p.Proto)
+	return int(p.Proto), p.HdrLen - p.FragData
 }
 
 // Expire drops incomplete datagrams whose first fragment is older than the timeout at packet

@@ -32,6 +32,7 @@ type Stats struct {
 	QueueDropped atomic.Uint64 // events dropped because the pipeline was behind
 	Conns        atomic.Uint64 // writer connections accepted
 	ConnErrors   atomic.Uint64 // connections closed on a protocol or read error
+	Refused      atomic.Uint64 // writer connections from outside the allow-list, closed at once
 }
 
 // Decoder turns dnstap frames into Events. One per stream: it remembers whether the writer sends

@@ -17,9 +17,14 @@ import (
 // the protocol loses its connection, nobody else's.
 type Server struct {
 	Resolvers []netip.Prefix // nil: every resolver-side message
-	MaxFrame  int
-	Stats     *Stats
-	Logf      func(format string, args ...any)
+	// Allow lists the addresses TCP writers may connect from; nil takes any (a loopback or
+	// unix socket, where the host or the socket's directory is the access control). A writer
+	// outside it is closed before the handshake and counted, so nobody on the network can
+	// inject records.
+	Allow    []netip.Prefix
+	MaxFrame int
+	Stats    *Stats
+	Logf     func(format string, args ...any)
 
 	// Out receives batches of events; each batch and its messages belong to the receiver. A
 	// send never blocks: when the receiver is behind, the batch is dropped and counted, so a
@@ -75,6 +80,13 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			}
 			break
 		}
+		if !s.allowed(c.RemoteAddr()) {
+			if s.Stats.Refused.Add(1) <= 10 {
+				s.logf("dnstap: writer %v refused: not in -dnstap-allow", c.RemoteAddr())
+			}
+			c.Close()
+			continue
+		}
 		s.Stats.Conns.Add(1)
 		mu.Lock()
 		conns[c] = struct{}{}
@@ -95,6 +107,23 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	ln.Close()
 	wg.Wait()
 	return err
+}
+
+func (s *Server) allowed(a net.Addr) bool {
+	if s.Allow == nil {
+		return true
+	}
+	ta, ok := a.(*net.TCPAddr)
+	if !ok {
+		return true // a unix socket: its directory's permissions decide
+	}
+	ap := ta.AddrPort().Addr().Unmap()
+	for _, p := range s.Allow {
+		if p.Contains(ap) {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *Server) serveConn(c net.Conn) error {
@@ -169,7 +198,7 @@ func ReadFile(path string, resolvers []netip.Prefix, stats *Stats, h func(Event)
 
 // String is the dnstap part of the stats line.
 func (s *Stats) String() string {
-	return fmt.Sprintf("dnstap_frames=%d dnstap_resolver_queries=%d dnstap_resolver_responses=%d dnstap_port_repaired=%d dnstap_events=%d dnstap_client_dropped=%d dnstap_other=%d dnstap_not_resolver=%d dnstap_malformed=%d dnstap_oversized=%d dnstap_queue_dropped=%d dnstap_conns=%d dnstap_conn_errors=%d",
+	return fmt.Sprintf("dnstap_frames=%d dnstap_resolver_queries=%d dnstap_resolver_responses=%d dnstap_port_repaired=%d dnstap_events=%d dnstap_client_dropped=%d dnstap_other=%d dnstap_not_resolver=%d dnstap_malformed=%d dnstap_oversized=%d dnstap_queue_dropped=%d dnstap_conns=%d dnstap_conn_errors=%d dnstap_refused=%d",
 		s.Frames.Load(), s.Queries.Load(), s.Responses.Load(), s.PortRepaired.Load(), s.Events.Load(), s.Client.Load(), s.Other.Load(), s.NotResolver.Load(), s.Malformed.Load(),
-		s.Oversized.Load(), s.QueueDropped.Load(), s.Conns.Load(), s.ConnErrors.Load())
+		s.Oversized.Load(), s.QueueDropped.Load(), s.Conns.Load(), s.ConnErrors.Load(), s.Refused.Load())
 }

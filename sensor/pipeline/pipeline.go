@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/sie-europe/dnssensor/sensor/budget"
 	"github.com/sie-europe/dnssensor/sensor/decode"
 	"github.com/sie-europe/dnssensor/sensor/defrag"
 	"github.com/sie-europe/dnssensor/sensor/dnsqr"
@@ -52,6 +53,7 @@ type Config struct {
 	AllowWideResolver bool
 	Defrag            defrag.Config
 	TCP               tcpdns.Config
+	MaxBytes          int // pair table, fragments and TCP buffers together, in octets (0: unbounded); budget.go
 }
 
 // Validate reports the first configuration error, naming the setting.
@@ -150,6 +152,7 @@ type Pipeline struct {
 	frag    *defrag.Reassembler
 	tcp     *tcpdns.Reassembler
 	scrub   privacy.Scrubber
+	budget  *budget.Budget
 	stats   Stats
 	now     int64 // time of the previous packet: the C reference expires with it
 	rec     dnsqr.Record
@@ -181,7 +184,9 @@ func New(cfg Config, emit Emit) (*Pipeline, error) {
 	if cfg.HoldMaxBytes == 0 {
 		cfg.HoldMaxBytes = 4 << 20
 	}
+	b := newBudget(cfg.MaxBytes, &cfg)
 	p := &Pipeline{
+		budget:   b,
 		cfg:      cfg,
 		emit:     emit,
 		timeoutS: int64(cfg.QueryTimeout / time.Second),
@@ -206,6 +211,7 @@ func New(cfg Config, emit Emit) (*Pipeline, error) {
 	p.exclude = nameSet(cfg.QnameExclude)
 	p.include = nameSet(cfg.QnameInclude)
 	p.tcpMsg = p.onTCPMessage
+	p.registerBudget()
 	return p, nil
 }
 
@@ -498,7 +504,15 @@ func (p *Pipeline) insert(k flowKey, m *message, qip, rip netip.Addr) {
 		p.stats.StateEvicted++
 		p.expireOne(p.now)
 	}
+	need := len(m.q.Name)
+	for _, b := range m.pkts {
+		need += len(b)
+	}
+	if !p.reserveEntry(need) {
+		return
+	}
 	i := p.t.alloc(k)
+	p.t.sizeEntry(i, need)
 	p.t.e[i].store(m, qip, rip)
 	p.stats.Pending = uint64(p.t.n)
 }

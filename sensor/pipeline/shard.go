@@ -69,6 +69,7 @@ func NewSharded(n int, cfg Config, emit Emit) (*Sharded, error) {
 		s.free <- &shardBatch{data: make([]byte, 0, shardBytes)}
 	}
 	s.snaps = make([]atomic.Pointer[Stats], n)
+	cfg.MaxBytes /= n // the memory limit is the process's: each shard gets its share
 	for i := 0; i < n; i++ {
 		p, err := New(cfg, locked)
 		if err != nil {

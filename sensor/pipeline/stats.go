@@ -38,6 +38,8 @@ type Stats struct {
 	// UnsolicitedClient counts unsolicited responses dropped because their sender was seen as a
 	// client of the resolver (with -unsolicited).
 	UnsolicitedClient uint64
+	MemEvicted        uint64 // pending queries pushed out by -state-max-bytes (emitted as unanswered)
+	MemDropped        uint64 // queries larger than all of -state-max-bytes, dropped
 	OutputErrors      uint64 // records the output refused
 	Records           [8]uint64
 	Pending           uint64
@@ -78,5 +80,6 @@ func (s *Stats) String() string {
 		s.TCP.Segments, s.TCP.Messages, s.TCP.StreamsEvicted, s.TCP.Gaps)
 	fmt.Fprintf(&b, " ecs_scrubbed=%d resolver_zeroed=%d", s.Privacy.ECSScrubbed, s.Privacy.ResolverZeroed)
 	fmt.Fprintf(&b, " mem_table=%dKiB mem_frag=%dKiB mem_tcp=%dKiB", s.MemTable>>10, s.MemFrag>>10, s.MemTCP>>10)
+	fmt.Fprintf(&b, " mem_evicted=%d mem_dropped=%d frag_no_budget=%d", s.MemEvicted, s.MemDropped, s.Defrag.NoBudget)
 	return b.String()
 }

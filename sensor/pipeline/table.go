@@ -83,6 +83,7 @@ type table struct {
 	free       []int32
 	head, tail int32
 	n          int
+	bytes      int // capacity of the entries' packet buffers (budget.go)
 }
 
 func newTable(max int) *table {
@@ -194,6 +195,7 @@ func (t *table) unlink(i int32) {
 }
 
 func (t *table) release(i int32) {
+	t.shed(i)
 	t.free = append(t.free, i)
 }
 

@@ -65,8 +65,8 @@ func Verdict(pkts [][]byte) dnsqr.Checksum {
 	found := false
 	for _, pkt := range pkts {
 		var p decode.Packet
-		if r := decode.DecodeIP(pkt, &p); r != decode.OK || p.Proto != decode.ProtoUDP {
-			return dnsqr.ChecksumError
+		if r := decode.DecodeIP(pkt, &p); r != decode.OK || (p.Proto != decode.ProtoUDP && !(p.Frag && p.FragOff != 0)) {
+			return dnsqr.ChecksumError // a later fragment's Proto may name a header after the Fragment header
 		}
 		data := p.L4
 		if !p.Frag || p.FragOff == 0 {

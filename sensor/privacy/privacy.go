@@ -72,6 +72,7 @@ func (s *Scrubber) Record(r *dnsqr.Record) bool {
 type fragInfo struct {
 	pkt     []byte
 	hdr     int // octets before the fragment's upper-layer data
+	ext     int // extension headers at the start of that data (after an IPv6 Fragment header)
 	off     int // offset of that data in the upper-layer datagram
 	first   bool
 	udp     bool
@@ -93,11 +94,15 @@ func (s *Scrubber) scrubECS(pkts [][]byte) bool {
 		if decode.DecodeIP(pkt, &p) != decode.OK {
 			return false
 		}
-		if p.Proto != decode.ProtoUDP && p.Proto != decode.ProtoTCP {
+		later := p.Frag && p.FragOff != 0 // its Proto may name a header, not the upper layer
+		if p.Proto != decode.ProtoUDP && p.Proto != decode.ProtoTCP && !later {
 			return true // ICMP records carry no DNS message of their own here
 		}
 		f := fragInfo{pkt: pkt, hdr: p.HdrLen, off: p.FragOff, first: !p.Frag || p.FragOff == 0,
 			udp: p.Proto == decode.ProtoUDP, isV4: p.Src.Is4(), dataLen: len(p.L4)}
+		if p.Frag {
+			f.hdr, f.ext, f.dataLen = p.FragData, p.HdrLen-p.FragData, len(p.Net)-p.FragData
+		}
 		s.frags = append(s.frags, f)
 	}
 	// Fast path: one whole datagram, the message is contiguous in the packet.
@@ -150,10 +155,10 @@ func (s *Scrubber) scrubECS(pkts [][]byte) bool {
 				break
 			}
 		}
-		if first == nil || !first.udp || len(s.msg) < 8 {
+		if first == nil || !first.udp || len(s.msg) < first.ext+8 {
 			return false
 		}
-		msg, msgOff = s.msg[8:], 8
+		msg, msgOff = s.msg[first.ext+8:], first.ext+8
 	}
 	ok := dnswire.FindOptions(msg, func(o dnswire.Option) {
 		if o.Code != dnswire.OptionECS || o.Len == 0 {
@@ -190,7 +195,7 @@ func (s *Scrubber) zeroL4(first *fragInfo, at, n int) {
 		oldSum = sum(oldSum, b, lo%2 == 1)
 		clear(b)
 	}
-	l4 := first.pkt[first.hdr:]
+	l4 := first.pkt[first.hdr+first.ext:]
 	at16 := 16 // TCP checksum offset
 	if first.udp {
 		at16 = 6

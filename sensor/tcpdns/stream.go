@@ -242,6 +242,9 @@ func (r *Reassembler) reserve(st *stream, n int) bool {
 		}
 		r.evict(v)
 	}
+	if !r.budget.Reserve(n) {
+		return false
+	}
 	st.mem += n
 	r.mem += n
 	return true

@@ -66,6 +66,8 @@ package tcpdns
 import (
 	"net/netip"
 	"time"
+
+	"github.com/sie-europe/dnssensor/sensor/budget"
 )
 
 // Segment is one captured TCP segment. Payload and Packet alias the caller's
@@ -110,6 +112,9 @@ type Config struct {
 	// MaxOutOfOrder is the number of out-of-order segments held per
 	// stream. Default 32.
 	MaxOutOfOrder int
+	// Budget, when set, bounds the buffers together with the pair table and IP fragments; the
+	// caller registers the Reassembler with it.
+	Budget *budget.Budget
 }
 
 // Defaults for zero Config fields.
@@ -156,6 +161,8 @@ type Reassembler struct {
 	gapTimeout  int64
 	maxPending  int
 	noEvict     bool // set while walking the stream list, so that no other stream is released under us
+	budget      *budget.Budget
+	cur         *stream // the stream a segment is being added to: the budget never evicts it
 	streams     map[key]*stream
 	head, tail  *stream // LRU list, head most recently used
 	pool        []*stream
@@ -178,6 +185,7 @@ func New(cfg Config) *Reassembler {
 		idle:       int64(cfg.IdleTimeout),
 		gapTimeout: int64(cfg.GapTimeout),
 		maxPending: cfg.MaxOutOfOrder,
+		budget:     cfg.Budget,
 	}
 	if r.maxStreams <= 0 {
 		r.maxStreams = DefaultMaxStreams
@@ -243,6 +251,8 @@ func (r *Reassembler) Add(s Segment, emit func(*Message)) {
 		r.touch(st)
 		st.last = s.Time
 	}
+	r.cur = st
+	defer func() { r.cur = nil }()
 	seq := s.Seq
 	if s.SYN {
 		seq++
