@@ -29,8 +29,9 @@ type Config struct {
 	// URL of the server, wss://host[:port][/prefix]; the session path
 	// /session/<Name> is appended. Without a port, the targets come
 	// from the SRV record _https._tcp.<host> (falling back to port
-	// 443), as the reference client does. ws:// is accepted for
-	// loopback tests only.
+	// 443), as the reference client does. ws:// (clear text, API key
+	// included) is refused unless the host is a loopback address or
+	// localhost, and never consults SRV.
 	URL string
 	// Name is the sensor's name, the last element of the session path.
 	Name string
@@ -114,6 +115,10 @@ func (cfg *Config) withDefaults() (Config, *url.URL, error) {
 	if u.Hostname() == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
 		return c, nil, fmt.Errorf("sielink: server URL %q: want wss://host[:port][/prefix]", c.URL)
 	}
+	// ws:// sends the API key in clear text: never beyond this host.
+	if u.Scheme == "ws" && !loopbackHost(u.Hostname()) {
+		return c, nil, fmt.Errorf("sielink: server URL %q: ws:// is unencrypted and allowed only to a loopback address; use wss://", c.URL)
+	}
 	su := *u
 	su.Path = strings.TrimSuffix(u.Path, "/") + "/session/" + c.Name
 	su.RawPath = ""
@@ -133,7 +138,8 @@ func targets(ctx context.Context, r Resolver, u *url.URL) ([]string, error) {
 	if u.Scheme == "ws" {
 		service, defPort = "http", "80"
 	}
-	if _, err := netip.ParseAddr(host); err == nil {
+	// An SRV record could send a loopback ws:// session, API key and all, to another host.
+	if _, err := netip.ParseAddr(host); err == nil || u.Scheme == "ws" {
 		return []string{net.JoinHostPort(host, defPort)}, nil
 	}
 	_, srvs, err := r.LookupSRV(ctx, service, "tcp", host)
@@ -159,6 +165,16 @@ func targets(ctx context.Context, r Resolver, u *url.URL) ([]string, error) {
 		return nil, fmt.Errorf("sielink: SRV lookup for %s: %w", host, err)
 	}
 	return []string{net.JoinHostPort(host, defPort)}, nil
+}
+
+// loopbackHost accepts loopback address literals and localhost, which
+// resolves only to them (RFC 6761).
+func loopbackHost(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.Unmap().IsLoopback()
 }
 
 // ErrRejected is wrapped by Dial errors where the server refused the

@@ -674,3 +674,25 @@ func TestClientReconnects(t *testing.T) {
 	}
 	waitFor(t, "clean close", func() bool { return e.srv.Stats().FinishedReceived == 1 })
 }
+
+// TestClearTextOnlyOnLoopback: ws:// would send the API key in clear text, so a client refuses it
+// for any host but this one, and a loopback ws:// URL is never redirected by an SRV record.
+func TestClearTextOnlyOnLoopback(t *testing.T) {
+	key := filepath.Join(t.TempDir(), "key")
+	os.WriteFile(key, []byte(sielinktest.NewAPIKey()+"\n"), 0o600)
+	for _, u := range []string{"ws://collector.example.net:8080", "ws://192.0.2.1", "ws://[2001:db8::1]:80", "ws://localhost.example.net"} {
+		if _, err := NewClient(Config{URL: u, Name: "s1", APIKeyFile: key}); err == nil || !strings.Contains(err.Error(), "wss://") {
+			t.Errorf("NewClient(%s) = %v, want a refusal pointing to wss://", u, err)
+		}
+	}
+	for _, u := range []string{"ws://127.0.0.1:8080", "ws://[::1]:8080", "ws://localhost:8080", "wss://collector.example.net"} {
+		if _, err := NewClient(Config{URL: u, Name: "s1", APIKeyFile: key}); err != nil {
+			t.Errorf("NewClient(%s) = %v", u, err)
+		}
+	}
+	r := &srvResolver{answer: []*net.SRV{{Target: "collector.example.net.", Port: 80}}}
+	u, _ := (&Config{URL: "ws://localhost"}).URLForTest()
+	if got, err := targets(context.Background(), r, u); err != nil || len(got) != 1 || got[0] != "localhost:80" {
+		t.Errorf("ws://localhost: targets %q, %v; want localhost:80 without SRV", got, err)
+	}
+}

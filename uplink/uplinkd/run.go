@@ -201,6 +201,9 @@ func (s *Supervisor) saveReported() {
 
 // New opens the spool and the destinations. Close releases them when Run is not used.
 func New(cfg *Config, logf func(string, ...any)) (*Supervisor, error) {
+	if err := cfg.CheckDirs(); err != nil {
+		return nil, err
+	}
 	s := &Supervisor{cfg: cfg, logf: logf, start: time.Now()}
 	for _, d := range cfg.Destinations {
 		var dest destination
@@ -212,12 +215,14 @@ func New(cfg *Config, logf func(string, ...any)) (*Supervisor, error) {
 			dest, err = newUDP(d)
 		}
 		if err != nil {
+			s.closeDests()
 			return nil, err
 		}
 		s.dests = append(s.dests, dest)
 	}
 	cons, err := spool.OpenConsumer(spool.Options{Dir: cfg.Spool.Dir, DiskDir: cfg.Spool.DiskDir, Logf: logf})
 	if err != nil {
+		s.closeDests()
 		return nil, err
 	}
 	s.cons = cons
@@ -228,6 +233,20 @@ func New(cfg *Config, logf func(string, ...any)) (*Supervisor, error) {
 	s.reportedFile = filepath.Join(dir, "uplinkd-reported.json")
 	s.loadReported()
 	return s, nil
+}
+
+// Close releases what New opened, for a Supervisor whose Run was not called.
+func (s *Supervisor) Close() error {
+	s.closeDests()
+	return s.cons.Close()
+}
+
+func (s *Supervisor) closeDests() {
+	for _, d := range s.dests {
+		if u, ok := d.(*udpDest); ok {
+			u.sender.Close()
+		}
+	}
 }
 
 // Run delivers until ctx is done, then lets the segment in flight finish for up to ShutdownGrace
