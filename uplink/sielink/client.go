@@ -63,9 +63,12 @@ type Config struct {
 	Logf Logf
 
 	// MinBackoff and MaxBackoff bound a Client's wait between
-	// connection attempts (defaults 1 s and 2 min); a FatalError alert
-	// or a rejected upgrade waits at least FatalBackoff (default 30 s,
-	// capped by MaxBackoff). Each wait is jittered by ±50 %.
+	// connection attempts (defaults 1 s, or MaxBackoff when smaller, and
+	// 2 min); a FatalError alert or a rejected upgrade waits at least
+	// FatalBackoff (default 30 s, capped by MaxBackoff). Each wait is
+	// jittered down by up to 50 %, never up: MaxBackoff is what a
+	// supervisor's operator configured as the longest a reachable
+	// destination may go untried.
 	MinBackoff, MaxBackoff, FatalBackoff time.Duration
 }
 
@@ -86,11 +89,11 @@ func (cfg *Config) withDefaults() (Config, *url.URL, error) {
 	if c.MaxMessageSize <= 0 {
 		c.MaxMessageSize = DefaultMaxMessageSize
 	}
-	if c.MinBackoff <= 0 {
-		c.MinBackoff = time.Second
-	}
 	if c.MaxBackoff <= 0 {
 		c.MaxBackoff = 2 * time.Minute
+	}
+	if c.MinBackoff <= 0 {
+		c.MinBackoff = min(time.Second, c.MaxBackoff)
 	}
 	if c.FatalBackoff <= 0 {
 		c.FatalBackoff = 30 * time.Second

@@ -696,3 +696,21 @@ func TestClearTextOnlyOnLoopback(t *testing.T) {
 		t.Errorf("ws://localhost: targets %q, %v; want localhost:80 without SRV", got, err)
 	}
 }
+
+// TestBackoffBoundedByMax: a MaxBackoff below the default MinBackoff is honoured (not raised to
+// 1 s), and the jitter never takes a wait above MaxBackoff.
+func TestBackoffBoundedByMax(t *testing.T) {
+	cfg := Config{URL: "wss://collector.example.net", Name: "s1", APIKeyFile: "k", MaxBackoff: 200 * time.Millisecond}
+	c, _, err := cfg.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MinBackoff != 200*time.Millisecond || c.MaxBackoff != 200*time.Millisecond || c.FatalBackoff != 200*time.Millisecond {
+		t.Errorf("back-off bounds %v, %v, fatal %v; want all 200ms", c.MinBackoff, c.MaxBackoff, c.FatalBackoff)
+	}
+	for _, j := range []float64{0, 0.5, 0.999999} {
+		if w := jittered(c.MaxBackoff, j); w > c.MaxBackoff || w < c.MaxBackoff/2 {
+			t.Errorf("jitter %v: wait %v outside [MaxBackoff/2, MaxBackoff]", j, w)
+		}
+	}
+}

@@ -69,9 +69,11 @@ type sielinkDest struct {
 	lastErr error
 }
 
-func newSielink(d Destination, logf func(string, ...any)) (*sielinkDest, error) {
+func newSielink(d Destination, retryMax time.Duration, logf func(string, ...any)) (*sielinkDest, error) {
+	// retry_max bounds the client's reconnection back-off too: delivery resumes within it once the
+	// destination answers again, however long the outage was.
 	cfg := sielink.Config{URL: d.URL, Name: d.Sensor, APIKeyFile: d.APIKeyFile, Origin: d.Origin,
-		Channel: d.Channel, Heartbeat: d.Heartbeat.Duration, Logf: logf}
+		Channel: d.Channel, Heartbeat: d.Heartbeat.Duration, Logf: logf, MaxBackoff: retryMax}
 	if d.CAFile != "" {
 		pem, err := os.ReadFile(d.CAFile)
 		if err != nil {
@@ -210,7 +212,7 @@ func New(cfg *Config, logf func(string, ...any)) (*Supervisor, error) {
 		var err error
 		switch d.Type {
 		case "sielink":
-			dest, err = newSielink(d, logf)
+			dest, err = newSielink(d, cfg.RetryMax.Duration, logf)
 		case "nmsg-udp":
 			dest, err = newUDP(d)
 		}
@@ -348,7 +350,8 @@ func (s *Supervisor) deliver(ctx context.Context, seg *spool.Segment) bool {
 		if all {
 			return true
 		}
-		t := time.NewTimer(time.Duration(float64(wait) * (0.5 + rand.Float64())))
+		// Jitter only shortens the wait: retry_max is a bound.
+		t := time.NewTimer(time.Duration(float64(wait) * (1 - rand.Float64()/2)))
 		select {
 		case <-ctx.Done():
 			t.Stop()
