@@ -75,6 +75,8 @@ type Config struct {
 	// ShutdownGrace is how long SIGTERM lets the current segment finish (default 20s, well
 	// inside gokrazy's 100 s).
 	ShutdownGrace Duration `json:"shutdown_grace"`
+
+	dirWait time.Duration // how long New waits for a missing spool directory (DirWait)
 }
 
 // LoadConfig reads and checks a JSON config file. Errors name the key at fault.
@@ -168,16 +170,48 @@ func (c *Config) check() error {
 	if c.ShutdownGrace.Duration == 0 {
 		c.ShutdownGrace.Duration = 20 * time.Second
 	}
+	c.dirWait = DirWait
 	if c.RetryMax.Duration < 0 || c.ShutdownGrace.Duration < 0 {
 		return fmt.Errorf("retry_max, shutdown_grace: want a positive duration like \"30s\"")
 	}
 	return nil
 }
 
+// DirWait is how long New waits for a missing spool directory to appear: at boot, uplinkd may
+// start before sensord has created its spool.
+const DirWait = 30 * time.Second
+
 // CheckDirs refuses spool directories that do not exist. The spool would create them, so a
 // mistyped path would leave uplinkd watching an empty directory while the sensor's data piles up
-// elsewhere. It runs after the command line's overrides, when the final paths are known.
-func (c *Config) CheckDirs() error {
+// elsewhere. It runs after the command line's overrides, when the final paths are known. A
+// missing directory is waited for up to wait (sensord creates it when it starts), with one log
+// line, then refused.
+func (c *Config) CheckDirs(wait time.Duration, logf func(string, ...any)) error {
+	deadline := time.Now().Add(wait)
+	logged := false
+	for {
+		err := c.checkDirs()
+		if !errors.Is(err, os.ErrNotExist) || time.Now().After(deadline) {
+			return err
+		}
+		if !logged {
+			logf("uplinkd: %v; waiting up to %v for it", err, wait)
+			logged = true
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// dirError is a spool directory check's verdict, naming the key.
+type dirError struct {
+	msg string
+	err error
+}
+
+func (e *dirError) Error() string { return e.msg }
+func (e *dirError) Unwrap() error { return e.err }
+
+func (c *Config) checkDirs() error {
 	for _, d := range []struct{ key, flag, dir, who string }{
 		{"spool.dir", "-spool", c.Spool.Dir, "sensord's -spool creates it at start-up"},
 		{"spool.disk_dir", "-spool-disk", c.Spool.DiskDir, "sensord's -spool-disk creates it at start-up"},
@@ -187,7 +221,7 @@ func (c *Config) CheckDirs() error {
 		}
 		fi, err := os.Stat(d.dir)
 		if errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("%s (%s): %s does not exist: check the path, it must be the directory sensord spools to (%s)", d.key, d.flag, d.dir, d.who)
+			return &dirError{fmt.Sprintf("%s (%s): %s does not exist: check the path, it must be the directory sensord spools to (%s)", d.key, d.flag, d.dir, d.who), err}
 		}
 		if err != nil {
 			return fmt.Errorf("%s (%s): %v", d.key, d.flag, err)

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestConfigErrorsNameTheKey(t *testing.T) {
@@ -73,6 +74,7 @@ func TestHostileConfigs(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := ParseConfig([]byte(tc.cfg), "test.json")
 			if err == nil {
+				c.dirWait = 0
 				var s *Supervisor
 				s, err = New(c, t.Logf)
 				if err == nil {
@@ -100,5 +102,27 @@ func TestHostileConfigs(t *testing.T) {
 			continue
 		}
 		s.Close()
+	}
+}
+
+// TestSpoolDirWaitedFor: at boot uplinkd may start before sensord has created its spool; a missing
+// directory that appears within the wait is accepted, one that does not is refused.
+func TestSpoolDirWaitedFor(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "spool")
+	c, err := ParseConfig([]byte(fmt.Sprintf(`{"spool": {"dir": %q}, "metrics": "127.0.0.1:0", "destinations": [{"type": "nmsg-udp", "addr": "127.0.0.1:9"}]}`, dir)), "t.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	logged := make(chan string, 10)
+	go func() {
+		<-logged // uplinkd is waiting: now sensord creates the spool
+		os.Mkdir(dir, 0o755)
+	}()
+	if err := c.CheckDirs(time.Minute, func(f string, a ...any) { logged <- fmt.Sprintf(f, a...) }); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(dir)
+	if err := c.CheckDirs(50*time.Millisecond, t.Logf); err == nil || !strings.Contains(err.Error(), "spool.dir") {
+		t.Errorf("CheckDirs after the wait = %v, want an error naming spool.dir", err)
 	}
 }

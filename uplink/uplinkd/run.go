@@ -203,7 +203,7 @@ func (s *Supervisor) saveReported() {
 
 // New opens the spool and the destinations. Close releases them when Run is not used.
 func New(cfg *Config, logf func(string, ...any)) (*Supervisor, error) {
-	if err := cfg.CheckDirs(); err != nil {
+	if err := cfg.CheckDirs(cfg.dirWait, logf); err != nil {
 		return nil, err
 	}
 	s := &Supervisor{cfg: cfg, logf: logf, start: time.Now()}
