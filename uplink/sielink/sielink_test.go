@@ -162,7 +162,8 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	// Generous for a loaded machine: only a failure waits this long.
+	deadline := time.Now().Add(30 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
@@ -530,14 +531,16 @@ func TestBadInputAtServer(t *testing.T) {
 
 func TestBadInputAtClient(t *testing.T) {
 	checkLeaks(t)
-	cfg, _ := fakeServer(t, time.Second, func(ctx context.Context, ws *websocket.Conn) {
+	// Heartbeats of 10 s: reading the 3 MiB message on a loaded machine must not look like a
+	// dead peer.
+	cfg, _ := fakeServer(t, 10*time.Second, func(ctx context.Context, ws *websocket.Conn) {
 		var buf []byte
 		ws.Write(ctx, websocket.MessageBinary, []byte{0x0a, 0xff})
 		ws.Write(ctx, websocket.MessageBinary, make([]byte, 3<<20))
 		ws.Write(ctx, websocket.MessageText, []byte("hi"))
 		writeMessage(ctx, ws, &buf, &Message{ProtocolVersion: []uint32{1}, Type: TypeData, Payload: &Payload{Channel: 1}})
 		writeMessage(ctx, ws, &buf, &Message{ProtocolVersion: []uint32{1}, Type: 99})
-		writeMessage(ctx, ws, &buf, &Message{ProtocolVersion: []uint32{1}, Type: TypeHeartbeat, Heartbeat: 1000})
+		writeMessage(ctx, ws, &buf, &Message{ProtocolVersion: []uint32{1}, Type: TypeHeartbeat, Heartbeat: 10000})
 		drain(ctx, ws)
 	})
 	conn, err := Dial(ctxT(t, 10*time.Second), cfg)
@@ -545,7 +548,12 @@ func TestBadInputAtClient(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	waitFor(t, "the heartbeat after the garbage", func() bool { return conn.Stats().HeartbeatsReceived == 1 })
+	waitFor(t, "the heartbeat after the garbage", func() bool {
+		if err := conn.Err(); err != nil {
+			t.Fatalf("connection ended: %v", err)
+		}
+		return conn.Stats().HeartbeatsReceived == 1
+	})
 	st := conn.Stats()
 	if st.Malformed != 2 || st.Oversize != 1 || st.Unexpected != 2 || conn.Err() != nil {
 		t.Errorf("client stats %+v, err %v", st, conn.Err())

@@ -423,10 +423,10 @@ func (c *Consumer) Close() error {
 	return nil
 }
 
-// exists reports whether segment seq is in either tier.
+// exists reports whether segment seq is in either tier, as a file.
 func (c *Consumer) exists(seq uint64) bool {
 	for _, t := range c.tiers() {
-		if _, err := os.Lstat(t.path(seq)); err == nil {
+		if fi, err := os.Lstat(t.path(seq)); err == nil && fi.Mode().IsRegular() {
 			return true
 		}
 	}
