@@ -111,8 +111,10 @@ func newEnv(t *testing.T, opt func(*Server)) *env {
 	}
 	e.clientTLS = ctls
 	e.srv = &Server{
-		Keys:      keys,
-		Heartbeat: time.Second,
+		Keys: keys,
+		// Heartbeats of 5 s (a peer is declared dead after 7.5 s of silence): with 1 s, a
+		// loaded machine running the race detector stalled long enough to drop sessions.
+		Heartbeat: 5 * time.Second,
 		Logf:      safeLog(t),
 		Handler: HandlerFunc(func(d *Delivery) error {
 			e.mu.Lock()
@@ -143,7 +145,7 @@ func (e *env) config(sensor string) Config {
 		Name:       sensor,
 		APIKeyFile: e.keyFiles[sensor],
 		TLS:        e.clientTLS,
-		Heartbeat:  time.Second,
+		Heartbeat:  5 * time.Second,
 		Logf:       safeLog(e.t),
 	}
 }
