@@ -171,8 +171,11 @@ func (c *Config) check() error {
 		c.ShutdownGrace.Duration = 20 * time.Second
 	}
 	c.dirWait = DirWait
-	if c.RetryMax.Duration < 0 || c.ShutdownGrace.Duration < 0 {
-		return fmt.Errorf("retry_max, shutdown_grace: want a positive duration like \"30s\"")
+	if c.RetryMax.Duration < 0 {
+		return fmt.Errorf("retry_max: want a positive duration like \"30s\", got %v", c.RetryMax)
+	}
+	if c.ShutdownGrace.Duration < 0 {
+		return fmt.Errorf("shutdown_grace: want a positive duration like \"20s\", got %v", c.ShutdownGrace)
 	}
 	return nil
 }

@@ -69,6 +69,8 @@ func TestHostileConfigs(t *testing.T) {
 		{"trailing garbage", cfg(dir, "", udp) + ` x`, "after the configuration"},
 		{"duplicate top-level key", fmt.Sprintf(`{"spool": {"dir": %q}, "destinations": %s, "destinations": []}`, dir, udp), `"destinations" appears twice`},
 		{"duplicate nested key", fmt.Sprintf(`{"spool": {"dir": %q, "dir": "/x"}, "destinations": %s}`, dir, udp), `spool.dir`},
+		{"negative retry_max", fmt.Sprintf(`{"spool": {"dir": %q}, "retry_max": "-1s", "destinations": %s}`, dir, udp), "retry_max"},
+		{"negative shutdown_grace", fmt.Sprintf(`{"spool": {"dir": %q}, "shutdown_grace": "-1s", "destinations": %s}`, dir, udp), "shutdown_grace"},
 		{"duplicate key in a destination", fmt.Sprintf(`{"spool": {"dir": %q}, "destinations": [{"type": "nmsg-udp", "addr": "a:1", "addr": "b:1"}]}`, dir), `destinations[0].addr`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
