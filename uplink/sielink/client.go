@@ -363,6 +363,7 @@ type Conn struct {
 
 	confirmed      atomic.Uint64 // payloads the peer is known to have read
 	confirmedBytes atomic.Uint64
+	pings          atomic.Int32 // pings awaiting their pong
 }
 
 // fail ends the connection with err unless it already ended.
@@ -481,19 +482,23 @@ func (c *Conn) heartbeats() {
 			return
 		case <-t.C:
 		}
-		// A heartbeat queued behind a large payload on a slow link may
-		// miss its slot; the payload itself keeps the peer's deadline
-		// alive, so giving up on the heartbeat is harmless.
-		ctx, cancel := context.WithTimeout(c.ctx, interval)
-		if err := writeMessage(ctx, c.ws, &buf, m); err == nil {
+		// No deadline of its own: the WebSocket library ends the whole
+		// connection when a write's context expires mid-frame, and a
+		// heartbeat queued behind a large payload on a slow link (or a
+		// starved machine) is late, not a sign of a dead peer. The
+		// read deadline finds dead peers and then ends this write.
+		if err := writeMessage(c.ctx, c.ws, &buf, m); err == nil {
 			c.cnt.heartbeatsSent.Add(1)
 		}
-		cancel()
 		// Confirm what was sent so far, so that a drop reports only
 		// the payloads of the last interval as possibly lost.
-		ctx, cancel = context.WithTimeout(c.ctx, interval)
-		c.Sync(ctx)
-		cancel()
+		// A peer that has not answered the last ping yet (a stalled
+		// collector stops reading) gets no new one: pings would pile up.
+		if c.pings.Load() == 0 {
+			ctx, cancel := context.WithTimeout(c.ctx, interval)
+			c.Sync(ctx)
+			cancel()
+		}
 	}
 }
 
@@ -563,7 +568,24 @@ func (c *Conn) Sync(ctx context.Context) error {
 	c.sendMu.Lock()
 	n, b := c.sent, c.sentBytes
 	c.sendMu.Unlock()
-	if err := c.ws.Ping(ctx); err != nil {
+	// The ping runs under the connection's context, and ctx bounds only
+	// the wait for it: the WebSocket library ends the connection when a
+	// write's context expires mid-frame, which a loaded machine or a
+	// slow link made happen to Syncs that had only run out of patience.
+	// The ping goroutine ends with the pong or the connection.
+	res := make(chan error, 1)
+	c.pings.Add(1)
+	go func() {
+		defer c.pings.Add(-1)
+		res <- c.ws.Ping(c.ctx)
+	}()
+	var err error
+	select {
+	case err = <-res:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	if err != nil {
 		select {
 		case <-c.done:
 			return c.closedErr()
