@@ -29,8 +29,9 @@ type Config struct {
 	// URL of the server, wss://host[:port][/prefix]; the session path
 	// /session/<Name> is appended. Without a port, the targets come
 	// from the SRV record _https._tcp.<host> (falling back to port
-	// 443), as the reference client does. ws:// is accepted for
-	// loopback tests only.
+	// 443), as the reference client does. ws:// (clear text, API key
+	// included) is refused unless the host is a loopback address or
+	// localhost, and never consults SRV.
 	URL string
 	// Name is the sensor's name, the last element of the session path.
 	Name string
@@ -62,9 +63,12 @@ type Config struct {
 	Logf Logf
 
 	// MinBackoff and MaxBackoff bound a Client's wait between
-	// connection attempts (defaults 1 s and 2 min); a FatalError alert
-	// or a rejected upgrade waits at least FatalBackoff (default 30 s,
-	// capped by MaxBackoff). Each wait is jittered by ±50 %.
+	// connection attempts (defaults 1 s, or MaxBackoff when smaller, and
+	// 2 min); a FatalError alert or a rejected upgrade waits at least
+	// FatalBackoff (default 30 s, capped by MaxBackoff). Each wait is
+	// jittered down by up to 50 %, never up: MaxBackoff is what a
+	// supervisor's operator configured as the longest a reachable
+	// destination may go untried.
 	MinBackoff, MaxBackoff, FatalBackoff time.Duration
 }
 
@@ -85,11 +89,11 @@ func (cfg *Config) withDefaults() (Config, *url.URL, error) {
 	if c.MaxMessageSize <= 0 {
 		c.MaxMessageSize = DefaultMaxMessageSize
 	}
-	if c.MinBackoff <= 0 {
-		c.MinBackoff = time.Second
-	}
 	if c.MaxBackoff <= 0 {
 		c.MaxBackoff = 2 * time.Minute
+	}
+	if c.MinBackoff <= 0 {
+		c.MinBackoff = min(time.Second, c.MaxBackoff)
 	}
 	if c.FatalBackoff <= 0 {
 		c.FatalBackoff = 30 * time.Second
@@ -114,6 +118,10 @@ func (cfg *Config) withDefaults() (Config, *url.URL, error) {
 	if u.Hostname() == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" {
 		return c, nil, fmt.Errorf("sielink: server URL %q: want wss://host[:port][/prefix]", c.URL)
 	}
+	// ws:// sends the API key in clear text: never beyond this host.
+	if u.Scheme == "ws" && !loopbackHost(u.Hostname()) {
+		return c, nil, fmt.Errorf("sielink: server URL %q: ws:// is unencrypted and allowed only to a loopback address; use wss://", c.URL)
+	}
 	su := *u
 	su.Path = strings.TrimSuffix(u.Path, "/") + "/session/" + c.Name
 	su.RawPath = ""
@@ -133,7 +141,8 @@ func targets(ctx context.Context, r Resolver, u *url.URL) ([]string, error) {
 	if u.Scheme == "ws" {
 		service, defPort = "http", "80"
 	}
-	if _, err := netip.ParseAddr(host); err == nil {
+	// An SRV record could send a loopback ws:// session, API key and all, to another host.
+	if _, err := netip.ParseAddr(host); err == nil || u.Scheme == "ws" {
 		return []string{net.JoinHostPort(host, defPort)}, nil
 	}
 	_, srvs, err := r.LookupSRV(ctx, service, "tcp", host)
@@ -159,6 +168,16 @@ func targets(ctx context.Context, r Resolver, u *url.URL) ([]string, error) {
 		return nil, fmt.Errorf("sielink: SRV lookup for %s: %w", host, err)
 	}
 	return []string{net.JoinHostPort(host, defPort)}, nil
+}
+
+// loopbackHost accepts loopback address literals and localhost, which
+// resolves only to them (RFC 6761).
+func loopbackHost(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.Unmap().IsLoopback()
 }
 
 // ErrRejected is wrapped by Dial errors where the server refused the
@@ -344,6 +363,7 @@ type Conn struct {
 
 	confirmed      atomic.Uint64 // payloads the peer is known to have read
 	confirmedBytes atomic.Uint64
+	pings          atomic.Int32 // pings awaiting their pong
 }
 
 // fail ends the connection with err unless it already ended.
@@ -462,19 +482,23 @@ func (c *Conn) heartbeats() {
 			return
 		case <-t.C:
 		}
-		// A heartbeat queued behind a large payload on a slow link may
-		// miss its slot; the payload itself keeps the peer's deadline
-		// alive, so giving up on the heartbeat is harmless.
-		ctx, cancel := context.WithTimeout(c.ctx, interval)
-		if err := writeMessage(ctx, c.ws, &buf, m); err == nil {
+		// No deadline of its own: the WebSocket library ends the whole
+		// connection when a write's context expires mid-frame, and a
+		// heartbeat queued behind a large payload on a slow link (or a
+		// starved machine) is late, not a sign of a dead peer. The
+		// read deadline finds dead peers and then ends this write.
+		if err := writeMessage(c.ctx, c.ws, &buf, m); err == nil {
 			c.cnt.heartbeatsSent.Add(1)
 		}
-		cancel()
 		// Confirm what was sent so far, so that a drop reports only
 		// the payloads of the last interval as possibly lost.
-		ctx, cancel = context.WithTimeout(c.ctx, interval)
-		c.Sync(ctx)
-		cancel()
+		// A peer that has not answered the last ping yet (a stalled
+		// collector stops reading) gets no new one: pings would pile up.
+		if c.pings.Load() == 0 {
+			ctx, cancel := context.WithTimeout(c.ctx, interval)
+			c.Sync(ctx)
+			cancel()
+		}
 	}
 }
 
@@ -544,7 +568,24 @@ func (c *Conn) Sync(ctx context.Context) error {
 	c.sendMu.Lock()
 	n, b := c.sent, c.sentBytes
 	c.sendMu.Unlock()
-	if err := c.ws.Ping(ctx); err != nil {
+	// The ping runs under the connection's context, and ctx bounds only
+	// the wait for it: the WebSocket library ends the connection when a
+	// write's context expires mid-frame, which a loaded machine or a
+	// slow link made happen to Syncs that had only run out of patience.
+	// The ping goroutine ends with the pong or the connection.
+	res := make(chan error, 1)
+	c.pings.Add(1)
+	go func() {
+		defer c.pings.Add(-1)
+		res <- c.ws.Ping(c.ctx)
+	}()
+	var err error
+	select {
+	case err = <-res:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	if err != nil {
 		select {
 		case <-c.done:
 			return c.closedErr()

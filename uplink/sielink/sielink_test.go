@@ -111,8 +111,10 @@ func newEnv(t *testing.T, opt func(*Server)) *env {
 	}
 	e.clientTLS = ctls
 	e.srv = &Server{
-		Keys:      keys,
-		Heartbeat: time.Second,
+		Keys: keys,
+		// Heartbeats of 5 s (a peer is declared dead after 7.5 s of silence): with 1 s, a
+		// loaded machine running the race detector stalled long enough to drop sessions.
+		Heartbeat: 5 * time.Second,
 		Logf:      safeLog(t),
 		Handler: HandlerFunc(func(d *Delivery) error {
 			e.mu.Lock()
@@ -143,7 +145,7 @@ func (e *env) config(sensor string) Config {
 		Name:       sensor,
 		APIKeyFile: e.keyFiles[sensor],
 		TLS:        e.clientTLS,
-		Heartbeat:  time.Second,
+		Heartbeat:  5 * time.Second,
 		Logf:       safeLog(e.t),
 	}
 }
@@ -162,7 +164,8 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	// Generous for a loaded machine: only a failure waits this long.
+	deadline := time.Now().Add(30 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
@@ -530,14 +533,16 @@ func TestBadInputAtServer(t *testing.T) {
 
 func TestBadInputAtClient(t *testing.T) {
 	checkLeaks(t)
-	cfg, _ := fakeServer(t, time.Second, func(ctx context.Context, ws *websocket.Conn) {
+	// Heartbeats of 10 s: reading the 3 MiB message on a loaded machine must not look like a
+	// dead peer.
+	cfg, _ := fakeServer(t, 10*time.Second, func(ctx context.Context, ws *websocket.Conn) {
 		var buf []byte
 		ws.Write(ctx, websocket.MessageBinary, []byte{0x0a, 0xff})
 		ws.Write(ctx, websocket.MessageBinary, make([]byte, 3<<20))
 		ws.Write(ctx, websocket.MessageText, []byte("hi"))
 		writeMessage(ctx, ws, &buf, &Message{ProtocolVersion: []uint32{1}, Type: TypeData, Payload: &Payload{Channel: 1}})
 		writeMessage(ctx, ws, &buf, &Message{ProtocolVersion: []uint32{1}, Type: 99})
-		writeMessage(ctx, ws, &buf, &Message{ProtocolVersion: []uint32{1}, Type: TypeHeartbeat, Heartbeat: 1000})
+		writeMessage(ctx, ws, &buf, &Message{ProtocolVersion: []uint32{1}, Type: TypeHeartbeat, Heartbeat: 10000})
 		drain(ctx, ws)
 	})
 	conn, err := Dial(ctxT(t, 10*time.Second), cfg)
@@ -545,7 +550,12 @@ func TestBadInputAtClient(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	waitFor(t, "the heartbeat after the garbage", func() bool { return conn.Stats().HeartbeatsReceived == 1 })
+	waitFor(t, "the heartbeat after the garbage", func() bool {
+		if err := conn.Err(); err != nil {
+			t.Fatalf("connection ended: %v", err)
+		}
+		return conn.Stats().HeartbeatsReceived == 1
+	})
 	st := conn.Stats()
 	if st.Malformed != 2 || st.Oversize != 1 || st.Unexpected != 2 || conn.Err() != nil {
 		t.Errorf("client stats %+v, err %v", st, conn.Err())
@@ -673,4 +683,44 @@ func TestClientReconnects(t *testing.T) {
 		t.Error(err)
 	}
 	waitFor(t, "clean close", func() bool { return e.srv.Stats().FinishedReceived == 1 })
+}
+
+// TestClearTextOnlyOnLoopback: ws:// would send the API key in clear text, so a client refuses it
+// for any host but this one, and a loopback ws:// URL is never redirected by an SRV record.
+func TestClearTextOnlyOnLoopback(t *testing.T) {
+	key := filepath.Join(t.TempDir(), "key")
+	os.WriteFile(key, []byte(sielinktest.NewAPIKey()+"\n"), 0o600)
+	for _, u := range []string{"ws://collector.example.net:8080", "ws://192.0.2.1", "ws://[2001:db8::1]:80", "ws://localhost.example.net"} {
+		if _, err := NewClient(Config{URL: u, Name: "s1", APIKeyFile: key}); err == nil || !strings.Contains(err.Error(), "wss://") {
+			t.Errorf("NewClient(%s) = %v, want a refusal pointing to wss://", u, err)
+		}
+	}
+	for _, u := range []string{"ws://127.0.0.1:8080", "ws://[::1]:8080", "ws://localhost:8080", "wss://collector.example.net"} {
+		if _, err := NewClient(Config{URL: u, Name: "s1", APIKeyFile: key}); err != nil {
+			t.Errorf("NewClient(%s) = %v", u, err)
+		}
+	}
+	r := &srvResolver{answer: []*net.SRV{{Target: "collector.example.net.", Port: 80}}}
+	u, _ := (&Config{URL: "ws://localhost"}).URLForTest()
+	if got, err := targets(context.Background(), r, u); err != nil || len(got) != 1 || got[0] != "localhost:80" {
+		t.Errorf("ws://localhost: targets %q, %v; want localhost:80 without SRV", got, err)
+	}
+}
+
+// TestBackoffBoundedByMax: a MaxBackoff below the default MinBackoff is honoured (not raised to
+// 1 s), and the jitter never takes a wait above MaxBackoff.
+func TestBackoffBoundedByMax(t *testing.T) {
+	cfg := Config{URL: "wss://collector.example.net", Name: "s1", APIKeyFile: "k", MaxBackoff: 200 * time.Millisecond}
+	c, _, err := cfg.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MinBackoff != 200*time.Millisecond || c.MaxBackoff != 200*time.Millisecond || c.FatalBackoff != 200*time.Millisecond {
+		t.Errorf("back-off bounds %v, %v, fatal %v; want all 200ms", c.MinBackoff, c.MaxBackoff, c.FatalBackoff)
+	}
+	for _, j := range []float64{0, 0.5, 0.999999} {
+		if w := jittered(c.MaxBackoff, j); w > c.MaxBackoff || w < c.MaxBackoff/2 {
+			t.Errorf("jitter %v: wait %v outside [MaxBackoff/2, MaxBackoff]", j, w)
+		}
+	}
 }

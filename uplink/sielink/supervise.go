@@ -37,7 +37,7 @@ type Status struct {
 
 // Client keeps one connection to a sielink server up: it dials, and
 // after every failure or drop waits a jittered, exponentially growing
-// time before dialling again. It does not queue or resend data: a
+// time, never above MaxBackoff, before dialling again. It does not queue or resend data: a
 // supervisor takes the current connection with Conn, sends on it, and
 // resends what the connection did not confirm (Conn.Sync) once it is
 // gone, so that the data's owner (the spool) stays the only buffer.
@@ -124,7 +124,7 @@ func (c *Client) Run(ctx context.Context) error {
 		if errors.As(err, &alert) || errors.Is(err, ErrRejected) {
 			wait = max(wait, cfg.FatalBackoff)
 		}
-		wait = time.Duration(float64(wait) * (0.5 + c.jitter()))
+		wait = jittered(wait, c.jitter())
 		c.set(StateBackoff, nil, err)
 		t := time.NewTimer(wait)
 		select {
@@ -135,6 +135,12 @@ func (c *Client) Run(ctx context.Context) error {
 		}
 		backoff = min(2*backoff, cfg.MaxBackoff)
 	}
+}
+
+// jittered spreads clients that failed together over [d/2, d]: only
+// downwards, so that MaxBackoff stays a bound. j is in [0,1).
+func jittered(d time.Duration, j float64) time.Duration {
+	return time.Duration(float64(d) * (1 - j/2))
 }
 
 // Conn waits until a connection is up and returns it. Send and Sync on

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -84,6 +85,9 @@ type Consumer struct {
 	// deleted instead of delivered again.
 	acked    map[uint64]bool
 	ackedLog []uint64
+	// foreign remembers files in the tiers that are not segments, so
+	// that each is looked at once.
+	foreign map[string]bool
 
 	depthMu sync.Mutex
 	meta    map[uint64]Meta
@@ -96,11 +100,12 @@ func OpenConsumer(opts Options) (*Consumer, error) {
 		return nil, err
 	}
 	c := &Consumer{
-		opts:  opts,
-		ram:   &tier{id: ram, dir: opts.Dir},
-		held:  map[uint64]*Segment{},
-		meta:  map[uint64]Meta{},
-		acked: map[uint64]bool{},
+		opts:    opts,
+		ram:     &tier{id: ram, dir: opts.Dir},
+		held:    map[uint64]*Segment{},
+		meta:    map[uint64]Meta{},
+		acked:   map[uint64]bool{},
+		foreign: map[string]bool{},
 	}
 	if opts.DiskDir != "" {
 		c.disk = &tier{id: disk, dir: opts.DiskDir}
@@ -191,7 +196,21 @@ func (c *Consumer) Next(ctx context.Context) (*Segment, error) {
 func (c *Consumer) refill() {
 	var seqs []uint64
 	for _, t := range c.tiers() {
-		ents, err := t.scan()
+		ents, err := t.scanForeign(func(de fs.DirEntry) {
+			key := filepath.Join(t.dir, de.Name())
+			if c.foreign[key] {
+				return
+			}
+			res, n := quarantineForeign(t, de, c.lg, c.opts.Logf, c.exists)
+			switch {
+			case res == foreignLost:
+				c.stats.Quarantined.add(n)
+			case res == foreignIgnored && !segmentLike(de.Name()):
+				// Not a segment now; peeking at it on every poll
+				// would cost a read each time.
+				c.foreign[key] = true
+			}
+		})
 		if err != nil {
 			c.opts.Logf("spool: scanning %s: %v", t.dir, err)
 			continue
@@ -402,6 +421,16 @@ func (c *Consumer) Close() error {
 		l.Close()
 	}
 	return nil
+}
+
+// exists reports whether segment seq is in either tier, as a file.
+func (c *Consumer) exists(seq uint64) bool {
+	for _, t := range c.tiers() {
+		if fi, err := os.Lstat(t.path(seq)); err == nil && fi.Mode().IsRegular() {
+			return true
+		}
+	}
+	return false
 }
 
 func (c *Consumer) other(t *tier) *tier { return otherTier(t, c.ram, c.disk) }

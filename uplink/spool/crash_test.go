@@ -119,12 +119,22 @@ func TestKillProducer(t *testing.T) {
 			t.Fatalf("round %d: child did not start: %v", round, err)
 		}
 		// Consume during part of the run only, so that kills also hit
-		// spills to disk.
+		// spills to disk. The kill comes at a random time, but only
+		// once the child has sealed something: on a loaded machine a
+		// child may otherwise be killed before it ran at all.
 		live := time.Duration(20+rnd.IntN(200)) * time.Millisecond
+		deadline := time.Now().Add(30 * time.Second)
 		if round%3 == 0 {
+			before := sealedCount(t, o)
 			time.Sleep(live)
+			for sealedCount(t, o) == before && time.Now().Before(deadline) {
+				time.Sleep(5 * time.Millisecond)
+			}
 		} else {
 			consume(live)
+			for len(got[uint32(round)]) == 0 && time.Now().Before(deadline) {
+				consume(20 * time.Millisecond)
+			}
 		}
 		cmd.Process.Signal(syscall.SIGKILL)
 		cmd.Wait()
@@ -158,4 +168,9 @@ func TestKillProducer(t *testing.T) {
 		t.Errorf("%d duplicate segments of %d", dups, len(seen))
 	}
 	t.Logf("%d rounds, %d records delivered, %d segments (%d duplicates by Seq), %d temp files of killed writers counted", rounds, total, len(seen), dups, g.TempFiles.Segments)
+}
+
+// sealedCount is the number of segment files in both tiers.
+func sealedCount(t testing.TB, o Options) int {
+	return len(segFiles(t, o.Dir)) + len(segFiles(t, o.DiskDir))
 }

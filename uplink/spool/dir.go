@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -52,7 +53,11 @@ type entry struct {
 }
 
 // scan lists the tier's segments in sequence order.
-func (t *tier) scan() ([]entry, error) {
+func (t *tier) scan() ([]entry, error) { return t.scanForeign(nil) }
+
+// scanForeign is scan that also passes foreign to every entry that is
+// not a segment file and not one of the spool's own names.
+func (t *tier) scanForeign(foreign func(fs.DirEntry)) ([]entry, error) {
 	f, err := os.Open(t.dir)
 	if err != nil {
 		return nil, err
@@ -66,6 +71,9 @@ func (t *tier) scan() ([]entry, error) {
 	for _, de := range des {
 		seq, ok := parseSegName(de.Name())
 		if !ok || !de.Type().IsRegular() {
+			if foreign != nil && !ownName(de.Name()) {
+				foreign(de)
+			}
 			continue
 		}
 		info, err := de.Info()
@@ -76,6 +84,23 @@ func (t *tier) scan() ([]entry, error) {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].seq < out[j].seq })
 	return out, nil
+}
+
+// ownName reports the spool's own non-segment names. Temp files (".")
+// are cleanTemps' business.
+func ownName(name string) bool {
+	switch name {
+	case quarantineDir, producerLock, consumerLock, ledgerFile, ledgerLock, seqFile:
+		return true
+	}
+	return strings.HasPrefix(name, ".")
+}
+
+// segmentLike reports a name that claims to be a segment: the canonical
+// form, or anything with ".seg" in it (a renamed or backed-up segment).
+func segmentLike(name string) bool {
+	_, ok := parseSegName(name)
+	return ok || strings.Contains(name, ".seg")
 }
 
 // syncDir makes renames and unlinks in dir durable. On tmpfs it is free.
@@ -190,24 +215,9 @@ func readHeader(f *os.File) (Meta, error) {
 // (twin, may be nil) still exists: that copy is delivered or counted on
 // its own. It returns whether it counted a loss.
 func quarantine(t, twin *tier, seq uint64, size int64, records uint32, l *ledger, reason error, logf func(string, ...any)) bool {
-	qdir := filepath.Join(t.dir, quarantineDir)
-	dst := filepath.Join(qdir, fmt.Sprintf("%s-%s", t.id, segName(seq)))
-	for i := 1; ; i++ {
-		if _, err := os.Lstat(dst); errors.Is(err, os.ErrNotExist) {
-			break
-		}
-		dst = filepath.Join(qdir, fmt.Sprintf("%s-%s.%d", t.id, segName(seq), i))
-	}
-	if err := os.Rename(t.path(seq), dst); err != nil {
-		if !errors.Is(err, os.ErrNotExist) {
-			logf("spool: quarantining %s: %v", t.path(seq), err)
-		}
+	if !moveToQuarantine(t, segName(seq), reason, logf) {
 		return false
 	}
-	if t.id == disk {
-		syncDir(t.dir)
-	}
-	logf("spool: quarantined %s as %s: %v", t.path(seq), dst, reason)
 	if twin != nil {
 		if _, err := os.Stat(twin.path(seq)); err == nil {
 			return false
@@ -219,6 +229,121 @@ func quarantine(t, twin *tier, seq uint64, size int64, records uint32, l *ledger
 		g.Quarantined.Bytes += uint64(size)
 	})
 	return true
+}
+
+// moveToQuarantine renames the entry name of tier t (of any type: a
+// symlink is moved, not followed) into the quarantine directory and logs
+// it. It reports false when the entry was gone or could not be moved.
+func moveToQuarantine(t *tier, name string, reason error, logf func(string, ...any)) bool {
+	qdir := filepath.Join(t.dir, quarantineDir)
+	dst := filepath.Join(qdir, fmt.Sprintf("%s-%s", t.id, name))
+	for i := 1; ; i++ {
+		if _, err := os.Lstat(dst); errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		dst = filepath.Join(qdir, fmt.Sprintf("%s-%s.%d", t.id, name, i))
+	}
+	src := filepath.Join(t.dir, name)
+	if err := os.Rename(src, dst); err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			logf("spool: quarantining %s: %v", src, err)
+		}
+		return false
+	}
+	if t.id == disk {
+		syncDir(t.dir)
+	}
+	logf("spool: quarantined %s as %s: %v", src, dst, reason)
+	return true
+}
+
+// foreignResult is what a foreign entry in a tier turned out to be.
+type foreignResult int
+
+const (
+	foreignIgnored foreignResult = iota // not a segment: left alone
+	foreignCopy                         // a misnamed copy of a segment still in the spool: quarantined, nothing lost
+	foreignLost                         // quarantined and counted
+)
+
+// quarantineForeign deals with an entry of tier t that is not a segment
+// file under its canonical name. Whatever claims to be a segment, by its
+// name or by its header, cannot be shipped (a symlink could point
+// anywhere, a FIFO would block the reader, a misnamed file's sequence is
+// unverified): it is moved to quarantine and counted, so that a segment
+// never vanishes from the delivery path without a word. Anything else (an
+// operator's file, a lost+found directory, uplinkd's state) is left
+// alone. exists reports whether a segment is still in the spool: a
+// misnamed copy of it lost nothing.
+func quarantineForeign(t *tier, de fs.DirEntry, l *ledger, logf func(string, ...any), exists func(uint64) bool) (foreignResult, Counter) {
+	name := de.Name()
+	p := filepath.Join(t.dir, name)
+	var c Counter
+	var reason error
+	if !de.Type().IsRegular() {
+		if !segmentLike(name) {
+			return foreignIgnored, c
+		}
+		reason = fmt.Errorf("named like a segment but a %s, not a regular file", typeName(de.Type()))
+		c = Counter{Segments: 1}
+	} else {
+		// O_NONBLOCK and O_NOFOLLOW: the entry may have been swapped for
+		// a FIFO or a symlink since the listing.
+		f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOFOLLOW, 0)
+		if err != nil {
+			if segmentLike(name) && !errors.Is(err, os.ErrNotExist) {
+				logf("spool: %s: %v", p, err)
+			}
+			return foreignIgnored, c
+		}
+		var b [headerSize]byte
+		n, _ := io.ReadFull(f, b[:])
+		fi, err := f.Stat()
+		f.Close()
+		if err != nil || !fi.Mode().IsRegular() {
+			return foreignIgnored, c
+		}
+		magic := n >= len(segMagic) && [4]byte(b[:4]) == segMagic
+		if !magic && !segmentLike(name) {
+			return foreignIgnored, c
+		}
+		c = Counter{Segments: 1, Bytes: uint64(fi.Size())}
+		reason = errors.New("named like a segment but not one")
+		if magic {
+			reason = errors.New("a segment under a name that is not its own")
+			if m, err := parseHeader(b[:n]); err == nil {
+				c.Records = uint64(m.Records)
+				reason = fmt.Errorf("segment %d under a name that is not its own (%s)", m.Seq, segName(m.Seq))
+				if exists(m.Seq) {
+					if moveToQuarantine(t, name, fmt.Errorf("%v: a copy of a segment still in the spool, nothing lost", reason), logf) {
+						return foreignCopy, Counter{}
+					}
+					return foreignIgnored, Counter{}
+				}
+			}
+		}
+	}
+	if !moveToQuarantine(t, name, reason, logf) {
+		return foreignIgnored, Counter{}
+	}
+	l.add(func(g *Ledger) { g.Quarantined.add(c) })
+	return foreignLost, c
+}
+
+func typeName(m fs.FileMode) string {
+	switch {
+	case m&fs.ModeSymlink != 0:
+		return "symbolic link"
+	case m.IsDir():
+		return "directory"
+	case m&fs.ModeNamedPipe != 0:
+		return "FIFO"
+	case m&fs.ModeSocket != 0:
+		return "socket"
+	case m&fs.ModeDevice != 0:
+		return "device"
+	}
+	return "special file"
 }
 
 // cleanTemps removes temp files a crashed writer left behind (renameio

@@ -44,6 +44,14 @@ type Ledger struct {
 	// Rejected: records the producer could not put into a segment
 	// (too large for a container, or the RAM tier could not be written).
 	Rejected Counter `json:"rejected"`
+	// Stranded: segments the producer could not move to the disk tier
+	// when it closed (the disk failed or was full), left in the RAM
+	// tier, where the next reboot takes them. Counted when the producer
+	// closes, since nothing durable can follow them; if the RAM tier
+	// survives (only the process restarted) they are still delivered,
+	// and the count overstates the loss by them: the ledger errs on the
+	// side of reporting.
+	Stranded Counter `json:"stranded"`
 	// Updated is when the ledger was last written.
 	Updated time.Time `json:"updated"`
 }
@@ -55,6 +63,7 @@ func (g Ledger) Total() Counter {
 	t.add(g.Quarantined)
 	t.add(g.TempFiles)
 	t.add(g.Rejected)
+	t.add(g.Stranded)
 	return t
 }
 

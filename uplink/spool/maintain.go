@@ -2,6 +2,7 @@ package spool
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"syscall"
 )
@@ -148,6 +149,7 @@ func (p *Producer) spill(e entry, m Meta) spillResult {
 		return failed
 	}
 	if !p.makeRoom(int64(len(b))) {
+		p.spillErr = fmt.Errorf("disk quota %d octets full, all older segments in delivery", p.opts.DiskQuota)
 		p.logf("quota", "spool: disk tier full (quota %d octets, all older segments in delivery)", p.opts.DiskQuota)
 		if exclusive {
 			if p.dropLocked(p.ram, e.seq, f, e.size) {
@@ -156,10 +158,11 @@ func (p *Producer) spill(e entry, m Meta) spillResult {
 		}
 		return failed
 	}
-	if err := writeSegment(p.disk.dir, e.seq, b, true); err != nil {
+	if err := p.writeDisk(p.disk.dir, e.seq, b, true); err != nil {
 		p.statsMu.Lock()
 		p.stats.SpillErrors++
 		p.statsMu.Unlock()
+		p.spillErr = err
 		p.logf("spill", "spool: spilling %s to %s: %v", segName(e.seq), p.disk.dir, err)
 		return failed
 	}

@@ -48,6 +48,8 @@ type ProducerStats struct {
 	TempFiles   Counter // temp files removed at Open
 	Rejected    Counter // records not spooled
 
+	Stranded Counter // segments Close could not move to the disk tier
+
 	RejectedTooLarge uint64 // records larger than a container
 	RejectedWrite    uint64 // records lost because the RAM tier could not be written
 }
@@ -84,6 +86,10 @@ type Producer struct {
 	meta     map[uint64]Meta
 	diskUsed int64
 	spillBuf []byte
+	// writeDisk publishes a segment in the disk tier; a seam for tests
+	// of a failing disk.
+	writeDisk func(dir string, seq uint64, data []byte, durable bool) error
+	spillErr  error // why the last spill failed
 
 	logMu   sync.Mutex
 	lastLog map[string]time.Time
@@ -119,6 +125,8 @@ func OpenProducer(opts Options) (*Producer, error) {
 		lastLog: map[string]time.Time{},
 		kick:    make(chan struct{}, 1),
 		stop:    make(chan struct{}),
+
+		writeDisk: writeSegment,
 	}
 	if opts.DiskDir != "" {
 		p.disk = &tier{id: disk, dir: opts.DiskDir}
@@ -495,9 +503,72 @@ func (p *Producer) Close() error {
 	p.mu.Unlock()
 	close(p.stop)
 	p.wg.Wait()
+	before := p.Stats()
 	p.maintain(true)
+	if serr := p.reportShutdown(before); err == nil {
+		err = serr
+	}
 	p.unlock()
 	return err
+}
+
+// ErrStranded is wrapped by Close's error when segments could not be
+// moved to the disk tier and were left in the RAM tier.
+var ErrStranded = errors.New("spool: segments left in the RAM tier at shutdown")
+
+// reportShutdown makes what the final move to disk could not do visible:
+// a shutdown happens once, so its report bypasses the rate limit that
+// earlier messages of the same kind may have used up. Segments dropped
+// at the disk quota are already in the ledger; segments still only in
+// the RAM tier (a failing or full disk) are counted as stranded and make
+// Close fail, so that sensord exits non-zero: the next reboot takes them.
+func (p *Producer) reportShutdown(before ProducerStats) error {
+	after := p.Stats()
+	if d := after.Dropped; d.Segments > before.Dropped.Segments {
+		p.opts.Logf("spool: at shutdown the disk tier %s had no room within its quota: dropped %d segments (%d records, %d octets), counted in the ledger",
+			p.disk.dir, d.Segments-before.Dropped.Segments, d.Records-before.Dropped.Records, d.Bytes-before.Dropped.Bytes)
+	}
+	if p.disk == nil {
+		return nil // no disk tier: the RAM tier is all there is, by configuration
+	}
+	ents, err := p.ram.scan()
+	if err != nil {
+		p.opts.Logf("spool: at shutdown: scanning %s: %v", p.ram.dir, err)
+		return fmt.Errorf("spool: at shutdown: %w", err)
+	}
+	var c Counter
+	var first, last uint64
+	for _, e := range ents {
+		if _, err := os.Stat(p.disk.path(e.seq)); err == nil {
+			continue // copied while the consumer held it
+		}
+		m, ok := p.ramMeta(e.seq)
+		if !ok {
+			continue // acked meanwhile
+		}
+		if c.Segments == 0 {
+			first = e.seq
+		}
+		last = e.seq
+		c.Segments++
+		c.Records += uint64(m.Records)
+		c.Bytes += uint64(e.size)
+	}
+	if c.Segments == 0 {
+		return nil
+	}
+	p.lg.add(func(g *Ledger) { g.Stranded.add(c) })
+	p.statsMu.Lock()
+	p.stats.Stranded.add(c)
+	p.statsMu.Unlock()
+	cause := "no room within the disk quota"
+	if p.spillErr != nil {
+		cause = p.spillErr.Error()
+	}
+	p.opts.Logf("spool: at shutdown %d segments (%d records, %d octets; sequence %d to %d) could not be moved to the disk tier %s (%s): "+
+		"left in the RAM tier %s, lost at the next reboot unless uplinkd delivers them first; counted as stranded in the ledger",
+		c.Segments, c.Records, c.Bytes, first, last, p.disk.dir, cause, p.ram.dir)
+	return fmt.Errorf("%w: %d segments (%d records) could not be moved to the disk tier: %s", ErrStranded, c.Segments, c.Records, cause)
 }
 
 func (p *Producer) loop() {

@@ -12,9 +12,14 @@ package uplinkd
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"net/url"
 	"os"
-	"strings"
+	"strconv"
 	"time"
 )
 
@@ -70,6 +75,8 @@ type Config struct {
 	// ShutdownGrace is how long SIGTERM lets the current segment finish (default 20s, well
 	// inside gokrazy's 100 s).
 	ShutdownGrace Duration `json:"shutdown_grace"`
+
+	dirWait time.Duration // how long New waits for a missing spool directory (DirWait)
 }
 
 // LoadConfig reads and checks a JSON config file. Errors name the key at fault.
@@ -88,6 +95,14 @@ func ParseConfig(data []byte, name string) (*Config, error) {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&c); err != nil {
 		return nil, fmt.Errorf("%s: %v (keys: spool.dir, spool.disk_dir, destinations[], metrics, retry_max, shutdown_grace)", name, err)
+	}
+	// encoding/json stops after the first value and keeps the last of duplicate keys: either
+	// would let a pasted or merged file mean something other than what its reader sees.
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, fmt.Errorf("%s: data after the configuration's closing brace (offset %d): remove it, one JSON object per file", name, dec.InputOffset())
+	}
+	if err := checkDuplicateKeys(data); err != nil {
+		return nil, fmt.Errorf("%s: %v", name, err)
 	}
 	if err := c.check(); err != nil {
 		return nil, fmt.Errorf("%s: %v", name, err)
@@ -114,8 +129,14 @@ func (c *Config) check() error {
 		names[d.Name] = true
 		switch d.Type {
 		case "sielink":
-			if !strings.HasPrefix(d.URL, "wss://") && !strings.HasPrefix(d.URL, "ws://") {
+			u, err := url.Parse(d.URL)
+			if err != nil || (u.Scheme != "wss" && u.Scheme != "ws") || u.Host == "" {
 				return fmt.Errorf("destinations[%d].url: want wss://host[:port], got %q", i, d.URL)
+			}
+			// ws:// would send the API key and the data in clear text: only for a collector
+			// on this host (tests).
+			if u.Scheme == "ws" && !isLoopback(u.Hostname()) {
+				return fmt.Errorf("destinations[%d].url: %q is not encrypted: use wss:// (ws:// only to 127.0.0.1, ::1 or localhost)", i, d.URL)
 			}
 			if d.Sensor == "" {
 				return fmt.Errorf("destinations[%d].sensor: set the sensor's session name", i)
@@ -134,11 +155,140 @@ func (c *Config) check() error {
 	if c.Metrics == "" {
 		c.Metrics = "127.0.0.1:9410"
 	}
+	// The metrics reveal the destinations, their errors and the spool's state, with no
+	// authentication: they are for the status page on this host.
+	if host, port, err := net.SplitHostPort(c.Metrics); err != nil {
+		return fmt.Errorf("metrics: want host:port on loopback, e.g. 127.0.0.1:9410, got %q", c.Metrics)
+	} else if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("metrics: bad port in %q, want e.g. 127.0.0.1:9410", c.Metrics)
+	} else if !isLoopback(host) {
+		return fmt.Errorf("metrics: %q is not a loopback address: listen on 127.0.0.1, ::1 or localhost (the metrics are unauthenticated)", c.Metrics)
+	}
 	if c.RetryMax.Duration == 0 {
 		c.RetryMax.Duration = 30 * time.Second
 	}
 	if c.ShutdownGrace.Duration == 0 {
 		c.ShutdownGrace.Duration = 20 * time.Second
 	}
+	c.dirWait = DirWait
+	if c.RetryMax.Duration < 0 {
+		return fmt.Errorf("retry_max: want a positive duration like \"30s\", got %v", c.RetryMax)
+	}
+	if c.ShutdownGrace.Duration < 0 {
+		return fmt.Errorf("shutdown_grace: want a positive duration like \"20s\", got %v", c.ShutdownGrace)
+	}
 	return nil
+}
+
+// DirWait is how long New waits for a missing spool directory to appear: at boot, uplinkd may
+// start before sensord has created its spool.
+const DirWait = 30 * time.Second
+
+// CheckDirs refuses spool directories that do not exist. The spool would create them, so a
+// mistyped path would leave uplinkd watching an empty directory while the sensor's data piles up
+// elsewhere. It runs after the command line's overrides, when the final paths are known. A
+// missing directory is waited for up to wait (sensord creates it when it starts), with one log
+// line, then refused.
+func (c *Config) CheckDirs(wait time.Duration, logf func(string, ...any)) error {
+	deadline := time.Now().Add(wait)
+	logged := false
+	for {
+		err := c.checkDirs()
+		if !errors.Is(err, os.ErrNotExist) || time.Now().After(deadline) {
+			return err
+		}
+		if !logged {
+			logf("uplinkd: %v; waiting up to %v for it", err, wait)
+			logged = true
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// dirError is a spool directory check's verdict, naming the key.
+type dirError struct {
+	msg string
+	err error
+}
+
+func (e *dirError) Error() string { return e.msg }
+func (e *dirError) Unwrap() error { return e.err }
+
+func (c *Config) checkDirs() error {
+	for _, d := range []struct{ key, flag, dir, who string }{
+		{"spool.dir", "-spool", c.Spool.Dir, "sensord's -spool creates it at start-up"},
+		{"spool.disk_dir", "-spool-disk", c.Spool.DiskDir, "sensord's -spool-disk creates it at start-up"},
+	} {
+		if d.dir == "" {
+			continue
+		}
+		fi, err := os.Stat(d.dir)
+		if errors.Is(err, os.ErrNotExist) {
+			return &dirError{fmt.Sprintf("%s (%s): %s does not exist: check the path, it must be the directory sensord spools to (%s)", d.key, d.flag, d.dir, d.who), err}
+		}
+		if err != nil {
+			return fmt.Errorf("%s (%s): %v", d.key, d.flag, err)
+		}
+		if !fi.IsDir() {
+			return fmt.Errorf("%s (%s): %s is not a directory", d.key, d.flag, d.dir)
+		}
+	}
+	return nil
+}
+
+// isLoopback accepts loopback address literals and the name localhost, which resolves only to
+// them (RFC 6761).
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.Unmap().IsLoopback()
+}
+
+// checkDuplicateKeys walks data, a valid JSON document, and names the first key that appears
+// twice in one object.
+func checkDuplicateKeys(data []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	var walk func(path string) error
+	walk = func(path string) error {
+		tok, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		switch tok {
+		case json.Delim('{'):
+			seen := map[string]bool{}
+			for dec.More() {
+				k, err := dec.Token()
+				if err != nil {
+					return err
+				}
+				key := k.(string)
+				p := key
+				if path != "" {
+					p = path + "." + key
+				}
+				if seen[key] {
+					return fmt.Errorf("%s: key %q appears twice in one object: keep one", p, key)
+				}
+				seen[key] = true
+				if err := walk(p); err != nil {
+					return err
+				}
+			}
+			_, err = dec.Token()
+			return err
+		case json.Delim('['):
+			for i := 0; dec.More(); i++ {
+				if err := walk(fmt.Sprintf("%s[%d]", path, i)); err != nil {
+					return err
+				}
+			}
+			_, err = dec.Token()
+			return err
+		}
+		return nil
+	}
+	return walk("")
 }

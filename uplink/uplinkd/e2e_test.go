@@ -155,6 +155,9 @@ func TestEndToEndFaults(t *testing.T) {
 	sensord, uplinkd, collector := goBuild(t, bin, "sensor/cmd/sensord"), goBuild(t, bin, "uplink/cmd/uplinkd"), goBuild(t, bin, "uplink/cmd/collector")
 	dir := t.TempDir()
 	ram, disk, store := filepath.Join(dir, "ram"), filepath.Join(dir, "disk"), filepath.Join(dir, "store")
+	// uplinkd does not create the spool (a mistyped path must not be watched): sensord would.
+	os.MkdirAll(ram, 0o755)
+	os.MkdirAll(disk, 0o755)
 
 	certPEM, keyPEM, err := sielinktest.CertPEM("127.0.0.1", "localhost")
 	if err != nil {
@@ -182,6 +185,44 @@ func TestEndToEndFaults(t *testing.T) {
 
 	spoolArgs := []string{"-resolver", resolver.String(), "-spool", ram, "-spool-disk", disk,
 		"-spool-segment-age", "200ms", "-spool-segment-size", "65536", "-spool-spill-age", "1s"}
+	// Phases are ordered by what uplinkd's metrics show, never by sleeping: the deadlines are
+	// generous for a loaded 2-core machine and only a failure waits for them.
+	upMetrics := func() (Metrics, bool) {
+		var m Metrics
+		resp, err := http.Get("http://" + metrics + "/metrics.json")
+		if err != nil {
+			return m, false
+		}
+		defer resp.Body.Close()
+		return m, json.NewDecoder(resp.Body).Decode(&m) == nil
+	}
+	waitUp := func(what string, timeout time.Duration, cond func(Metrics) bool) {
+		t.Helper()
+		deadline := time.Now().Add(timeout)
+		for {
+			if m, ok := upMetrics(); ok && cond(m) {
+				return
+			}
+			if time.Now().After(deadline) {
+				m, _ := upMetrics()
+				t.Fatalf("waited %v for %s; uplinkd metrics: %+v", timeout, what, m)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	delivered := func(m Metrics) uint64 {
+		if len(m.Destinations) != 1 {
+			return 0
+		}
+		return m.Destinations[0].Segments
+	}
+	destState := func(m Metrics) DestStatus {
+		if len(m.Destinations) != 1 {
+			return DestStatus{}
+		}
+		return m.Destinations[0]
+	}
+
 	// runSensor feeds a phase's capture through a FIFO at a live-like pace; kill after > 0 kills
 	// sensord with SIGKILL after that many transactions were written.
 	reference := map[int][][]byte{}
@@ -202,6 +243,11 @@ func TestEndToEndFaults(t *testing.T) {
 		if err := syscall.Mkfifo(fifo, 0o600); err != nil {
 			t.Fatal(err)
 		}
+		segsBefore := uint64(0)
+		if killAfter > 0 {
+			m, _ := upMetrics()
+			segsBefore = delivered(m)
+		}
 		p := start(t, sensord, append(append([]string{"-r", fifo}, spoolArgs...), extra...)...)
 		f, err := os.OpenFile(fifo, os.O_WRONLY, 0)
 		if err != nil {
@@ -216,7 +262,11 @@ func TestEndToEndFaults(t *testing.T) {
 			}
 			if killAfter > 0 && i == killAfter && !killed {
 				w.Flush()
-				time.Sleep(500 * time.Millisecond) // let some segments seal
+				// Kill only once some of this phase's segments were sealed: uplinkd has
+				// delivered one.
+				waitUp("a segment of phase "+fmt.Sprint(phase)+" delivered", 30*time.Second, func(m Metrics) bool {
+					return delivered(m) > segsBefore
+				})
 				p.kill9()
 				killed = true
 			}
@@ -233,25 +283,12 @@ func TestEndToEndFaults(t *testing.T) {
 	}
 	spoolEmpty := func(timeout time.Duration) {
 		t.Helper()
-		deadline := time.Now().Add(timeout)
-		for time.Now().Before(deadline) {
-			resp, err := http.Get("http://" + metrics + "/metrics.json")
-			if err == nil {
-				var m Metrics
-				json.NewDecoder(resp.Body).Decode(&m)
-				resp.Body.Close()
-				if m.Spool.Segments == 0 && m.InFlight == 0 {
-					return
-				}
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
-		t.Fatalf("spool not drained after %v", timeout)
+		waitUp("spool drained", timeout, func(m Metrics) bool { return m.Spool.Segments == 0 && m.InFlight == 0 })
 	}
 
 	col := startCollector()
 	up := startUplinkd()
-	time.Sleep(500 * time.Millisecond)
+	waitUp("uplinkd connected", 30*time.Second, func(m Metrics) bool { return destState(m).State == "up" })
 
 	t.Log("phase 1: healthy link")
 	runSensor(1, 2000, 0)
@@ -262,7 +299,11 @@ func TestEndToEndFaults(t *testing.T) {
 	runSensor(2, 2000, 0)
 	up.kill9()
 	up = startUplinkd()
-	time.Sleep(1500 * time.Millisecond)
+	// The restarted uplinkd must meet the outage before the collector returns.
+	waitUp("the restarted uplinkd failing to connect", 30*time.Second, func(m Metrics) bool {
+		d := destState(m)
+		return d.State != "up" && d.LastError != ""
+	})
 	col = startCollector()
 	spoolEmpty(60 * time.Second)
 
@@ -271,9 +312,25 @@ func TestEndToEndFaults(t *testing.T) {
 	spoolEmpty(30 * time.Second)
 
 	t.Log("phase 4: uplinkd kill -9 mid-delivery")
-	go func() { time.Sleep(300 * time.Millisecond); up.kill9() }()
+	m, _ := upMetrics()
+	before := delivered(m)
+	killedUp := make(chan bool)
+	go func() {
+		// Kill once delivery of this phase is under way; the deadline only guards a hang.
+		deadline := time.Now().Add(30 * time.Second)
+		for time.Now().Before(deadline) {
+			if m, ok := upMetrics(); ok && delivered(m) > before {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		up.kill9()
+		killedUp <- time.Now().Before(deadline)
+	}()
 	runSensor(4, 3000, 0)
-	up.cmd.Wait()
+	if !<-killedUp {
+		t.Error("phase 4: uplinkd delivered nothing of the phase within 30 s; killed it anyway")
+	}
 	up = startUplinkd()
 	spoolEmpty(30 * time.Second)
 

@@ -36,6 +36,11 @@ func TestSOCForwardsToSIE(t *testing.T) {
 	os.MkdirAll(filepath.Join(dir, "sie"), 0o755)
 	sieKeys, sieAPI, _ := sielinktest.WriteKeys(filepath.Join(dir, "sie"), "soc1")
 
+	// uplinkd does not create its spool (a mistyped path must not be watched): sensord and the
+	// collector would, and the order of their starts is not the point here.
+	for _, d := range []string{"ram", "disk", "fwd-ram", "fwd-disk"} {
+		os.MkdirAll(filepath.Join(dir, d), 0o755)
+	}
 	socListen, sieListen := freeAddr(t), freeAddr(t)
 	socMetrics, up1Metrics, up2Metrics := freeAddr(t), freeAddr(t), freeAddr(t)
 	sie := start(t, collector, "-listen", sieListen, "-cert", certFile, "-key", keyFile, "-keys", sieKeys,
@@ -86,11 +91,14 @@ func TestSOCForwardsToSIE(t *testing.T) {
 		time.Sleep(300 * time.Millisecond)
 	}
 	up1.term(t)
-	time.Sleep(500 * time.Millisecond)
-	// The SOC's forward spool may have sealed its last segment only now; let up2 take it.
+	// Stopping the SOC collector seals its forward spool's last segment (Close returns after it);
+	// then up2 must take it.
 	soc.term(t)
 	deadline = time.Now().Add(30 * time.Second)
-	for !drained(up2Metrics) && time.Now().Before(deadline) {
+	for !drained(up2Metrics) {
+		if time.Now().After(deadline) {
+			t.Fatal("the SOC's forward spool not drained within 30 s of the collector's exit")
+		}
 		time.Sleep(300 * time.Millisecond)
 	}
 	up2.term(t)

@@ -122,7 +122,7 @@ func Prometheus(m Metrics) string {
 	for _, r := range []struct {
 		reason string
 		n      spool.Counter
-	}{{"dropped", l.Dropped}, {"quarantined", l.Quarantined}, {"temp_files", l.TempFiles}, {"rejected", l.Rejected}} {
+	}{{"dropped", l.Dropped}, {"quarantined", l.Quarantined}, {"temp_files", l.TempFiles}, {"rejected", l.Rejected}, {"stranded", l.Stranded}} {
 		fmt.Fprintf(&b, "uplinkd_lost_records_total{reason=%q} %d\n", r.reason, r.n.Records)
 		fmt.Fprintf(&b, "uplinkd_lost_segments_total{reason=%q} %d\n", r.reason, r.n.Segments)
 		fmt.Fprintf(&b, "uplinkd_lost_bytes_total{reason=%q} %d\n", r.reason, r.n.Bytes)

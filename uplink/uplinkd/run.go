@@ -69,9 +69,11 @@ type sielinkDest struct {
 	lastErr error
 }
 
-func newSielink(d Destination, logf func(string, ...any)) (*sielinkDest, error) {
+func newSielink(d Destination, retryMax time.Duration, logf func(string, ...any)) (*sielinkDest, error) {
+	// retry_max bounds the client's reconnection back-off too: delivery resumes within it once the
+	// destination answers again, however long the outage was.
 	cfg := sielink.Config{URL: d.URL, Name: d.Sensor, APIKeyFile: d.APIKeyFile, Origin: d.Origin,
-		Channel: d.Channel, Heartbeat: d.Heartbeat.Duration, Logf: logf}
+		Channel: d.Channel, Heartbeat: d.Heartbeat.Duration, Logf: logf, MaxBackoff: retryMax}
 	if d.CAFile != "" {
 		pem, err := os.ReadFile(d.CAFile)
 		if err != nil {
@@ -201,23 +203,28 @@ func (s *Supervisor) saveReported() {
 
 // New opens the spool and the destinations. Close releases them when Run is not used.
 func New(cfg *Config, logf func(string, ...any)) (*Supervisor, error) {
+	if err := cfg.CheckDirs(cfg.dirWait, logf); err != nil {
+		return nil, err
+	}
 	s := &Supervisor{cfg: cfg, logf: logf, start: time.Now()}
 	for _, d := range cfg.Destinations {
 		var dest destination
 		var err error
 		switch d.Type {
 		case "sielink":
-			dest, err = newSielink(d, logf)
+			dest, err = newSielink(d, cfg.RetryMax.Duration, logf)
 		case "nmsg-udp":
 			dest, err = newUDP(d)
 		}
 		if err != nil {
+			s.closeDests()
 			return nil, err
 		}
 		s.dests = append(s.dests, dest)
 	}
 	cons, err := spool.OpenConsumer(spool.Options{Dir: cfg.Spool.Dir, DiskDir: cfg.Spool.DiskDir, Logf: logf})
 	if err != nil {
+		s.closeDests()
 		return nil, err
 	}
 	s.cons = cons
@@ -228,6 +235,20 @@ func New(cfg *Config, logf func(string, ...any)) (*Supervisor, error) {
 	s.reportedFile = filepath.Join(dir, "uplinkd-reported.json")
 	s.loadReported()
 	return s, nil
+}
+
+// Close releases what New opened, for a Supervisor whose Run was not called.
+func (s *Supervisor) Close() error {
+	s.closeDests()
+	return s.cons.Close()
+}
+
+func (s *Supervisor) closeDests() {
+	for _, d := range s.dests {
+		if u, ok := d.(*udpDest); ok {
+			u.sender.Close()
+		}
+	}
 }
 
 // Run delivers until ctx is done, then lets the segment in flight finish for up to ShutdownGrace
@@ -329,7 +350,8 @@ func (s *Supervisor) deliver(ctx context.Context, seg *spool.Segment) bool {
 		if all {
 			return true
 		}
-		t := time.NewTimer(time.Duration(float64(wait) * (0.5 + rand.Float64())))
+		// Jitter only shortens the wait: retry_max is a bound.
+		t := time.NewTimer(time.Duration(float64(wait) * (1 - rand.Float64()/2)))
 		select {
 		case <-ctx.Done():
 			t.Stop()
