@@ -94,6 +94,11 @@ type env struct {
 	got map[string][][]byte
 }
 
+// envHeartbeat is both sides' heartbeat in tests that are not about heartbeats. It is far above
+// any scheduling delay of a loaded machine: with 1 s (a 1.5 s read deadline) a busy CI machine
+// timed sessions out in the middle of TestDeliver. Tests of heartbeats set their own.
+const envHeartbeat = 20 * time.Second
+
 func newEnv(t *testing.T, opt func(*Server)) *env {
 	e := &env{t: t, dir: t.TempDir(), got: make(map[string][][]byte)}
 	keysFile, keyFiles, err := sielinktest.WriteKeys(e.dir, "s1", "s2")
@@ -112,7 +117,7 @@ func newEnv(t *testing.T, opt func(*Server)) *env {
 	e.clientTLS = ctls
 	e.srv = &Server{
 		Keys:      keys,
-		Heartbeat: time.Second,
+		Heartbeat: envHeartbeat,
 		Logf:      safeLog(t),
 		Handler: HandlerFunc(func(d *Delivery) error {
 			e.mu.Lock()
@@ -143,7 +148,7 @@ func (e *env) config(sensor string) Config {
 		Name:       sensor,
 		APIKeyFile: e.keyFiles[sensor],
 		TLS:        e.clientTLS,
-		Heartbeat:  time.Second,
+		Heartbeat:  envHeartbeat,
 		Logf:       safeLog(e.t),
 	}
 }
@@ -162,7 +167,8 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	// Generous for a loaded machine: waitFor returns as soon as cond holds.
+	deadline := time.Now().Add(30 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
