@@ -1,11 +1,13 @@
 package collector
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log"
 	"net"
 	"net/http"
 	"os"
@@ -55,7 +57,13 @@ type Options struct {
 	// Ready, if set, is called with the bound sielink and metrics
 	// addresses once both listen.
 	Ready func(sielinkAddr, metricsAddr string)
+
+	headerTimeout time.Duration // seam for tests; default HeaderTimeout
 }
+
+// HeaderTimeout bounds a connection's TLS handshake and request headers: a peer that has not
+// asked for a session by then is closed.
+const HeaderTimeout = 10 * time.Second
 
 // ShutdownTimeout bounds the wait for sensors to answer Shutdown.
 const ShutdownTimeout = 30 * time.Second
@@ -87,13 +95,13 @@ func Run(ctx context.Context, opts Options) error {
 	mux := http.NewServeMux()
 	mux.Handle("/session/", srv)
 	hs := &http.Server{
-		Handler: mux,
-		// Bounds the TLS handshake and the request headers.
-		ReadHeaderTimeout: 10 * time.Second,
+		Handler:           mux,
+		ReadHeaderTimeout: cmp.Or(opts.headerTimeout, HeaderTimeout),
 		// A kept-alive connection between requests; sessions are hijacked and unaffected.
 		IdleTimeout:    30 * time.Second,
 		MaxHeaderBytes: 64 << 10,
 		ConnState:      ln.state,
+		ErrorLog:       log.New(logWriter{opts.Logf}, "", 0),
 	}
 
 	var mln net.Listener
@@ -150,6 +158,16 @@ loop:
 		return serveErr
 	}
 	return nil
+}
+
+// logWriter routes the http.Server's own reports (failed TLS handshakes) to Logf.
+type logWriter struct{ logf sielink.Logf }
+
+func (w logWriter) Write(b []byte) (int, error) {
+	if w.logf != nil {
+		w.logf("collector: %s", strings.TrimSuffix(string(b), "\n"))
+	}
+	return len(b), nil
 }
 
 // storeForward stores, then forwards. It keeps the Store's admission check (quota).

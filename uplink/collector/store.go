@@ -91,6 +91,7 @@ type sensorFile struct {
 	end       time.Time
 	pending   []pendingSeal // files set aside with confirmed data, to be sealed when possible
 	measured  time.Time     // when st.DiskBytes was last measured
+	refused   int64         // size of the last container refused over quota
 	lastLog   time.Time
 	unlogged  int
 	zw        *zlib.Writer
@@ -290,6 +291,7 @@ func (s *Store) Deliver(d *sielink.Delivery) error {
 	if q := s.opts.Quota; q > 0 {
 		s.measure(sf, now, false)
 		if sf.st.DiskBytes+int64(len(data)) > q {
+			sf.refused = int64(len(data))
 			sf.st.QuotaRefusals++
 			s.writeFailed(sf, fmt.Errorf("%w (%d of %d octets used)", ErrOverQuota, sf.st.DiskBytes, q))
 			return &sielink.Refusal{Reason: quotaReason, Err: ErrOverQuota}
@@ -409,7 +411,8 @@ func (s *Store) Admit(sensor string) error {
 	sf.mu.Lock()
 	defer sf.mu.Unlock()
 	s.measure(sf, s.opts.now(), true)
-	if sf.st.DiskBytes >= s.opts.Quota {
+	// Refused until the container that did not fit would: no session that could store nothing.
+	if sf.st.DiskBytes+max(sf.refused, 1) > s.opts.Quota {
 		sf.st.QuotaRefusals++
 		return &sielink.Refusal{Reason: quotaReason, Err: ErrOverQuota}
 	}
