@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sie-europe/dnssensor/sensor/nmsg"
 	"github.com/sie-europe/dnssensor/uplink/sielink"
 )
 
@@ -81,7 +82,7 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	var handler sielink.Handler = store
 	if opts.Forward != nil {
-		handler = storeForward{store, opts.Forward}
+		handler = &storeForward{store: store, fwd: opts.Forward}
 	}
 	srv := &sielink.Server{Keys: keys, Handler: handler, Heartbeat: opts.Heartbeat, Logf: opts.Logf,
 		MaxSessionsPerSensor: opts.MaxSessionsPerSensor}
@@ -170,19 +171,62 @@ func (w logWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-// storeForward stores, then forwards. It keeps the Store's admission check (quota).
+// storeForward stores, then forwards. It keeps the Store's admission check (quota), and
+// remembers the containers stored but not forwarded, so that their resend is forwarded (and its
+// linkLoss counted) while the resend of one that went both ways is neither.
 type storeForward struct {
 	store *Store
 	fwd   sielink.Handler
+
+	mu          sync.Mutex
+	unforwarded map[fwdKey]struct{}
 }
 
-func (h storeForward) Admit(sensor string) error { return h.store.Admit(sensor) }
+type fwdKey struct {
+	sensor string
+	seq    seqKey
+}
 
-func (h storeForward) Deliver(d *sielink.Delivery) error {
+// maxUnforwarded bounds the memory of failed forwards; each one ended a session, so reaching it
+// means the forward spool has refused data for a long time.
+const maxUnforwarded = 1 << 12
+
+func (h *storeForward) Admit(sensor string) error { return h.store.Admit(sensor) }
+
+func (h *storeForward) Deliver(d *sielink.Delivery) error {
 	if err := h.store.Deliver(d); err != nil {
 		return err
 	}
-	return h.fwd.Deliver(d)
+	id, seq, hasKey := nmsg.ContainerSequence(d.Payload.Data)
+	k := fwdKey{d.Sensor, seqKey{id, seq}}
+	if d.Duplicate {
+		h.mu.Lock()
+		_, retry := h.unforwarded[k]
+		h.mu.Unlock()
+		if !retry {
+			return nil
+		}
+	}
+	if err := h.fwd.Deliver(d); err != nil {
+		if hasKey {
+			h.mu.Lock()
+			if h.unforwarded == nil {
+				h.unforwarded = make(map[fwdKey]struct{})
+			}
+			if len(h.unforwarded) < maxUnforwarded {
+				h.unforwarded[k] = struct{}{}
+			}
+			h.mu.Unlock()
+		}
+		return err
+	}
+	if d.Duplicate {
+		h.mu.Lock()
+		delete(h.unforwarded, k)
+		h.mu.Unlock()
+		d.Duplicate = false // its first delivery failed, so its linkLoss was not counted
+	}
+	return nil
 }
 
 // tlsConfig offers TLS 1.3, and TLS 1.2 only with forward-secret AEAD suites (no CBC, no RSA
