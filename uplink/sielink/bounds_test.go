@@ -274,3 +274,32 @@ func TestAdmitRefusal(t *testing.T) {
 		t.Errorf("stats %+v", st)
 	}
 }
+
+// TestShutdownWhileStalled: a session holding a payload it cannot store ends promptly at
+// Shutdown, leaving the payload unconfirmed (in the sensor's spool), instead of holding the
+// shutdown for its whole timeout.
+func TestShutdownWhileStalled(t *testing.T) {
+	checkLeaks(t)
+	h := &switchHandler{}
+	h.set(Stall(errors.New("no space left on device")))
+	e := newEnv(t, func(s *Server) { s.Handler = h; s.StallRetry = 20 * time.Millisecond })
+	ctx := ctxT(t, 60*time.Second)
+	conn, err := Dial(ctx, e.config("s1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if err := conn.Send(ctx, container(t, rand.New(rand.NewPCG(1, 1)), 1, 100), LossCounter{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a stall", func() bool { return e.srv.Stats().Stalls > 0 })
+	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := e.srv.Shutdown(sctx); err != nil {
+		t.Errorf("Shutdown = %v, want the stalled session ended without forcing", err)
+	}
+	<-conn.Done()
+	if u := conn.Unconfirmed(); u.Payloads != 1 {
+		t.Errorf("unconfirmed %+v, want the held payload", u)
+	}
+}
