@@ -194,7 +194,8 @@ func TestTLSKeyFileMode(t *testing.T) {
 	os.WriteFile(certFile, certPEM, 0o644)
 	os.WriteFile(keyFile, keyPEM, 0o644)
 	keysFile, _, _ := sielinktest.WriteKeys(dir, "a")
-	err := Run(context.Background(), Options{Listen: "127.0.0.1:0", CertFile: certFile, KeyFile: keyFile, KeysFile: keysFile, Store: StoreOptions{Dir: dir}})
+	// Bounded: a collector that accepted the key would serve until the context ends.
+	err := Run(ctxT(t, 5*time.Second), Options{Listen: "127.0.0.1:0", CertFile: certFile, KeyFile: keyFile, KeysFile: keysFile, Store: StoreOptions{Dir: dir}})
 	if err == nil || !strings.Contains(err.Error(), "-key") || !strings.Contains(err.Error(), "0600") {
 		t.Errorf("Run with a 0644 TLS key = %v, want a refusal naming -key and 0600", err)
 	}
