@@ -36,7 +36,9 @@ type Delivery struct {
 // runs, so a pong (Conn.Sync at the client) implies that Deliver has
 // returned for every earlier payload. A Deliver error ends the session
 // with a FatalError alert: the client then holds the payload as
-// unconfirmed and sends it again later.
+// unconfirmed and sends it again later. An error wrapped by Stall holds
+// the session instead (see Stall), and a Refusal's reason is sent in the
+// alert.
 type Handler interface {
 	Deliver(d *Delivery) error
 }
@@ -406,8 +408,8 @@ func (srv *Server) Stats() ServerStats {
 	}
 }
 
-// Sensors returns per-sensor counters, sorted by name, for every
-// sensor that completed a handshake since the server started.
+// Sensors returns per-sensor counters, sorted by name, for every sensor that authenticated since
+// the server started (also one refused later, e.g. over its quota or its session cap).
 func (srv *Server) Sensors() []SensorStats {
 	srv.init()
 	srv.mu.Lock()
