@@ -230,7 +230,7 @@ func TestCollectorEndToEnd(t *testing.T) {
 			Listen: "127.0.0.1:0", CertFile: certFile, KeyFile: keyFile, KeysFile: keysFile,
 			Store:         StoreOptions{Dir: filepath.Join(dir, "nmsg"), Rotate: time.Second, Zlib: true},
 			MetricsListen: "127.0.0.1:0",
-			Heartbeat:     time.Second,
+			Heartbeat:     20 * time.Second, // not a heartbeat test: 1 s timed sessions out on a loaded machine
 			Forward:       sielink.HandlerFunc(func(d *sielink.Delivery) error { forwarded.Add(1); return nil }),
 			Logf:          func(string, ...any) {},
 			Ready:         func(a, m string) { ready <- [2]string{a, m} },
@@ -253,7 +253,7 @@ func TestCollectorEndToEnd(t *testing.T) {
 			rng := rand.New(rand.NewPCG(uint64(i), 9))
 			var rec records
 			conn, err := sielink.Dial(ctx, sielink.Config{URL: "wss://" + addrs[0], Name: sensor, APIKeyFile: apiKeys[sensor],
-				TLS: &tls.Config{RootCAs: pool}, Heartbeat: time.Second})
+				TLS: &tls.Config{RootCAs: pool}, Heartbeat: 20 * time.Second})
 			if err != nil {
 				t.Error(err)
 				return

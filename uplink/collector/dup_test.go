@@ -2,6 +2,7 @@ package collector
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -69,5 +70,49 @@ func TestDuplicatesRecognised(t *testing.T) {
 	}
 	if n != 22 {
 		t.Errorf("%d payloads stored, want 22 (20 once, the unsequenced one twice)", n)
+	}
+}
+
+// TestForwardAfterStoredResend: a container stored but not forwarded (the forward spool refused
+// it, the session ended) is forwarded when the sensor resends it, and counts as new (its
+// linkLoss was not counted); the resend of one that went both ways is neither forwarded again
+// nor counted.
+func TestForwardAfterStoredResend(t *testing.T) {
+	s, err := NewStore(StoreOptions{Dir: t.TempDir(), Rotate: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var buf bytes.Buffer
+	fw, _ := nmsg.NewFileWriter(&buf, nmsg.FileOptions{SequenceID: 7})
+	fw.Write(&nmsg.Payload{Vid: 1, Msgtype: 9, Data: []byte("record")})
+	fw.Close()
+	c := buf.Bytes()
+	fail, forwarded := true, 0
+	h := &storeForward{store: s, fwd: sielink.HandlerFunc(func(*sielink.Delivery) error {
+		if fail {
+			return errors.New("forward spool full")
+		}
+		forwarded++
+		return nil
+	})}
+	deliver := func() (*sielink.Delivery, error) {
+		d := &sielink.Delivery{Sensor: "s1", Payload: &sielink.Payload{Data: c}}
+		return d, h.Deliver(d)
+	}
+	if _, err := deliver(); err == nil {
+		t.Fatal("forward failure not returned")
+	}
+	fail = false
+	d, err := deliver()
+	if err != nil || d.Duplicate || forwarded != 1 {
+		t.Errorf("resend after a failed forward: err %v, duplicate %v, forwarded %d; want forwarded once, not a duplicate", err, d.Duplicate, forwarded)
+	}
+	d, err = deliver()
+	if err != nil || !d.Duplicate || forwarded != 1 {
+		t.Errorf("resend of a forwarded container: err %v, duplicate %v, forwarded %d; want a duplicate, not forwarded again", err, d.Duplicate, forwarded)
+	}
+	if st := s.Stats()["s1"]; st.Containers != 1 || st.Duplicates != 2 {
+		t.Errorf("store stats %+v", st)
 	}
 }

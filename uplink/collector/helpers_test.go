@@ -12,3 +12,9 @@ func x509Pool(t testing.TB, certPEM []byte) *x509.CertPool {
 	}
 	return p
 }
+
+func x509PoolPEM(certPEM []byte) *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AppendCertsFromPEM(certPEM)
+	return p
+}

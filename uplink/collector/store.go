@@ -41,8 +41,13 @@ type StoreOptions struct {
 	// deleted from its spool) survives a power cut of the collector host too, at the cost of one
 	// fsync per container.
 	Sync bool
+	// Quota bounds the octets a sensor's directory may hold (0: no bound), so that one sensor
+	// flooding cannot fill the disk for the others. Over it, the sensor's session is refused with
+	// an alert and its data waits in its own spool until files are moved away.
+	Quota int64
 
-	now func() time.Time // seam for tests
+	now    func() time.Time // seam for tests
+	rescan time.Duration    // how often a sensor's directory is measured again; default 10 s
 }
 
 // FileStats are a sensor's storage counters.
@@ -51,9 +56,15 @@ type FileStats struct {
 	Duplicates   uint64    `json:"duplicates"`    // containers received again (same sequence_id and sequence), not written twice
 	Bytes        uint64    `json:"bytes"`         // octets written (after compression)
 	FilesSealed  uint64    `json:"files_sealed"`  // files renamed into place
-	WriteErrors  uint64    `json:"write_errors"`  //
+	WriteErrors  uint64    `json:"write_errors"`  // failed writes, fsyncs and seals (each attempt)
 	CurrentFile  string    `json:"current_file"`  // temp file being written, if any
 	LastRotation time.Time `json:"last_rotation"` //
+	// LastWriteError is the latest write error, kept while the sensor's data cannot be stored.
+	LastWriteError string `json:"last_write_error,omitempty"`
+	Stalled        bool   `json:"stalled"`       // the last write failed: the sensor's data waits in its spool
+	PendingSeals   int    `json:"pending_seals"` // finished files whose seal failed and is retried
+	DiskBytes      int64  `json:"disk_bytes"`    // octets in the sensor's directory (measured for the quota)
+	QuotaRefusals  uint64 `json:"quota_refusals"`
 }
 
 // Store writes containers into <Dir>/<sensor>/<YYYYMMDD.HHMMSS>.<seq>.nmsg
@@ -75,9 +86,14 @@ type sensorFile struct {
 	mu        sync.Mutex
 	dir       string
 	f         *os.File
-	bw        *bufio.Writer
+	size      int64 // octets of whole containers in f: a failed write is cut back to it
 	tmp, name string
 	end       time.Time
+	pending   []pendingSeal // files set aside with confirmed data, to be sealed when possible
+	measured  time.Time     // when st.DiskBytes was last measured
+	refused   int64         // size of the last container refused over quota
+	lastLog   time.Time
+	unlogged  int
 	zw        *zlib.Writer
 	zbuf      bytes.Buffer
 	st        FileStats
@@ -85,6 +101,11 @@ type sensorFile struct {
 	seenRing  []seqKey
 	seenNext  int
 }
+
+// pendingSeal is a temp file that could not be sealed (fsync, rename) or cut back. It holds
+// containers the sensor saw confirmed, so it is never abandoned: Rotate and Close seal it once
+// they can, cutting it to its whole containers first.
+type pendingSeal struct{ tmp, name string }
 
 // seqKey identifies a container by its NMSG sequence fields (the sensor's spool stamps them).
 type seqKey struct {
@@ -159,27 +180,49 @@ func (s *Store) recover() error {
 	}
 	for _, tmp := range tmps {
 		final := filepath.Join(filepath.Dir(tmp), strings.TrimSuffix(strings.TrimPrefix(filepath.Base(tmp), "."), ".tmp"))
-		n, err := wholeContainers(tmp)
+		n, err := cutAndRename(tmp, final)
 		if err != nil {
 			return fmt.Errorf("recovering %s: %w", tmp, err)
 		}
-		if n == 0 {
-			os.Remove(tmp)
-			continue
+		if n > 0 {
+			s.recovered++
+			s.logf("collector: recovered %d octets of %s", n, tmp)
 		}
-		if err := os.Truncate(tmp, n); err != nil {
-			return fmt.Errorf("recovering %s: %w", tmp, err)
-		}
-		if _, err := os.Stat(final); err == nil {
-			final = strings.TrimSuffix(final, ".nmsg") + ".recovered.nmsg"
-		}
-		if err := os.Rename(tmp, final); err != nil {
-			return fmt.Errorf("recovering %s: %w", tmp, err)
-		}
-		s.recovered++
-		s.logf("collector: recovered %d octets of %s into %s", n, tmp, final)
 	}
 	return nil
+}
+
+// cutAndRename cuts a temp file back to its whole containers, fsyncs it and renames it into
+// place (beside an existing file of that name, as .recovered.nmsg). An empty file is removed.
+func cutAndRename(tmp, final string) (int64, error) {
+	n, err := wholeContainers(tmp)
+	if err != nil {
+		return 0, err
+	}
+	if n == 0 {
+		return 0, os.Remove(tmp)
+	}
+	f, err := os.OpenFile(tmp, os.O_WRONLY, 0)
+	if err != nil {
+		return 0, err
+	}
+	err = f.Truncate(n)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return 0, err
+	}
+	if _, err := os.Lstat(final); err == nil {
+		final = strings.TrimSuffix(final, ".nmsg") + ".recovered.nmsg"
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		return 0, err
+	}
+	return n, syncDir(filepath.Dir(final))
 }
 
 // wholeContainers returns the length of the prefix of the file that
@@ -211,9 +254,17 @@ func wholeContainers(path string) (int64, error) {
 // ErrStoreClosed is returned by Deliver after Close.
 var ErrStoreClosed = errors.New("collector: store closed")
 
-// Deliver appends the payload's container to the sensor's current file
-// (sielink.Handler). The container is written through to the kernel before Deliver returns; the
-// file is fsynced when it is sealed.
+// ErrOverQuota refuses data of a sensor whose directory holds StoreOptions.Quota octets.
+var ErrOverQuota = errors.New("collector: sensor over its disk quota")
+
+// quotaReason is what a sensor over quota is told in the alert.
+const quotaReason = "over disk quota at the collector: data stays in the sensor's spool"
+
+// Deliver appends the payload's container to the sensor's current file (sielink.Handler). The
+// container is written through to the kernel (and fsynced with Sync) before Deliver returns
+// nil: only then can the sensor see it confirmed. A failed write is cut back out of the file and
+// returned as a sielink.Stall, so the session holds the payload, confirms nothing after it, and
+// offers it again until space returns.
 func (s *Store) Deliver(d *sielink.Delivery) error {
 	sf, err := s.sensor(d.Sensor)
 	if err != nil {
@@ -225,41 +276,146 @@ func (s *Store) Deliver(d *sielink.Delivery) error {
 	if dup {
 		// A resend after a broken connection: already stored (and confirmed) once.
 		sf.st.Duplicates++
+		d.Duplicate = true
 		return nil
 	}
 	now := s.opts.now()
 	if sf.f != nil && !now.Before(sf.end) {
-		if err := s.seal(sf); err != nil {
-			return err
-		}
-	}
-	if sf.f == nil {
-		if err := s.open(sf, now); err != nil {
-			sf.st.WriteErrors++
-			return err
-		}
+		// A failed seal sets the file aside (it is retried); new data goes to a new file.
+		s.seal(sf)
 	}
 	data := d.Payload.Data
 	if s.opts.Zlib && len(data) >= nmsg.HeaderSize && data[4]&0x01 == 0 {
 		data = sf.compress(data)
 	}
-	// Flush before returning: once Deliver returns, the sensor's next Sync confirms the data and
-	// its spool deletes it, so it must already be in the kernel's hands (a collector kill -9 then
-	// loses nothing; the end-to-end fault test caught the buffered version losing confirmed data).
-	if _, err := sf.bw.Write(data); err == nil {
-		if err = sf.bw.Flush(); err == nil && s.opts.Sync {
-			err = sf.f.Sync()
+	if q := s.opts.Quota; q > 0 {
+		s.measure(sf, now, false)
+		if sf.st.DiskBytes+int64(len(data)) > q {
+			sf.refused = int64(len(data))
+			sf.st.QuotaRefusals++
+			s.writeFailed(sf, fmt.Errorf("%w (%d of %d octets used)", ErrOverQuota, sf.st.DiskBytes, q))
+			return &sielink.Refusal{Reason: quotaReason, Err: ErrOverQuota}
 		}
 	}
-	if err != nil {
-		sf.st.WriteErrors++
-		return fmt.Errorf("writing %s: %w", sf.tmp, err)
+	if sf.f == nil {
+		if err := s.open(sf, now); err != nil {
+			s.writeFailed(sf, err)
+			return sielink.Stall(err)
+		}
+	}
+	if err := s.write(sf, data); err != nil {
+		s.writeFailed(sf, err)
+		return sielink.Stall(err)
+	}
+	if sf.st.Stalled {
+		sf.st.Stalled = false
+		s.logf("collector: %s: writing again after %d write errors", d.Sensor, sf.st.WriteErrors)
 	}
 	if hasKey {
 		sf.remember(key)
 	}
 	sf.st.Containers++
 	sf.st.Bytes += uint64(len(data))
+	sf.st.DiskBytes += int64(len(data))
+	return nil
+}
+
+// write appends one container to the current file. On failure the file is cut back to its
+// last whole container, so that the next write (once space returns) continues a valid file; a
+// file that cannot be cut is set aside for Rotate to repair and seal.
+func (s *Store) write(sf *sensorFile, data []byte) error {
+	// Written through before returning: once Deliver returns, the sensor's next Sync confirms the
+	// data and its spool deletes it, so it must already be in the kernel's hands (a collector
+	// kill -9 then loses nothing; the end-to-end fault test caught a buffered version losing
+	// confirmed data).
+	_, err := sf.f.Write(data)
+	if err == nil && s.opts.Sync {
+		err = sf.f.Sync()
+	}
+	if err == nil {
+		sf.size += int64(len(data))
+		return nil
+	}
+	err = fmt.Errorf("writing %s: %w", sf.tmp, err)
+	cerr := sf.f.Truncate(sf.size)
+	if cerr == nil {
+		_, cerr = sf.f.Seek(sf.size, io.SeekStart)
+	}
+	if cerr != nil {
+		s.logf("collector: cutting %s back to %d octets: %v (set aside to be repaired)", sf.tmp, sf.size, cerr)
+		sf.f.Close()
+		s.setAside(sf)
+	}
+	return err
+}
+
+// writeFailed counts and logs a write error (the first at once, then at most one line every
+// 10 seconds per sensor) and keeps it in the sensor's stats.
+func (s *Store) writeFailed(sf *sensorFile, err error) {
+	if !errors.Is(err, ErrOverQuota) {
+		sf.st.WriteErrors++
+	}
+	sf.st.Stalled = true
+	sf.st.LastWriteError = err.Error()
+	now := time.Now()
+	if !sf.lastLog.IsZero() && now.Sub(sf.lastLog) < 10*time.Second {
+		sf.unlogged++
+		return
+	}
+	more := ""
+	if sf.unlogged > 0 {
+		more = fmt.Sprintf(" (%d similar errors not logged)", sf.unlogged)
+	}
+	sf.lastLog, sf.unlogged = now, 0
+	s.logf("collector: %s: %v; the data stays unconfirmed in the sensor's spool%s", filepath.Base(sf.dir), err, more)
+}
+
+// measure sets st.DiskBytes from the sensor's directory when the last measurement is older than
+// the rescan interval (or always with force), so files moved away free the quota.
+func (s *Store) measure(sf *sensorFile, now time.Time, force bool) {
+	every := s.opts.rescan
+	if every <= 0 {
+		every = 10 * time.Second
+	}
+	if !force && !sf.measured.IsZero() && now.Sub(sf.measured) < every && now.After(sf.measured) {
+		return
+	}
+	sf.measured = now
+	ents, err := os.ReadDir(sf.dir)
+	if err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			s.logf("collector: measuring %s: %v", sf.dir, err)
+		}
+		sf.st.DiskBytes = 0
+		return
+	}
+	var n int64
+	for _, e := range ents {
+		if fi, err := e.Info(); err == nil && fi.Mode().IsRegular() {
+			n += fi.Size()
+		}
+	}
+	sf.st.DiskBytes = n
+}
+
+// Admit refuses a session of a sensor over its quota (sielink.Admitter), so the sensor learns
+// why at once and keeps its data.
+func (s *Store) Admit(sensor string) error {
+	if s.opts.Quota <= 0 {
+		return nil
+	}
+	sf, err := s.sensor(sensor)
+	if err != nil {
+		return err
+	}
+	sf.mu.Lock()
+	defer sf.mu.Unlock()
+	s.measure(sf, s.opts.now(), true)
+	// Refused until the container that did not fit would: no session that could store nothing.
+	if sf.st.DiskBytes+max(sf.refused, 1) > s.opts.Quota {
+		sf.st.QuotaRefusals++
+		return &sielink.Refusal{Reason: quotaReason, Err: ErrOverQuota}
+	}
 	return nil
 }
 
@@ -326,27 +482,20 @@ func (s *Store) open(sf *sensorFile, now time.Time) error {
 		if err != nil {
 			return fmt.Errorf("creating %s: %w", tmp, err)
 		}
-		sf.f, sf.tmp, sf.name = f, tmp, final
-		if sf.bw == nil {
-			sf.bw = bufio.NewWriterSize(f, 1<<20)
-		} else {
-			sf.bw.Reset(f)
-		}
+		sf.f, sf.tmp, sf.name, sf.size = f, tmp, final, 0
 		sf.end = start.Add(s.opts.Rotate)
 		sf.st.CurrentFile = tmp
 		return nil
 	}
 }
 
-// seal flushes, fsyncs and renames the current file into place.
+// seal fsyncs and renames the current file into place. A file that fails to seal is set aside
+// and sealed later by Rotate or Close: it holds confirmed data.
 func (s *Store) seal(sf *sensorFile) error {
 	f := sf.f
 	sf.f = nil
 	sf.st.CurrentFile = ""
-	err := sf.bw.Flush()
-	if err == nil {
-		err = f.Sync()
-	}
+	err := f.Sync()
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -358,12 +507,46 @@ func (s *Store) seal(sf *sensorFile) error {
 	}
 	if err != nil {
 		sf.st.WriteErrors++
-		s.logf("collector: sealing %s: %v", sf.tmp, err)
+		s.logf("collector: sealing %s: %v (kept, sealing again later)", sf.tmp, err)
+		s.setAside(sf)
 		return fmt.Errorf("sealing %s: %w", sf.tmp, err)
 	}
 	sf.st.FilesSealed++
 	sf.st.LastRotation = s.opts.now()
 	return nil
+}
+
+// setAside moves the current (closed) file to the pending seals.
+func (s *Store) setAside(sf *sensorFile) {
+	if _, err := os.Lstat(sf.tmp); err == nil {
+		sf.pending = append(sf.pending, pendingSeal{sf.tmp, sf.name})
+	}
+	sf.f, sf.size = nil, 0
+	sf.st.CurrentFile = ""
+	sf.st.PendingSeals = len(sf.pending)
+}
+
+// sealPending retries the seals that failed, keeping those that fail again.
+func (s *Store) sealPending(sf *sensorFile) error {
+	var errs []error
+	left := sf.pending[:0]
+	for _, p := range sf.pending {
+		n, err := cutAndRename(p.tmp, p.name)
+		if err != nil {
+			sf.st.WriteErrors++
+			errs = append(errs, fmt.Errorf("sealing %s: %w", p.tmp, err))
+			left = append(left, p)
+			continue
+		}
+		if n > 0 {
+			sf.st.FilesSealed++
+			sf.st.LastRotation = s.opts.now()
+			s.logf("collector: sealed %s after an earlier failure", p.tmp)
+		}
+	}
+	sf.pending = left
+	sf.st.PendingSeals = len(left)
+	return errors.Join(errs...)
 }
 
 func syncDir(dir string) error {
@@ -384,6 +567,15 @@ func (s *Store) Rotate() {
 		if sf.f != nil && !now.Before(sf.end) {
 			s.seal(sf)
 		}
+		if len(sf.pending) > 0 {
+			if err := s.sealPending(sf); err != nil && time.Since(sf.lastLog) >= 10*time.Second {
+				sf.lastLog = time.Now()
+				s.logf("collector: %v (retrying)", err)
+			}
+		}
+		if s.opts.Quota > 0 {
+			s.measure(sf, now, false)
+		}
 		sf.mu.Unlock()
 	}
 }
@@ -398,7 +590,8 @@ func (s *Store) all() []*sensorFile {
 	return out
 }
 
-// Close seals all open files; later Deliver calls fail.
+// Close seals all open files, and the files whose seal failed before; it fails only if some
+// could still not be sealed (they are recovered at the next start). Later Deliver calls fail.
 func (s *Store) Close() error {
 	s.mu.Lock()
 	s.closed = true
@@ -407,7 +600,10 @@ func (s *Store) Close() error {
 	for _, sf := range s.all() {
 		sf.mu.Lock()
 		if sf.f != nil {
-			errs = append(errs, s.seal(sf))
+			s.seal(sf)
+		}
+		if len(sf.pending) > 0 {
+			errs = append(errs, s.sealPending(sf))
 		}
 		sf.mu.Unlock()
 	}

@@ -12,6 +12,13 @@
 // connection drops; a supervisor that keeps data until Sync succeeds
 // delivers at least once.
 //
+// The Server makes the pong mean "stored": it reads the next message
+// only after its Handler returned for the one before, and pongs are sent
+// only while reading. A Handler that cannot store a payload ends the
+// session before anything later is read, or (Stall) keeps the session
+// and stops reading until the payload is stored, so no ping after an
+// unstored payload is ever answered.
+//
 // Message encoding is hand-written on protowire rather than generated:
 // the messages are small, and hand-written decoding lets the decoder
 // alias Payload.Data into the received buffer (no copy of a 1 MiB

@@ -19,6 +19,10 @@ var ErrKeyFilePermissions = errors.New("sielink: key file must not be accessible
 // maxKeyFile bounds what is read from a key file.
 const maxKeyFile = 1 << 20
 
+// ReadSecretFile reads a file holding a secret (an API key, a TLS private key), refusing one
+// that is not a regular file or that group or others could access.
+func ReadSecretFile(path string) ([]byte, error) { return readSecretFile(path) }
+
 func readSecretFile(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {

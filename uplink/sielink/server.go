@@ -25,6 +25,9 @@ type Delivery struct {
 	// whole, decodable NMSG container.
 	Payload *Payload
 	Records int // NMSG payloads in the container
+	// Duplicate is set by a Handler that recognised the payload as one it already stored (a
+	// resend after a broken connection), so that what it carries (linkLoss) is not counted twice.
+	Duplicate bool
 }
 
 // Handler receives the payloads of all sessions. Deliver is called on
@@ -33,10 +36,48 @@ type Delivery struct {
 // runs, so a pong (Conn.Sync at the client) implies that Deliver has
 // returned for every earlier payload. A Deliver error ends the session
 // with a FatalError alert: the client then holds the payload as
-// unconfirmed and sends it again later.
+// unconfirmed and sends it again later. An error wrapped by Stall holds
+// the session instead (see Stall), and a Refusal's reason is sent in the
+// alert.
 type Handler interface {
 	Deliver(d *Delivery) error
 }
+
+// Admitter is an optional interface of a Handler: Admit is asked before a sensor's session is
+// accepted. An error refuses the session with a FatalError alert instead of the server's Topology;
+// the text of a Refusal in it is what the sensor is told.
+type Admitter interface {
+	Admit(sensor string) error
+}
+
+// Refusal is a Handler or Admitter error whose Reason is meant for the sensor: it ends (or refuses)
+// the session with a FatalError alert carrying Reason, so the sensor's operator learns why its data
+// stays in its spool. Other errors are reported to the sensor as "cannot store data".
+type Refusal struct {
+	Reason string
+	Err    error
+}
+
+func (r *Refusal) Error() string {
+	if r.Err != nil {
+		return r.Reason + ": " + r.Err.Error()
+	}
+	return r.Reason
+}
+
+func (r *Refusal) Unwrap() error { return r.Err }
+
+// Stall marks a Handler error that may clear by itself, such as a full disk. The session then
+// stops reading, so that no ping after the payload is answered and the sensor sees nothing after
+// it confirmed (its spool keeps it), and offers the same payload to Deliver again every
+// StallRetry until it is taken, the session ends or the server shuts down. The sensor needs no
+// reconnect and sends nothing twice when space returns.
+func Stall(err error) error { return &stallError{err} }
+
+type stallError struct{ err error }
+
+func (e *stallError) Error() string { return e.err.Error() }
+func (e *stallError) Unwrap() error { return e.err }
 
 // HandlerFunc adapts a function to Handler.
 type HandlerFunc func(d *Delivery) error
@@ -60,6 +101,12 @@ type Server struct {
 	// MaxMessageSize caps received messages; default 2 MiB. Larger
 	// messages are discarded while being read and counted.
 	MaxMessageSize int
+	// MaxSessionsPerSensor caps a sensor's concurrent sessions (default 4): a sensor runs one,
+	// plus briefly one whose loss it has not noticed yet; a stolen key cannot pin more.
+	MaxSessionsPerSensor int
+	// StallRetry is how often a payload whose Deliver failed with Stall is offered again;
+	// default 1 s.
+	StallRetry time.Duration
 	// Logf receives rate-limited reports; nil discards.
 	Logf Logf
 
@@ -78,7 +125,8 @@ type serverCounters struct {
 	accepted, rejectedAuth, rejectedOther, handshakeFailed counter
 	heartbeatTimeouts, shutdownsSent, finishedReceived     counter
 	malformed, oversize, invalidContainers, unsupported    counter
-	handlerErrors                                          counter
+	handlerErrors, stalls, refusedSessions, tooMany        counter
+	badHeartbeat                                           counter
 }
 
 // ServerStats are a Server's counters.
@@ -96,6 +144,10 @@ type ServerStats struct {
 	InvalidContainers uint64 `json:"invalid_containers"` // Data that is not one valid NMSG container
 	Unsupported       uint64 `json:"unsupported"`        // other payload or compression types
 	HandlerErrors     uint64 `json:"handler_errors"`     //
+	Stalls            uint64 `json:"stalls"`             // Deliver attempts that failed with Stall (retried)
+	Refused           uint64 `json:"refused"`            // sessions the Handler refused (Admitter), e.g. over quota
+	TooManySessions   uint64 `json:"too_many_sessions"`  // sessions refused above MaxSessionsPerSensor
+	BadHeartbeat      uint64 `json:"bad_heartbeat"`      // peers announcing no or an unbounded heartbeat
 }
 
 // SensorStats are the counters of one sensor, over all its sessions.
@@ -118,6 +170,8 @@ type SensorStats struct {
 type sensorCounters struct {
 	mu sync.Mutex
 	s  SensorStats
+	// pending counts the sensor's sessions from upgrade to end (under Server.mu), for the cap.
+	pending int
 }
 
 func (srv *Server) init() {
@@ -143,6 +197,28 @@ func (srv *Server) maxMessage() int {
 	return DefaultMaxMessageSize
 }
 
+func (srv *Server) maxSessions() int {
+	if srv.MaxSessionsPerSensor > 0 {
+		return srv.MaxSessionsPerSensor
+	}
+	return DefaultMaxSessionsPerSensor
+}
+
+func (srv *Server) stallRetry() time.Duration {
+	if srv.StallRetry > 0 {
+		return srv.StallRetry
+	}
+	return time.Second
+}
+
+// DefaultMaxSessionsPerSensor is Server.MaxSessionsPerSensor's default.
+const DefaultMaxSessionsPerSensor = 4
+
+// MaxPeerHeartbeat is the longest heartbeat a server accepts from a sensor. A peer announcing
+// none (0) or a longer one would hold its session, and the memory behind it, without ever
+// timing out.
+const MaxPeerHeartbeat = time.Hour
+
 func (srv *Server) handshakeTimeout() time.Duration {
 	if srv.HandshakeTimeout > 0 {
 		return srv.HandshakeTimeout
@@ -155,9 +231,15 @@ func (srv *Server) handshakeTimeout() time.Duration {
 func (srv *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	srv.init()
 	name, ok := strings.CutPrefix(r.URL.Path, "/session/")
+	// A refused request gets no keep-alive: an unauthenticated peer must not be able to hold the
+	// connection (and a file descriptor) open after the answer.
+	refuse := func(msg string, code int) {
+		w.Header().Set("Connection", "close")
+		http.Error(w, msg, code)
+	}
 	if !ok || !ValidSensorName(name) {
 		srv.cnt.rejectedOther.Add(1)
-		http.NotFound(w, r)
+		refuse("not found", http.StatusNotFound)
 		return
 	}
 	key := r.Header.Get("X-API-Key")
@@ -166,26 +248,40 @@ func (srv *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case key == "" || !ok:
 		srv.cnt.rejectedAuth.Add(1)
 		srv.authLog.printf("sielink: %s: refused session %q: unknown API key", r.RemoteAddr, name)
-		http.Error(w, "unknown API key", http.StatusUnauthorized)
+		refuse("unknown API key", http.StatusUnauthorized)
 		return
 	case sensor != name:
 		srv.cnt.rejectedAuth.Add(1)
 		srv.authLog.printf("sielink: %s: refused session %q: API key belongs to sensor %s", r.RemoteAddr, name, sensor)
-		http.Error(w, "API key not valid for this sensor", http.StatusForbidden)
+		refuse("API key not valid for this sensor", http.StatusForbidden)
 		return
 	}
+	sc := srv.sensor(sensor)
 	srv.mu.Lock()
 	closing := srv.closing
-	if !closing {
+	tooMany := sc.pending >= srv.maxSessions()
+	if !closing && !tooMany {
 		srv.wg.Add(1)
+		sc.pending++
 	}
 	srv.mu.Unlock()
-	if closing {
+	switch {
+	case closing:
 		srv.cnt.rejectedOther.Add(1)
-		http.Error(w, "shutting down", http.StatusServiceUnavailable)
+		refuse("shutting down", http.StatusServiceUnavailable)
+		return
+	case tooMany:
+		srv.cnt.tooMany.Add(1)
+		srv.authLog.printf("sielink: %s: refused session %q: %d sessions of this sensor are open", r.RemoteAddr, name, srv.maxSessions())
+		refuse("too many sessions for this sensor", http.StatusTooManyRequests)
 		return
 	}
-	defer srv.wg.Done()
+	defer func() {
+		srv.mu.Lock()
+		sc.pending--
+		srv.mu.Unlock()
+		srv.wg.Done()
+	}()
 	// Origin is not checked: the API key authenticates the client, and
 	// sensors are not browsers that could be tricked into connecting.
 	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
@@ -205,13 +301,21 @@ func (srv *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	defer s.cancel()
 	if err := s.handshake(); err != nil {
-		srv.cnt.handshakeFailed.Add(1)
+		var ref *Refusal
+		switch {
+		case errors.As(err, &ref):
+			srv.cnt.refusedSessions.Add(1)
+		case errors.Is(err, errBadHeartbeat):
+			srv.cnt.badHeartbeat.Add(1)
+		default:
+			srv.cnt.handshakeFailed.Add(1)
+		}
 		srv.badLog.printf("sielink: %s (%s): handshake: %v", r.RemoteAddr, sensor, err)
 		ws.CloseNow()
 		return
 	}
 	srv.cnt.accepted.Add(1)
-	s.sc = srv.sensor(sensor)
+	s.sc = sc
 	s.sc.mu.Lock()
 	s.sc.s.Sessions++
 	s.sc.s.SessionsTotal++
@@ -297,11 +401,15 @@ func (srv *Server) Stats() ServerStats {
 		InvalidContainers: c.invalidContainers.Load(),
 		Unsupported:       c.unsupported.Load(),
 		HandlerErrors:     c.handlerErrors.Load(),
+		Stalls:            c.stalls.Load(),
+		Refused:           c.refusedSessions.Load(),
+		TooManySessions:   c.tooMany.Load(),
+		BadHeartbeat:      c.badHeartbeat.Load(),
 	}
 }
 
-// Sensors returns per-sensor counters, sorted by name, for every
-// sensor that completed a handshake since the server started.
+// Sensors returns per-sensor counters, sorted by name, for every sensor that authenticated since
+// the server started (also one refused later, e.g. over its quota or its session cap).
 func (srv *Server) Sensors() []SensorStats {
 	srv.init()
 	srv.mu.Lock()
@@ -341,10 +449,35 @@ func (s *session) requestShutdown() {
 	s.shutdownOnce.Do(func() { close(s.shutdown) })
 }
 
+// errBadHeartbeat refuses a peer whose heartbeat would never (or only after a very long time)
+// let the session time out.
+var errBadHeartbeat = errors.New("sielink: peer heartbeat out of range")
+
+func validPeerHeartbeat(ms uint32) bool {
+	return ms > 0 && time.Duration(ms)*time.Millisecond <= MaxPeerHeartbeat
+}
+
 func (s *session) handshake() error {
 	ctx, cancel := context.WithTimeout(s.ctx, s.srv.handshakeTimeout())
 	defer cancel()
 	var buf []byte
+	if a, ok := s.srv.Handler.(Admitter); ok {
+		if err := a.Admit(s.sensor); err != nil {
+			reason := "cannot accept data"
+			var ref *Refusal
+			if errors.As(err, &ref) {
+				reason = ref.Reason
+			} else {
+				err = &Refusal{Reason: reason, Err: err}
+			}
+			// The alert replaces our Topology, so the client's handshake returns it. Reading the
+			// client's first message before closing keeps its unread octets from turning the
+			// close into a reset that could discard the alert on the way.
+			writeMessage(ctx, s.ws, &buf, fatalAlert(reason))
+			readMessage(ctx, s.ws, nil, s.srv.maxMessage())
+			return err
+		}
+	}
 	if err := writeMessage(ctx, s.ws, &buf, &Message{
 		ProtocolVersion: []uint32{ProtocolVersion},
 		Type:            TypeTopology,
@@ -373,6 +506,10 @@ func (s *session) handshake() error {
 	default:
 		writeMessage(ctx, s.ws, &buf, fatalAlert("topology expected first"))
 		return fmt.Errorf("first message is %v", m.Type)
+	}
+	if !validPeerHeartbeat(m.Heartbeat) {
+		writeMessage(ctx, s.ws, &buf, fatalAlert(fmt.Sprintf("heartbeat of 1 ms to %v required", MaxPeerHeartbeat)))
+		return fmt.Errorf("%w: %d ms", errBadHeartbeat, m.Heartbeat)
 	}
 	s.peerHB.Store(m.Heartbeat)
 	return nil
@@ -461,6 +598,11 @@ func (s *session) readLoop() error {
 			continue
 		}
 		if m.Heartbeat != 0 {
+			if !validPeerHeartbeat(m.Heartbeat) {
+				s.srv.cnt.badHeartbeat.Add(1)
+				s.alert(fmt.Sprintf("heartbeat of 1 ms to %v required", MaxPeerHeartbeat))
+				return fmt.Errorf("%w: %d ms", errBadHeartbeat, m.Heartbeat)
+			}
 			s.peerHB.Store(m.Heartbeat)
 		}
 		switch m.Type {
@@ -488,6 +630,14 @@ func (s *session) readLoop() error {
 	}
 }
 
+// alert sends a FatalError alert, waiting a few seconds at most: the session ends after it.
+func (s *session) alert(reason string) {
+	var buf []byte
+	ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
+	writeMessage(ctx, s.ws, &buf, fatalAlert(reason))
+	cancel()
+}
+
 func (s *session) invalid(format string, args ...any) {
 	s.sc.mu.Lock()
 	s.sc.s.Invalid++
@@ -512,13 +662,25 @@ func (s *session) data(p *Payload) error {
 		s.invalid("invalid NMSG container: %v", err)
 		return nil
 	}
-	now := time.Now()
 	s.sc.mu.Lock()
 	st := &s.sc.s
 	st.Payloads++
 	st.Bytes += uint64(len(p.Data))
 	st.Records += uint64(records)
-	st.LastSeen = now
+	st.LastSeen = time.Now()
+	s.sc.mu.Unlock()
+	d := Delivery{Sensor: s.sensor, Remote: s.remote, Payload: p, Records: records}
+	if s.srv.Handler != nil {
+		if err := s.deliver(&d); err != nil {
+			return err
+		}
+	}
+	// The loss a payload reports is counted once it is stored: a payload that fails is sent
+	// again with the same report, and a resend of a stored one is recognised by the Handler.
+	if d.Duplicate {
+		return nil
+	}
+	s.sc.mu.Lock()
 	if l := p.LinkLoss; l != nil {
 		st.LinkLossBytes += l.Bytes
 		st.LinkLossPayloads += l.Payloads
@@ -528,20 +690,47 @@ func (s *session) data(p *Payload) error {
 		st.PathLossPayloads += l.Payloads
 	}
 	s.sc.mu.Unlock()
-	if s.srv.Handler == nil {
-		return nil
-	}
-	d := Delivery{Sensor: s.sensor, Remote: s.remote, Payload: p, Records: records}
-	if err := s.srv.Handler.Deliver(&d); err != nil {
-		s.srv.cnt.handlerErrors.Add(1)
-		s.srv.badLog.printf("sielink: %s (%s): storing payload: %v", s.remote, s.sensor, err)
-		var buf []byte
-		ctx, cancel := context.WithTimeout(s.ctx, 5*time.Second)
-		writeMessage(ctx, s.ws, &buf, fatalAlert("cannot store data"))
-		cancel()
-		return fmt.Errorf("handler: %w", err)
-	}
 	return nil
+}
+
+// deliver hands d to the Handler. It runs on the read loop, so while it retries a stalled
+// payload nothing more is read and no ping is answered: the sensor sees none of it confirmed.
+func (s *session) deliver(d *Delivery) error {
+	var t *time.Timer
+	for {
+		err := s.srv.Handler.Deliver(d)
+		if err == nil {
+			return nil
+		}
+		var stall *stallError
+		if !errors.As(err, &stall) {
+			s.srv.cnt.handlerErrors.Add(1)
+			s.srv.badLog.printf("sielink: %s (%s): storing payload: %v", s.remote, s.sensor, err)
+			reason := "cannot store data"
+			var ref *Refusal
+			if errors.As(err, &ref) {
+				reason = ref.Reason
+			}
+			s.alert(reason)
+			return fmt.Errorf("handler: %w", err)
+		}
+		s.srv.cnt.stalls.Add(1)
+		s.srv.badLog.printf("sielink: %s (%s): storing payload: %v (holding the session until it can be stored)", s.remote, s.sensor, err)
+		if t == nil {
+			t = time.NewTimer(s.srv.stallRetry())
+			defer t.Stop()
+		} else {
+			t.Reset(s.srv.stallRetry())
+		}
+		select {
+		case <-t.C:
+		case <-s.ctx.Done():
+			return fmt.Errorf("handler: %w", err)
+		case <-s.shutdown:
+			// Unconfirmed, the payload stays in the sensor's spool for the next session.
+			return fmt.Errorf("handler: %w (server shutting down)", err)
+		}
+	}
 }
 
 // validate checks that data is exactly one unfragmented NMSG container

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/sie-europe/dnssensor/uplink/collector"
+	"github.com/sie-europe/dnssensor/uplink/sielink"
 	"github.com/sie-europe/dnssensor/uplink/sielink/sielinktest"
 	"github.com/sie-europe/dnssensor/uplink/spool"
 )
@@ -31,15 +32,18 @@ func main() {
 	var opts collector.Options
 	flag.StringVar(&opts.Listen, "listen", ":8443", "sielink listen address")
 	flag.StringVar(&opts.CertFile, "cert", "", "TLS certificate (PEM)")
-	flag.StringVar(&opts.KeyFile, "key", "", "TLS private key (PEM)")
+	flag.StringVar(&opts.KeyFile, "key", "", "TLS private key (PEM), mode 0600")
 	flag.BoolVar(&opts.PlainHTTP, "plain-http", false, "serve without TLS (loopback listen addresses only; for tests)")
 	flag.StringVar(&opts.KeysFile, "keys", "", `sensor keys file, lines "<sensor> <api-key>", mode 0600`)
 	flag.StringVar(&opts.Store.Dir, "dir", "", "directory for NMSG files (one subdirectory per sensor)")
 	flag.DurationVar(&opts.Store.Rotate, "rotate", time.Minute, "file rotation interval (aligned to UTC)")
 	flag.BoolVar(&opts.Store.Zlib, "zlib", false, "zlib-compress containers that arrive uncompressed")
 	flag.BoolVar(&opts.Store.Sync, "fsync", true, "fsync each container before the sensor can see it confirmed (survives a power cut of this host)")
+	flag.Int64Var(&opts.Store.Quota, "quota", 0, "octets each sensor's directory may hold; over it the sensor's session is refused and its data waits in its spool (0: no quota)")
 	flag.StringVar(&opts.MetricsListen, "metrics", "127.0.0.1:9125", "metrics listen address (loopback only; empty disables)")
 	flag.DurationVar(&opts.Heartbeat, "heartbeat", 30*time.Second, "sielink heartbeat interval")
+	flag.IntVar(&opts.MaxUnauthenticated, "max-unauthenticated", collector.DefaultMaxUnauthenticated, "connections that are not sessions (yet) beyond which new ones are closed at once")
+	flag.IntVar(&opts.MaxSessionsPerSensor, "max-sessions-per-sensor", sielink.DefaultMaxSessionsPerSensor, "concurrent sessions one sensor may hold")
 	selftest := flag.Bool("selftest-server", false, "run on loopback with a generated certificate and keys; print connection details as JSON")
 	var fwd spool.Options
 	flag.StringVar(&fwd.Dir, "forward-spool", "", "also spool everything received into this RAM-tier `DIR`, for an uplinkd on this host to forward to SIE Europe")
@@ -47,36 +51,50 @@ func main() {
 	flag.Int64Var(&fwd.DiskQuota, "forward-spool-disk-quota", 0, "octets the forward spool's disk tier may hold (0: the spool default)")
 	flag.Parse()
 
-	logger := log.New(os.Stderr, "", log.LstdFlags)
-	opts.Logf = logger.Printf
-	opts.Store.Logf = logger.Printf
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-
-	if *selftest {
-		if err := selftestSetup(&opts); err != nil {
-			log.Fatal(err)
-		}
-	} else if opts.KeysFile == "" || opts.Store.Dir == "" || (!opts.PlainHTTP && (opts.CertFile == "" || opts.KeyFile == "")) {
+	if !*selftest && (opts.KeysFile == "" || opts.Store.Dir == "" || (!opts.PlainHTTP && (opts.CertFile == "" || opts.KeyFile == ""))) {
 		fmt.Fprintln(os.Stderr, "collector: -keys, -dir and (-cert and -key, or -plain-http) are required")
 		flag.Usage()
 		os.Exit(2)
+	}
+	if opts.Store.Quota < 0 || opts.MaxUnauthenticated < 1 || opts.MaxSessionsPerSensor < 1 {
+		fmt.Fprintln(os.Stderr, "collector: -quota must be ≥ 0, -max-unauthenticated and -max-sessions-per-sensor ≥ 1")
+		os.Exit(2)
+	}
+	logger := log.New(os.Stderr, "", log.LstdFlags)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, opts, fwd, *selftest, logger)
+	stop()
+	if err != nil {
+		logger.Fatalf("collector: %v", err)
+	}
+}
+
+// run is main without the exits, so that every deferred close (the forward spool's seal) runs
+// whatever the outcome.
+func run(ctx context.Context, opts collector.Options, fwd spool.Options, selftest bool, logger *log.Logger) (err error) {
+	opts.Logf = logger.Printf
+	opts.Store.Logf = logger.Printf
+	if selftest {
+		if err := selftestSetup(&opts); err != nil {
+			return err
+		}
 	}
 	if fwd.Dir != "" {
 		fwd.Logf = logger.Printf
 		p, err := spool.OpenProducer(fwd)
 		if err != nil {
-			log.Fatalf("collector: -forward-spool: %v", err)
+			return fmt.Errorf("-forward-spool: %v", err)
 		}
 		// Close seals the last segment and moves the RAM tier to disk, after Run has stopped
 		// taking data.
-		defer p.Close()
+		defer func() {
+			if cerr := p.Close(); cerr != nil && err == nil {
+				err = fmt.Errorf("-forward-spool: closing: %v", cerr)
+			}
+		}()
 		opts.Forward = collector.SpoolForwarder{P: p}
 	}
-	if err := collector.Run(ctx, opts); err != nil {
-		log.Fatal(err)
-	}
+	return collector.Run(ctx, opts)
 }
 
 // selftestSetup fills opts with generated material and arranges for

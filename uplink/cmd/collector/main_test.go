@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +18,8 @@ import (
 
 	"github.com/sie-europe/dnssensor/sensor/nmsg"
 	"github.com/sie-europe/dnssensor/uplink/sielink"
+	"github.com/sie-europe/dnssensor/uplink/sielink/sielinktest"
+	"github.com/sie-europe/dnssensor/uplink/spool"
 )
 
 // TestSelftestServer builds the command, runs it with -selftest-server
@@ -58,7 +61,7 @@ func TestSelftestServer(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	conn, err := sielink.Dial(ctx, sielink.Config{URL: info.URL, Name: info.Name, APIKeyFile: info.APIKeyFile,
-		TLS: &tls.Config{RootCAs: pool}, Heartbeat: time.Second})
+		TLS: &tls.Config{RootCAs: pool}, Heartbeat: 20 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,5 +116,47 @@ func TestSelftestServer(t *testing.T) {
 		if !bytes.Equal(got[i], want[i]) {
 			t.Fatalf("record %d differs", i)
 		}
+	}
+}
+
+// TestFailedStartSealsForwardSpool: when the collector fails after opening its forward spool
+// (here: the listen address is taken), the spool is still closed, which moves its RAM tier to
+// disk. Before, log.Fatal skipped the deferred close and left the RAM tier behind.
+func TestFailedStartSealsForwardSpool(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	bin := filepath.Join(t.TempDir(), "collector")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	dir := t.TempDir()
+	ram, disk := filepath.Join(dir, "ram"), filepath.Join(dir, "disk")
+	p, err := spool.OpenProducer(spool.Options{Dir: ram, Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.WritePayload(&nmsg.Payload{Vid: 1, Msgtype: 9, Data: []byte("received before the failure")})
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	keysFile, _, err := sielinktest.WriteKeys(dir, "s1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	out, err := exec.Command(bin, "-plain-http", "-listen", taken.Addr().String(), "-keys", keysFile, "-dir", filepath.Join(dir, "nmsg"),
+		"-metrics", "", "-forward-spool", ram, "-forward-spool-disk", disk).CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+		t.Fatalf("collector with its address taken: %v\n%s", err, out)
+	}
+	onDisk, _ := filepath.Glob(filepath.Join(disk, "*.seg"))
+	inRAM, _ := filepath.Glob(filepath.Join(ram, "*.seg"))
+	if len(onDisk) == 0 || len(inRAM) != 0 {
+		t.Errorf("after the failed start: %d segments on disk, %d in RAM; want the RAM tier moved to disk\n%s", len(onDisk), len(inRAM), out)
 	}
 }
