@@ -173,40 +173,92 @@ type Option struct {
 // records after the question; ok is false when the message does not parse that far, in which case
 // options before the damage have still been reported.
 func FindOptions(msg []byte, fn func(Option)) (ok bool) {
+	return ScanOptions(msg, fn) == len(msg)
+}
+
+// ScanOptions calls fn for every option of every OPT record (in any section) and returns the
+// offset from which the message's octets cannot be accounted for: len(msg) when the header, the
+// questions and every counted record parse, each OPT record's options fill its RDATA exactly, every
+// Client Subnet option is well formed, and nothing follows the last record. Otherwise it is the
+// start of the first malformed OPT record's RDATA, the first record that does not parse, or the
+// first octet after the counted records, whichever comes first; options reported by fn all start
+// before it.
+//
+// The cut is what privacy needs: EDNS data outside a well-formed OPT (an option overrunning its
+// RDATA, an OPT record after the counted ones, a Client Subnet option whose address spills into
+// the next option) can hold a client's subnet that no option-by-option scrub would find.
+func ScanOptions(msg []byte, fn func(Option)) (cut int) {
 	h, ok := ParseHeader(msg)
 	if !ok {
-		return false
+		return 0
 	}
 	off := HeaderLen
 	for i := 0; i < int(h.QDCount); i++ {
-		if off, ok = skipName(msg, off); !ok || off+4 > len(msg) {
-			return false
+		next, ok := skipName(msg, off)
+		if !ok || next+4 > len(msg) {
+			return off
 		}
-		off += 4
+		off = next + 4
 	}
 	total := int(h.ANCount) + int(h.NSCount) + int(h.ARCount)
 	for i := 0; i < total; i++ {
-		if off, ok = skipName(msg, off); !ok || off+10 > len(msg) {
+		next, ok := skipName(msg, off)
+		if !ok || next+10 > len(msg) {
+			return off
+		}
+		typ := binary.BigEndian.Uint16(msg[next:])
+		rdlen := int(binary.BigEndian.Uint16(msg[next+8:]))
+		rd := next + 10
+		if rd+rdlen > len(msg) {
+			return off
+		}
+		if typ == 41 && !walkOPT(msg[:rd+rdlen], rd, fn) {
+			return rd
+		}
+		off = rd + rdlen
+	}
+	return off
+}
+
+// walkOPT reports the options of the OPT RDATA that runs from off to the end of msg, and whether
+// they fill it exactly and every Client Subnet option among them is well formed.
+func walkOPT(msg []byte, off int, fn func(Option)) bool {
+	for off < len(msg) {
+		if off+4 > len(msg) {
 			return false
 		}
-		typ := binary.BigEndian.Uint16(msg[off:])
-		rdlen := int(binary.BigEndian.Uint16(msg[off+8:]))
-		off += 10
-		if off+rdlen > len(msg) {
+		code := binary.BigEndian.Uint16(msg[off:])
+		l := int(binary.BigEndian.Uint16(msg[off+2:]))
+		if off+4+l > len(msg) {
 			return false
 		}
-		if typ == 41 { // OPT
-			for o := off; o+4 <= off+rdlen; {
-				code := binary.BigEndian.Uint16(msg[o:])
-				l := int(binary.BigEndian.Uint16(msg[o+2:]))
-				if o+4+l > off+rdlen {
-					return false
-				}
-				fn(Option{Code: code, Off: o, Len: l})
-				o += 4 + l
-			}
+		// Judged before fn, which may zero the option.
+		bad := code == OptionECS && !wellFormedECS(msg[off+4:off+4+l])
+		fn(Option{Code: code, Off: off, Len: l})
+		if bad {
+			return false
 		}
-		off += rdlen
+		off += 4 + l
 	}
 	return true
+}
+
+// wellFormedECS: RFC 7871 §6: a known family, a source prefix within it, and exactly as many
+// address octets as the source prefix needs. Anything else cannot be told apart from an address
+// that continues beyond the option.
+func wellFormedECS(d []byte) bool {
+	if len(d) < 4 {
+		return false
+	}
+	fam, src := binary.BigEndian.Uint16(d), int(d[2])
+	var max int
+	switch fam {
+	case 1:
+		max = 32
+	case 2:
+		max = 128
+	default:
+		return false
+	}
+	return src <= max && len(d) == 4+(src+7)/8
 }
