@@ -353,6 +353,9 @@ func ednsCases(t *testing.T) []leakCase {
 		short := append([]byte{0, 8, 0, 4, 0, fam, byte(f.subnet.Bits()), 0, 0xfd, 0xe9, 0, byte(len(addr))}, addr...)
 		spill := append(withCounts(base(44, true), 0, 1), opt(len(short), short)...)
 		cs = append(cs, leakCase{name + "ECS shorter than its address, spilling into the next option", pair(44, spill), addr, 1})
+		// A well-formed OPT with a private option carrying the address (as Umbrella's 20292 does).
+		priv := append([]byte{0x4f, 0x44, 0, byte(len(addr))}, addr...)
+		cs = append(cs, leakCase{name + "private EDNS option carrying the address", pair(47, append(withCounts(base(47, true), 0, 1), opt(len(priv), priv)...)), addr, 1})
 		// The resolver's query with ECS, quoted whole by an ICMP error.
 		eq := udp(f.res, 40046, f.auth, 53, msg(t, 46, "ecs.example.", dns.TypeA, false, false, f.subnet))
 		cs = append(cs, leakCase{name + "ECS in the query an ICMP error quotes", [][]byte{eq, icmpUnreach(f.auth, f.res, eq)}, addr, 1})

@@ -25,6 +25,7 @@ type Stats struct {
 	ResolverZeroed  uint64 // records whose resolver address was zeroed
 	PacketsUnparsed uint64 // stored packets that did not parse while zeroing (dropped)
 	EDNSZeroed      uint64 // messages whose unaccounted EDNS data or trailing octets were zeroed
+	OptionsZeroed   uint64 // EDNS options other than ECS whose data was zeroed (not known to be client-free)
 	HeadersZeroed   uint64 // stored packets whose IP options or extension-header contents were zeroed
 }
 
@@ -182,16 +183,42 @@ func (s *Scrubber) scrubECS(pkts [][]byte) bool {
 // dropping the record keeps the transaction (header, question) and ships no unexamined octet.
 func (s *Scrubber) scanMessage(msg []byte, zero func(off, n int)) {
 	cut := dnswire.ScanOptions(msg, func(o dnswire.Option) {
-		if o.Code != dnswire.OptionECS || o.Len == 0 {
+		if o.Len == 0 || keepOption(o.Code) {
 			return
 		}
-		s.Stats.ECSScrubbed++
+		if o.Code == dnswire.OptionECS {
+			s.Stats.ECSScrubbed++
+		} else {
+			s.Stats.OptionsZeroed++
+		}
 		zero(o.Off+4, o.Len)
 	})
 	if cut < len(msg) {
 		s.Stats.EDNSZeroed++
 		zero(cut, len(msg)-cut)
 	}
+}
+
+// keepOption reports whether an EDNS option's data is known to say nothing about the resolver's
+// clients, and so is kept. Everything else is zeroed: Client Subnet, client and server tags
+// (codes 16, 17), private options that carry a client's address or device (Umbrella 20292,
+// DeviceID 26946), and any code this sensor does not know.
+func keepOption(code uint16) bool {
+	switch code {
+	case 3, // NSID: the server's identity
+		5, 6, 7, // DAU, DHU, N3U: algorithm lists
+		9,  // EXPIRE
+		10, // COOKIE: the resolver's own cookie, keyed to the server
+		11, // edns-tcp-keepalive
+		12, // Padding
+		13, // CHAIN: a zone name
+		14, // edns-key-tag
+		15, // Extended DNS Error
+		18, // Report-Channel: an agent domain
+		19: // ZONEVERSION
+		return true
+	}
+	return false
 }
 
 // zeroL4 zeroes n octets at upper-layer offset at, across fragments, patching the transport
