@@ -17,7 +17,9 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/sie-europe/dnssensor/sensor/decode"
+	"github.com/sie-europe/dnssensor/sensor/defrag"
 	"github.com/sie-europe/dnssensor/sensor/dnsqr"
+	"github.com/sie-europe/dnssensor/sensor/tcpdns"
 )
 
 // FuzzPrivacyOracle runs arbitrary sequences of IP datagrams (each prefixed by a two-octet length)
@@ -40,7 +42,12 @@ func FuzzPrivacyOracle(f *testing.F) {
 	for _, s := range oracleSeeds(f) {
 		f.Add(s)
 	}
-	f.Fuzz(func(t *testing.T, data []byte) {
+	f.Fuzz(oracleRun)
+}
+
+// oracleRun is one execution of FuzzPrivacyOracle.
+func oracleRun(t *testing.T, data []byte) {
+	{
 		var frames [][]byte
 		for b := data; len(b) >= 2 && len(frames) < 512; {
 			n := min(int(binary.BigEndian.Uint16(b)), len(b)-2)
@@ -52,7 +59,9 @@ func FuzzPrivacyOracle(f *testing.F) {
 			for _, rd := range []int{-1, 0} {
 				cur := 0
 				var bad error
-				p, err := New(Config{RD: rd, ZeroResolver: zero, StateMax: 64, Resolvers: oracleResolvers},
+				// Small tables: building the default ones would cost more than the run.
+				p, err := New(Config{RD: rd, ZeroResolver: zero, StateMax: 64, Resolvers: oracleResolvers,
+					TCP: tcpdns.Config{MaxStreams: 16}, Defrag: defrag.Config{MaxDatagrams: 16}},
 					func(r *dnsqr.Record) error {
 						if bad == nil {
 							if err := o.check(r, cur); err != nil {
@@ -77,7 +86,7 @@ func FuzzPrivacyOracle(f *testing.F) {
 				}
 			}
 		}
-	})
+	}
 }
 
 var oracleResolvers = []netip.Prefix{netip.PrefixFrom(res4, 32), netip.PrefixFrom(res6, 128)}
@@ -208,7 +217,7 @@ func (o *oracle) collectECS(msg []byte) {
 			code, l := binary.BigEndian.Uint16(rd[off:]), int(binary.BigEndian.Uint16(rd[off+2:]))
 			if code == 8 && off+7 <= len(rd) {
 				n := min((int(rd[off+6])+7)/8, 16)
-				a := rd[off+8 : min(off+8+n, len(rd))]
+				a := rd[min(off+8, len(rd)):min(off+8+n, len(rd))]
 				if len(a) >= 3 && !allZero(a) {
 					o.secrets = append(o.secrets, bytes.Clone(a))
 				}
@@ -249,22 +258,32 @@ func walkDNS(msg []byte, unaccounted func([]byte), opt func(rd []byte, parsed bo
 		off = next + 4
 	}
 	n := int(binary.BigEndian.Uint16(msg[6:])) + int(binary.BigEndian.Uint16(msg[8:])) + int(binary.BigEndian.Uint16(msg[10:]))
-	// rawOPT reports an OPT record that miekg/dns refuses (its options run over, say), its RDATA
-	// taken to the end of the message.
-	rawOPT := func(off int) {
-		if _, at, err := dns.UnpackDomainName(msg, off); err == nil && at+10 <= len(msg) && binary.BigEndian.Uint16(msg[at:]) == dns.TypeOPT {
-			opt(msg[at+10:], false)
+	// record walks one record at off: names with miekg/dns, an OPT record wholly with miekg/dns
+	// (other types are skipped by RDLENGTH: their data is DNS data, kept as sent). It returns the
+	// offset after the record, or false when the record does not parse, after reporting an OPT
+	// record that miekg/dns refuses (its options run over, say) with its RDATA taken to the end.
+	record := func(off int) (int, bool) {
+		_, at, err := dns.UnpackDomainName(msg, off)
+		if err != nil || at+10 > len(msg) {
+			return 0, false
 		}
+		typ, rdlen := binary.BigEndian.Uint16(msg[at:]), int(binary.BigEndian.Uint16(msg[at+8:]))
+		end := at + 10 + rdlen
+		if typ != dns.TypeOPT {
+			return end, end <= len(msg)
+		}
+		if _, next, err := dns.UnpackRR(msg, off); err != nil || next != end {
+			opt(msg[at+10:], false)
+			return 0, false
+		}
+		opt(msg[at+10:end], true)
+		return end, true
 	}
 	for i := 0; i < n && off < len(msg); i++ {
-		rr, next, err := dns.UnpackRR(msg, off)
-		if err != nil {
+		next, ok := record(off)
+		if !ok {
 			unaccounted(msg[off:])
-			rawOPT(off)
 			return
-		}
-		if rr.Header().Rrtype == dns.TypeOPT {
-			opt(msg[next-int(rr.Header().Rdlength):next], true)
 		}
 		off = next
 	}
@@ -274,13 +293,9 @@ func walkDNS(msg []byte, unaccounted func([]byte), opt func(rd []byte, parsed bo
 	unaccounted(msg[off:])
 	// What trails the counted records may itself look like records, an OPT among them.
 	for j := 0; j < 64 && off < len(msg); j++ {
-		rr, next, err := dns.UnpackRR(msg, off)
-		if err != nil {
-			rawOPT(off)
+		next, ok := record(off)
+		if !ok {
 			return
-		}
-		if rr.Header().Rrtype == dns.TypeOPT {
-			opt(msg[next-int(rr.Header().Rdlength):next], true)
 		}
 		off = next
 	}
@@ -561,4 +576,15 @@ func oracleSeeds(f *testing.F) [][]byte {
 		seeds = append(seeds, pack(append(clients[:2:2], c.pkts...)))
 	}
 	return seeds
+}
+
+// BenchmarkPrivacyOracle measures one execution of the fuzz target over each seed in turn: the
+// real captures (8–25 KB, 20–150 datagrams) and the crafted cases (a few datagrams).
+func BenchmarkPrivacyOracle(b *testing.B) {
+	seeds := oracleSeeds(nil)
+	t := &testing.T{}
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		oracleRun(t, seeds[i%len(seeds)])
+	}
 }
