@@ -105,27 +105,45 @@ func nameLen(msg []byte, off int) (int, bool) {
 	return off - start, true
 }
 
-// skipName moves past a possibly compressed name at off and returns the offset after it.
+// skipName moves past a possibly compressed name at off and returns the offset after it. The name
+// must be one a parser can read: a compression pointer points strictly backwards (RFC 1035 §4.1.4:
+// to a prior occurrence; this also rules out loops) to a well-formed name, and the labels read add
+// up to less than 255 octets. A name that only looks skippable would let the octets around it pass
+// as accounted for while no DNS parser could say what they are.
 func skipName(msg []byte, off int) (int, bool) {
-	for n := 0; n < 128; n++ {
+	end, total := -1, 0
+	for {
 		if off >= len(msg) {
 			return 0, false
 		}
 		l := int(msg[off])
 		switch {
 		case l == 0:
-			return off + 1, true
+			if end < 0 {
+				end = off + 1
+			}
+			return end, true
 		case l&0xc0 == 0xc0:
 			if off+2 > len(msg) {
 				return 0, false
 			}
-			return off + 2, true
+			if end < 0 {
+				end = off + 2
+			}
+			ptr := int(binary.BigEndian.Uint16(msg[off:]) & 0x3fff)
+			if ptr >= off {
+				return 0, false
+			}
+			off = ptr
+			continue
 		case l > 63:
+			return 0, false
+		}
+		if total += l + 1; total >= 255 {
 			return 0, false
 		}
 		off += 1 + l
 	}
-	return 0, false
 }
 
 // EqualFold compares two wire-format names ignoring ASCII case, as 0x20 randomisation requires;

@@ -94,6 +94,16 @@ func TestScanOptionsCut(t *testing.T) {
 			b[len(b)-6] = 3
 			return b
 		}(), len(good) - 11},
+		{"compression pointer beyond the message", func() []byte {
+			b := append([]byte{}, good...)
+			b[12], b[13] = 0xe0, 0x30 // the question's name becomes a pointer to offset 0x2030
+			return b
+		}(), 12},
+		{"compression pointer forward", func() []byte {
+			b := append([]byte{}, good...)
+			b[12], b[13] = 0xc0, 20
+			return b
+		}(), 12},
 		{"option overruns RDATA", func() []byte {
 			b := append([]byte{}, good...)
 			b[len(b)-12]-- // RDLENGTH one less than the option needs
