@@ -261,14 +261,14 @@ func walkOPT(msg []byte, off int, fn func(Option)) bool {
 	return true
 }
 
-// wellFormedECS: RFC 7871 §6: a known family, a source prefix within it, and exactly as many
+// wellFormedECS: RFC 7871 §6: a known family, source and scope prefixes within it, and exactly as many
 // address octets as the source prefix needs. Anything else cannot be told apart from an address
 // that continues beyond the option.
 func wellFormedECS(d []byte) bool {
 	if len(d) < 4 {
 		return false
 	}
-	fam, src := binary.BigEndian.Uint16(d), int(d[2])
+	fam, src, scope := binary.BigEndian.Uint16(d), int(d[2]), int(d[3])
 	var max int
 	switch fam {
 	case 1:
@@ -278,5 +278,5 @@ func wellFormedECS(d []byte) bool {
 	default:
 		return false
 	}
-	return src <= max && len(d) == 4+(src+7)/8
+	return src <= max && scope <= max && len(d) == 4+(src+7)/8
 }

@@ -272,12 +272,17 @@ func walkDNS(msg []byte, unaccounted func([]byte), opt func(rd []byte, parsed bo
 		if typ != dns.TypeOPT {
 			return end, end <= len(msg)
 		}
-		if _, next, err := dns.UnpackRR(msg, off); err != nil || next != end {
-			opt(msg[at+10:], false)
-			return 0, false
+		if end <= len(msg) {
+			// miekg/dns also judges known options' contents (an Extended DNS Error of one
+			// octet, say); what could hide an address is only an option crossing its
+			// record's end, so options that fill the RDATA exactly are accounted for.
+			if _, next, err := dns.UnpackRR(msg, off); (err == nil && next == end) || tlvExact(msg[at+10:end]) {
+				opt(msg[at+10:end], true)
+				return end, true
+			}
 		}
-		opt(msg[at+10:end], true)
-		return end, true
+		opt(msg[at+10:], false)
+		return 0, false
 	}
 	for i := 0; i < n && off < len(msg); i++ {
 		next, ok := record(off)
@@ -299,6 +304,15 @@ func walkDNS(msg []byte, unaccounted func([]byte), opt func(rd []byte, parsed bo
 		}
 		off = next
 	}
+}
+
+// tlvExact reports whether EDNS options fill rd exactly.
+func tlvExact(rd []byte) bool {
+	off := 0
+	for off+4 <= len(rd) {
+		off += 4 + int(binary.BigEndian.Uint16(rd[off+2:]))
+	}
+	return off == len(rd)
 }
 
 // kept lists the EDNS options whose data the sensor keeps as DNS data: known to carry nothing of
