@@ -24,8 +24,8 @@ import (
 
 // FuzzPrivacyOracle runs arbitrary sequences of IP datagrams (each prefixed by a two-octet length)
 // through the pipeline in several configurations and checks every record against an oracle that
-// shares no code with the pipeline: the input is read with gopacket and miekg/dns, the records'
-// stored packets with a small parse of its own and miekg/dns.
+// shares no code with the pipeline: IP headers (input and stored packets) are read by a small
+// parse of its own, transport headers of the input by gopacket, DNS messages with miekg/dns.
 //
 // The property (issue 8): every address in a record — its fields, and every octet of its stored
 // packets that is not DNS data — is a configured resolver, zero, or an address a resolver sent a
@@ -116,78 +116,61 @@ func newOracle(frames [][]byte) *oracle {
 		}
 	}
 	for i, fr := range frames {
-		if len(fr) == 0 {
+		// The IP layer is read by parseIP: IPv4 options and IPv6 extension headers are opaque
+		// to it, as they are to the sensor, where gopacket would refuse a frame whose options
+		// it finds malformed and so miss a query. The transport layer is gopacket's.
+		ip, err := parseIP(fr, false)
+		if err != nil {
 			continue
 		}
-		first := layers.LayerTypeIPv4
-		if fr[0]>>4 == 6 {
-			first = layers.LayerTypeIPv6
-		}
-		pkt := gopacket.NewPacket(fr, first, gopacket.DecodeOptions{NoCopy: true})
-		var src, dst netip.Addr
-		var ipPayload []byte
-		firstFrag := false
-		switch ip := pkt.NetworkLayer().(type) {
-		case *layers.IPv4:
-			src, _ = netip.AddrFromSlice(ip.SrcIP.To4())
-			dst, _ = netip.AddrFromSlice(ip.DstIP.To4())
-			ipPayload = ip.Payload
-			firstFrag = ip.FragOffset == 0 && ip.Flags&layers.IPv4MoreFragments != 0
-		case *layers.IPv6:
-			src, _ = netip.AddrFromSlice(ip.SrcIP)
-			dst, _ = netip.AddrFromSlice(ip.DstIP)
-			if fl, ok := pkt.Layer(layers.LayerTypeIPv6Fragment).(*layers.IPv6Fragment); ok {
-				firstFrag = fl.FragmentOffset == 0
-				ipPayload = fl.Payload
-			}
-		default:
-			continue
-		}
-		for _, a := range []netip.Addr{src, dst} {
-			if a.IsValid() && !isResolver(a) && !a.IsUnspecified() && !seen[a] {
+		for _, a := range []netip.Addr{ip.src, ip.dst} {
+			if !isResolver(a) && !a.IsUnspecified() && !seen[a] {
 				seen[a] = true
 				o.seen = append(o.seen, a)
 			}
 		}
-		udp, _ := pkt.Layer(layers.LayerTypeUDP).(*layers.UDP)
-		if udp == nil && firstFrag {
-			var u layers.UDP
-			if u.DecodeFromBytes(ipPayload, gopacket.NilDecodeFeedback) == nil {
-				udp = &u
-			}
+		if ip.fragOff != 0 {
+			continue
 		}
-		tcp, _ := pkt.Layer(layers.LayerTypeTCP).(*layers.TCP)
-		switch {
-		case udp != nil:
-			if isResolver(src) && udp.DstPort == 53 && len(udp.Payload) >= 3 && udp.Payload[2]&0x80 == 0 {
-				allow(dst, i)
+		switch ip.proto {
+		case 17:
+			var udp layers.UDP
+			if udp.DecodeFromBytes(ip.l4, gopacket.NilDecodeFeedback) != nil {
+				continue
+			}
+			if isResolver(ip.src) && udp.DstPort == 53 && len(udp.Payload) >= 3 && udp.Payload[2]&0x80 == 0 {
+				allow(ip.dst, i)
 			}
 			o.collectECS(udp.Payload)
-		case tcp != nil:
-			if isResolver(src) && tcp.DstPort == 53 {
-				allow(dst, i)
+		case 6:
+			var tcp layers.TCP
+			if tcp.DecodeFromBytes(ip.l4, gopacket.NilDecodeFeedback) != nil {
+				// Options gopacket refuses do not change who talks to whom.
+				if len(ip.l4) >= 4 && isResolver(ip.src) && binary.BigEndian.Uint16(ip.l4[2:]) == 53 {
+					allow(ip.dst, i)
+				}
+				continue
+			}
+			if isResolver(ip.src) && tcp.DstPort == 53 {
+				allow(ip.dst, i)
 			}
 			if len(tcp.Payload) > 2 {
 				o.collectECS(tcp.Payload[2:])
 			}
-		}
-		// An ICMP error to a resolver about its own query to an allowed address on port 53.
-		var typ uint8
-		var quote []byte
-		if ic, ok := pkt.Layer(layers.LayerTypeICMPv4).(*layers.ICMPv4); ok {
-			typ, quote = ic.TypeCode.Type(), ic.Payload
-			if typ != 3 && typ != 4 && typ != 5 && typ != 11 && typ != 12 {
-				quote = nil
+		case 1, 58:
+			// An ICMP error to a resolver about its own query to an allowed address on port 53.
+			if len(ip.l4) < 8 {
+				continue
 			}
-		} else if ic, ok := pkt.Layer(layers.LayerTypeICMPv6).(*layers.ICMPv6); ok && len(ic.Payload) >= 4 {
-			typ, quote = ic.TypeCode.Type(), ic.Payload[4:]
-			if typ < 1 || typ > 4 {
-				quote = nil
+			typ := ip.l4[0]
+			isErr := typ == 3 || typ == 4 || typ == 5 || typ == 11 || typ == 12
+			if ip.proto == 58 {
+				isErr = typ >= 1 && typ <= 4
 			}
-		}
-		if qs, qd, dport, ok := quoted(quote); ok && isResolver(dst) && qs == dst && dport == 53 {
-			if at, ok := o.allowedAt[qd]; ok && at <= i {
-				allow(src, i)
+			if qs, qd, dport, ok := quoted(ip.l4[8:]); ok && isErr && isResolver(ip.dst) && qs == ip.dst && dport == 53 {
+				if at, ok := o.allowedAt[qd]; ok && at <= i {
+					allow(ip.src, i)
+				}
 			}
 		}
 	}
