@@ -105,27 +105,45 @@ func nameLen(msg []byte, off int) (int, bool) {
 	return off - start, true
 }
 
-// skipName moves past a possibly compressed name at off and returns the offset after it.
+// skipName moves past a possibly compressed name at off and returns the offset after it. The name
+// must be one a parser can read: a compression pointer points strictly backwards (RFC 1035 §4.1.4:
+// to a prior occurrence; this also rules out loops) to a well-formed name, and the labels read add
+// up to less than 255 octets. A name that only looks skippable would let the octets around it pass
+// as accounted for while no DNS parser could say what they are.
 func skipName(msg []byte, off int) (int, bool) {
-	for n := 0; n < 128; n++ {
+	end, total := -1, 0
+	for {
 		if off >= len(msg) {
 			return 0, false
 		}
 		l := int(msg[off])
 		switch {
 		case l == 0:
-			return off + 1, true
+			if end < 0 {
+				end = off + 1
+			}
+			return end, true
 		case l&0xc0 == 0xc0:
 			if off+2 > len(msg) {
 				return 0, false
 			}
-			return off + 2, true
+			if end < 0 {
+				end = off + 2
+			}
+			ptr := int(binary.BigEndian.Uint16(msg[off:]) & 0x3fff)
+			if ptr >= off {
+				return 0, false
+			}
+			off = ptr
+			continue
 		case l > 63:
+			return 0, false
+		}
+		if total += l + 1; total >= 255 {
 			return 0, false
 		}
 		off += 1 + l
 	}
-	return 0, false
 }
 
 // EqualFold compares two wire-format names ignoring ASCII case, as 0x20 randomisation requires;
@@ -173,40 +191,92 @@ type Option struct {
 // records after the question; ok is false when the message does not parse that far, in which case
 // options before the damage have still been reported.
 func FindOptions(msg []byte, fn func(Option)) (ok bool) {
+	return ScanOptions(msg, fn) == len(msg)
+}
+
+// ScanOptions calls fn for every option of every OPT record (in any section) and returns the
+// offset from which the message's octets cannot be accounted for: len(msg) when the header, the
+// questions and every counted record parse, each OPT record's options fill its RDATA exactly, every
+// Client Subnet option is well formed, and nothing follows the last record. Otherwise it is the
+// start of the first malformed OPT record's RDATA, the first record that does not parse, or the
+// first octet after the counted records, whichever comes first; options reported by fn all start
+// before it.
+//
+// The cut is what privacy needs: EDNS data outside a well-formed OPT (an option overrunning its
+// RDATA, an OPT record after the counted ones, a Client Subnet option whose address spills into
+// the next option) can hold a client's subnet that no option-by-option scrub would find.
+func ScanOptions(msg []byte, fn func(Option)) (cut int) {
 	h, ok := ParseHeader(msg)
 	if !ok {
-		return false
+		return 0
 	}
 	off := HeaderLen
 	for i := 0; i < int(h.QDCount); i++ {
-		if off, ok = skipName(msg, off); !ok || off+4 > len(msg) {
-			return false
+		next, ok := skipName(msg, off)
+		if !ok || next+4 > len(msg) {
+			return off
 		}
-		off += 4
+		off = next + 4
 	}
 	total := int(h.ANCount) + int(h.NSCount) + int(h.ARCount)
 	for i := 0; i < total; i++ {
-		if off, ok = skipName(msg, off); !ok || off+10 > len(msg) {
+		next, ok := skipName(msg, off)
+		if !ok || next+10 > len(msg) {
+			return off
+		}
+		typ := binary.BigEndian.Uint16(msg[next:])
+		rdlen := int(binary.BigEndian.Uint16(msg[next+8:]))
+		rd := next + 10
+		if rd+rdlen > len(msg) {
+			return off
+		}
+		if typ == 41 && !walkOPT(msg[:rd+rdlen], rd, fn) {
+			return rd
+		}
+		off = rd + rdlen
+	}
+	return off
+}
+
+// walkOPT reports the options of the OPT RDATA that runs from off to the end of msg, and whether
+// they fill it exactly and every Client Subnet option among them is well formed.
+func walkOPT(msg []byte, off int, fn func(Option)) bool {
+	for off < len(msg) {
+		if off+4 > len(msg) {
 			return false
 		}
-		typ := binary.BigEndian.Uint16(msg[off:])
-		rdlen := int(binary.BigEndian.Uint16(msg[off+8:]))
-		off += 10
-		if off+rdlen > len(msg) {
+		code := binary.BigEndian.Uint16(msg[off:])
+		l := int(binary.BigEndian.Uint16(msg[off+2:]))
+		if off+4+l > len(msg) {
 			return false
 		}
-		if typ == 41 { // OPT
-			for o := off; o+4 <= off+rdlen; {
-				code := binary.BigEndian.Uint16(msg[o:])
-				l := int(binary.BigEndian.Uint16(msg[o+2:]))
-				if o+4+l > off+rdlen {
-					return false
-				}
-				fn(Option{Code: code, Off: o, Len: l})
-				o += 4 + l
-			}
+		// Judged before fn, which may zero the option.
+		bad := code == OptionECS && !wellFormedECS(msg[off+4:off+4+l])
+		fn(Option{Code: code, Off: off, Len: l})
+		if bad {
+			return false
 		}
-		off += rdlen
+		off += 4 + l
 	}
 	return true
+}
+
+// wellFormedECS: RFC 7871 §6: a known family, source and scope prefixes within it, and exactly as many
+// address octets as the source prefix needs. Anything else cannot be told apart from an address
+// that continues beyond the option.
+func wellFormedECS(d []byte) bool {
+	if len(d) < 4 {
+		return false
+	}
+	fam, src, scope := binary.BigEndian.Uint16(d), int(d[2]), int(d[3])
+	var max int
+	switch fam {
+	case 1:
+		max = 32
+	case 2:
+		max = 128
+	default:
+		return false
+	}
+	return src <= max && scope <= max && len(d) == 4+(src+7)/8
 }

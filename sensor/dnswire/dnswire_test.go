@@ -65,3 +65,53 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestScanOptionsCut pins where a message stops being accounted for.
+func TestScanOptionsCut(t *testing.T) {
+	m := new(dns.Msg)
+	m.SetQuestion("example.com.", dns.TypeA)
+	m.SetEdns0(1232, false)
+	m.IsEdns0().Option = append(m.IsEdns0().Option, &dns.EDNS0_SUBNET{Code: 8, Family: 1, SourceNetmask: 24, Address: []byte{203, 0, 113, 0}})
+	good := pack(t, m)
+	// The OPT record is last; its RDATA is the final 11 octets: code, length, family, source
+	// prefix, scope prefix, 3 address octets.
+	for _, tc := range []struct {
+		name string
+		msg  []byte
+		cut  int
+	}{
+		{"well formed", good, len(good)},
+		{"trailing octet", append(append([]byte{}, good...), 0), len(good)},
+		{"short header", good[:11], 0},
+		{"record cut short", good[:len(good)-3], len(good) - 11 - 11},
+		{"ECS one octet short of its prefix", func() []byte {
+			b := append([]byte{}, good...)
+			b[len(b)-5] = 25 // source prefix /25 needs 4 address octets, the option has 3
+			return b
+		}(), len(good) - 11},
+		{"unknown family", func() []byte {
+			b := append([]byte{}, good...)
+			b[len(b)-6] = 3
+			return b
+		}(), len(good) - 11},
+		{"compression pointer beyond the message", func() []byte {
+			b := append([]byte{}, good...)
+			b[12], b[13] = 0xe0, 0x30 // the question's name becomes a pointer to offset 0x2030
+			return b
+		}(), 12},
+		{"compression pointer forward", func() []byte {
+			b := append([]byte{}, good...)
+			b[12], b[13] = 0xc0, 20
+			return b
+		}(), 12},
+		{"option overruns RDATA", func() []byte {
+			b := append([]byte{}, good...)
+			b[len(b)-12]-- // RDLENGTH one less than the option needs
+			return append(b, 0)
+		}(), len(good) - 11},
+	} {
+		if got := ScanOptions(tc.msg, func(Option) {}); got != tc.cut {
+			t.Errorf("%s: cut %d, want %d (len %d)", tc.name, got, tc.cut, len(tc.msg))
+		}
+	}
+}

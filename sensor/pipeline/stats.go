@@ -78,7 +78,8 @@ func (s *Stats) String() string {
 		s.Defrag.Fragments, s.Defrag.Datagrams, s.Defrag.Expired, s.Defrag.Evicted, s.Defrag.Overlaps, s.Defrag.FragsLost)
 	fmt.Fprintf(&b, " tcp_segments=%d tcp_messages=%d tcp_evicted=%d tcp_gaps=%d",
 		s.TCP.Segments, s.TCP.Messages, s.TCP.StreamsEvicted, s.TCP.Gaps)
-	fmt.Fprintf(&b, " ecs_scrubbed=%d resolver_zeroed=%d", s.Privacy.ECSScrubbed, s.Privacy.ResolverZeroed)
+	fmt.Fprintf(&b, " ecs_scrubbed=%d options_zeroed=%d edns_zeroed=%d headers_zeroed=%d resolver_zeroed=%d",
+		s.Privacy.ECSScrubbed, s.Privacy.OptionsZeroed, s.Privacy.EDNSZeroed, s.Privacy.HeadersZeroed, s.Privacy.ResolverZeroed)
 	fmt.Fprintf(&b, " mem_table=%dKiB mem_frag=%dKiB mem_tcp=%dKiB", s.MemTable>>10, s.MemFrag>>10, s.MemTCP>>10)
 	fmt.Fprintf(&b, " mem_evicted=%d mem_dropped=%d frag_no_budget=%d", s.MemEvicted, s.MemDropped, s.Defrag.NoBudget)
 	return b.String()

@@ -1,6 +1,8 @@
-// Package privacy enforces what may leave the box about end users: it removes EDNS Client Subnet
-// from stored packets and zeroes the resolver's address in records and packets, keeping every
-// checksum consistent so that none of them betrays what was removed.
+// Package privacy enforces what may leave the box about end users: it zeroes IP option and IPv6
+// extension-header contents and EDNS Client Subnet (and any EDNS data or trailing octets that no
+// well-formed OPT record accounts for) in stored packets, and zeroes the resolver's address in
+// records and packets, keeping every checksum consistent so that none of them betrays what was
+// removed.
 //
 // Checksums are patched incrementally (RFC 1624) rather than recomputed: a checksum that was
 // correct stays correct, and one that was wrong on the wire stays wrong by the same amount, so the
@@ -19,9 +21,12 @@ import (
 // Stats counts what the scrubber changed.
 type Stats struct {
 	ECSScrubbed     uint64 // ECS options zeroed
-	ECSUnparsed     uint64 // packet lists whose DNS message could not be walked for ECS (dropped)
+	ECSUnparsed     uint64 // packet lists whose DNS message could not be assembled to walk it (dropped)
 	ResolverZeroed  uint64 // records whose resolver address was zeroed
 	PacketsUnparsed uint64 // stored packets that did not parse while zeroing (dropped)
+	EDNSZeroed      uint64 // messages whose unaccounted EDNS data or trailing octets were zeroed
+	OptionsZeroed   uint64 // EDNS options other than ECS whose data was zeroed (not known to be client-free)
+	HeadersZeroed   uint64 // stored packets whose IP options or extension-header contents were zeroed
 }
 
 // Scrubber applies the rules to records in place. Not safe for concurrent use.
@@ -34,8 +39,12 @@ type Scrubber struct {
 
 // Record scrubs r's packets (which the caller owns and lets it modify) and, with ZeroResolver,
 // its query_ip. It returns false when a packet could not be checked, in which case the record must
-// not be shipped: an unparsable packet could hide an ECS option.
+// not be shipped: an unparsable packet could hide an address or an ECS option.
 func (s *Scrubber) Record(r *dnsqr.Record) bool {
+	if !s.headers(r.QueryPackets) || !s.headers(r.ResponsePackets) || (r.ICMP != nil && !s.icmp(r.ICMP)) {
+		s.Stats.PacketsUnparsed++
+		return false
+	}
 	if !s.scrubECS(r.QueryPackets) || !s.scrubECS(r.ResponsePackets) {
 		s.Stats.ECSUnparsed++
 		return false
@@ -80,15 +89,16 @@ type fragInfo struct {
 	dataLen int
 }
 
-// scrubECS zeroes the data of every ECS option in the DNS message that pkts carry (one datagram, or
-// its IP fragments in any order).
+// scrubECS zeroes, in the DNS message that pkts carry (one datagram, or its IP fragments in any
+// order), the data of every ECS option, whatever EDNS data or trailing octets no well-formed OPT
+// record accounts for, and any octets after the UDP datagram inside the IP payload.
 func (s *Scrubber) scrubECS(pkts [][]byte) bool {
 	if len(pkts) == 0 {
 		return true
 	}
 	s.frags = s.frags[:0]
-	var udpLen int
 	var first *fragInfo
+	total := 0
 	for _, pkt := range pkts {
 		var p decode.Packet
 		if decode.DecodeIP(pkt, &p) != decode.OK {
@@ -104,36 +114,16 @@ func (s *Scrubber) scrubECS(pkts [][]byte) bool {
 			f.hdr, f.ext, f.dataLen = p.FragData, p.HdrLen-p.FragData, len(p.Net)-p.FragData
 		}
 		s.frags = append(s.frags, f)
+		total += f.dataLen
 	}
 	// Fast path: one whole datagram, the message is contiguous in the packet.
-	var msg []byte
-	var msgOff int // offset of the DNS message within the upper-layer datagram
+	var l4 []byte
 	if len(s.frags) == 1 {
-		f := &s.frags[0]
-		first = f
-		l4 := f.pkt[f.hdr:]
-		if f.udp {
-			if len(l4) < 8 {
-				return false
-			}
-			udpLen = int(binary.BigEndian.Uint16(l4[4:]))
-			if udpLen < 8 || udpLen > len(l4) {
-				return false
-			}
-			msg, msgOff = l4[8:udpLen], 8
-		} else {
-			if len(l4) < 20 {
-				return false
-			}
-			do := int(l4[12]>>4) * 4
-			if do+2 > len(l4) {
-				return false
-			}
-			msg, msgOff = l4[do+2:], do+2
-		}
+		first = &s.frags[0]
+		l4 = first.pkt[first.hdr:]
 	} else {
 		// Fragments: assemble a copy of the upper-layer datagram to find the options, then map
-		// each option back to the fragment that holds its octets.
+		// each region back to the fragments that hold its octets.
 		s.msg = s.msg[:0]
 		for next := 0; ; {
 			var f *fragInfo
@@ -155,35 +145,94 @@ func (s *Scrubber) scrubECS(pkts [][]byte) bool {
 				break
 			}
 		}
-		if first == nil || !first.udp || len(s.msg) < first.ext+8 {
+		// Data not in the assembled datagram could not be checked. Extension headers that
+		// follow the Fragment header (first.ext octets) open the fragment data.
+		if first == nil || !first.udp || len(s.msg) != total || len(s.msg) < first.ext {
 			return false
 		}
-		msg, msgOff = s.msg[first.ext+8:], first.ext+8
+		l4 = s.msg[first.ext:]
 	}
-	ok := dnswire.FindOptions(msg, func(o dnswire.Option) {
-		if o.Code != dnswire.OptionECS || o.Len == 0 {
-			return
+	var msg []byte
+	var msgOff int // offset of the DNS message within the upper-layer datagram
+	if first.udp {
+		if len(l4) < 8 {
+			return false
 		}
-		s.Stats.ECSScrubbed++
-		s.zeroL4(first, msgOff+o.Off+4, o.Len)
-	})
-	if !ok {
-		// A message that does not parse may still be legitimate (truncated answers of odd
-		// servers); it is only a problem if an ECS option could hide in it, i.e. if it has EDNS.
-		return !mayHaveOPT(msg)
+		ul := int(binary.BigEndian.Uint16(l4[4:]))
+		if ul < 8 || ul > len(l4) {
+			return false
+		}
+		if ul < len(l4) {
+			// Inside the IP payload but outside the UDP datagram: no checksum covers them.
+			s.Stats.EDNSZeroed++
+			s.zeroL4(first, ul, len(l4)-ul, false)
+		}
+		msg, msgOff = l4[8:ul], 8
+	} else {
+		if len(l4) < 20 {
+			return false
+		}
+		do := int(l4[12]>>4) * 4
+		if do+2 > len(l4) {
+			return false
+		}
+		msg, msgOff = l4[do+2:], do+2
 	}
+	s.scanMessage(msg, func(off, n int) { s.zeroL4(first, msgOff+off, n, true) })
 	return true
 }
 
-// mayHaveOPT is conservative: any message with additional records might carry OPT.
-func mayHaveOPT(msg []byte) bool {
-	h, ok := dnswire.ParseHeader(msg)
-	return !ok || h.ARCount > 0
+// scanMessage calls zero for every region of a DNS message that must not be stored: the data of
+// each ECS option, and everything from where the EDNS data can no longer be accounted for (an
+// option overrunning its OPT record, a malformed ECS option, an OPT record in octets after the
+// counted records, a record that does not parse) to the end. Zeroing the tail rather than
+// dropping the record keeps the transaction (header, question) and ships no unexamined octet.
+func (s *Scrubber) scanMessage(msg []byte, zero func(off, n int)) {
+	cut := dnswire.ScanOptions(msg, func(o dnswire.Option) {
+		if o.Len == 0 || keepOption(o.Code) {
+			return
+		}
+		if o.Code == dnswire.OptionECS {
+			s.Stats.ECSScrubbed++
+		} else {
+			s.Stats.OptionsZeroed++
+		}
+		zero(o.Off+4, o.Len)
+	})
+	if cut < len(msg) {
+		s.Stats.EDNSZeroed++
+		zero(cut, len(msg)-cut)
+	}
+}
+
+// keepOption reports whether an EDNS option's data is known to say nothing about the resolver's
+// clients, and so is kept. Everything else is zeroed: Client Subnet, client and server tags
+// (codes 16, 17), private options that carry a client's address or device (Umbrella 20292,
+// DeviceID 26946), and any code this sensor does not know.
+func keepOption(code uint16) bool {
+	switch code {
+	case 3, // NSID: the server's identity
+		5, 6, 7, // DAU, DHU, N3U: algorithm lists
+		9,  // EXPIRE
+		10, // COOKIE: the resolver's own cookie, keyed to the server
+		11, // edns-tcp-keepalive
+		12, // Padding
+		13, // CHAIN: a zone name
+		14, // edns-key-tag
+		15, // Extended DNS Error
+		18, // Report-Channel: an agent domain
+		19: // ZONEVERSION
+		return true
+	}
+	return false
 }
 
 // zeroL4 zeroes n octets at upper-layer offset at, across fragments, patching the transport
-// checksum in the first fragment.
-func (s *Scrubber) zeroL4(first *fragInfo, at, n int) {
+// checksum in the first fragment when it covers them.
+func (s *Scrubber) zeroL4(first *fragInfo, at, n int, covered bool) {
+	// at counts from the upper-layer header; the fragments' data starts with first.ext octets of
+	// extension headers (a multiple of 8, so the checksum parity of an offset is unchanged).
+	at += first.ext
 	var oldSum uint64
 	for i := range s.frags {
 		f := &s.frags[i]
@@ -194,6 +243,9 @@ func (s *Scrubber) zeroL4(first *fragInfo, at, n int) {
 		b := f.pkt[f.hdr+lo-f.off : f.hdr+hi-f.off]
 		oldSum = sum(oldSum, b, lo%2 == 1)
 		clear(b)
+	}
+	if !covered {
+		return
 	}
 	l4 := first.pkt[first.hdr+first.ext:]
 	at16 := 16 // TCP checksum offset

@@ -42,12 +42,13 @@ func zeroAddr(pkt []byte, src bool) bool {
 	if p.Frag && p.FragOff != 0 {
 		return true // the transport checksum lives in the first fragment
 	}
-	patchL4(p.Proto, p.L4, p.Src.Is4(), old)
+	patchL4(p.Proto, p.L4, p.Src.Is4(), old, 0)
 	return true
 }
 
-// patchL4 updates the checksum of a transport header whose pseudo-header lost old.
-func patchL4(proto uint8, l4 []byte, v4 bool, old uint64) {
+// patchL4 updates the checksum of a transport header whose covered data (pseudo-header or
+// payload) summing to old now sums to new.
+func patchL4(proto uint8, l4 []byte, v4 bool, old, new uint64) {
 	at := -1
 	switch proto {
 	case decode.ProtoUDP:
@@ -64,7 +65,7 @@ func patchL4(proto uint8, l4 []byte, v4 bool, old uint64) {
 	if proto == decode.ProtoUDP && c == 0 && v4 {
 		return
 	}
-	c = update(c, old, 0)
+	c = update(c, old, new)
 	if proto == decode.ProtoUDP && c == 0 {
 		c = 0xffff
 	}
@@ -124,7 +125,7 @@ func zeroICMP(pkt []byte) bool {
 		if len(inner) >= at+2 {
 			cs := inner[at : at+2]
 			icmpOld = sum(icmpOld, cs, false)
-			patchL4(innerProto, inner[innerHdr:], inner[0]>>4 == 4, old)
+			patchL4(innerProto, inner[innerHdr:], inner[0]>>4 == 4, old, 0)
 			icmpNew = sum(icmpNew, cs, false)
 		}
 	}
