@@ -77,6 +77,9 @@ func (l *liveOptions) finish(o *Options) error {
 	if (l.Dnstap != "" || l.DnstapFile != "") && o.Workers > 1 {
 		return errors.New("-workers: dnstap input runs one pipeline (a resolver's dnstap rate needs no more)")
 	}
+	if l.Dnstap != "" || l.DnstapFile != "" {
+		o.Pipeline.DirectionKnown = true
+	}
 	if (l.Dnstap != "" || l.DnstapFile != "") && len(o.Pipeline.Resolvers) == 0 && len(o.Pipeline.Authorities) == 0 {
 		// The dnstap decoder keeps only the resolver's own messages, so every initiator the
 		// pipeline sees is a resolver.

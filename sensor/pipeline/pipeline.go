@@ -51,9 +51,14 @@ type Config struct {
 	// AllowWideResolver accepts resolver (or authority) prefixes shorter than /16 (IPv4) or /32
 	// (IPv6); such a prefix almost always takes clients for resolvers.
 	AllowWideResolver bool
-	Defrag            defrag.Config
-	TCP               tcpdns.Config
-	MaxBytes          int // pair table, fragments and TCP buffers together, in octets (0: unbounded); budget.go
+	// DirectionKnown is set for dnstap input: the resolver itself labels its upstream messages
+	// (RESOLVER_*; CLIENT_* never reach the pipeline), so the resolver-side port need not prove
+	// which side is the client. unbound 1.17 logs port 53 on both sides of some IPv6
+	// transactions, and the port rule would refuse those as client traffic.
+	DirectionKnown bool
+	Defrag         defrag.Config
+	TCP            tcpdns.Config
+	MaxBytes       int // pair table, fragments and TCP buffers together, in octets (0: unbounded); budget.go
 }
 
 // Validate reports the first configuration error, naming the setting.
@@ -377,7 +382,7 @@ func (p *Pipeline) rule(qip netip.Addr, qport uint16, rip netip.Addr, rport uint
 		}
 		return notOurs
 	}
-	if rport != 53 || !p.initiator(qip, rip) || (!p.auth && isDNSPort(qport)) {
+	if rport != 53 || !p.initiator(qip, rip) || (!p.auth && !p.cfg.DirectionKnown && isDNSPort(qport)) {
 		return notOurs
 	}
 	return keep
