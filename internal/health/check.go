@@ -260,3 +260,8 @@ func Still(value func() uint64, window time.Duration, what, fix string) Probe {
 		return Result{OK: true, Detail: fmt.Sprintf("%d %s in all, none in the last %v", v, what, window), Changed: moved.Add(window)}
 	}
 }
+
+// ExitNotConfigured is the exit status of a daemon that has no configuration at all: gokrazy
+// leaves a program that exits 125 stopped instead of restarting it every second, and the status
+// page shows it as "not configured".
+const ExitNotConfigured = 125

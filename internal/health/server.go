@@ -67,10 +67,19 @@ func (s *Server) Handler() http.Handler {
 		ErrorLog:      logger{s},
 	}))
 	mux.HandleFunc("GET /metrics.json", s.serveMetricsJSON)
+	mux.Handle("GET /health.schema.json", schemaHandler(HealthSchemaJSON))
+	mux.Handle("GET /metrics.schema.json", schemaHandler(MetricsSchemaJSON))
 	for path, h := range s.Extra {
 		mux.Handle("GET "+path, h)
 	}
 	return mux
+}
+
+func schemaHandler(b []byte) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/schema+json")
+		w.Write(b)
+	})
 }
 
 type logger struct{ s *Server }

@@ -145,6 +145,9 @@ func TestServeContract(t *testing.T) {
 		t.Errorf("metrics.json header or type: %+v", m)
 	}
 
+	if code, _, body := get(t, sock, "/health.schema.json"); code != 200 || string(body) != string(HealthSchemaJSON) {
+		t.Errorf("/health.schema.json: %d", code)
+	}
 	if code, _, body := get(t, sock, "/status.json"); code != 200 || string(body) != "{}" {
 		t.Errorf("extra handler: %d %s", code, body)
 	}
