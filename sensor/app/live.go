@@ -118,6 +118,7 @@ func runLive(ctx context.Context, o *Options, p frameSink, single *pipeline.Pipe
 	}
 	logf("capturing on %s (snaplen %d, ring %d MiB each, merge window %v)", strings.Join(l.Ifaces, ","), l.Snaplen, l.RingMiB, l.MergeWindow)
 	st := &live.Stats{}
+	o.Health.liveStats = st
 	l.extra = func() string { return " " + st.String() }
 	statsLine := func() {
 		s := p.Stats()
@@ -138,6 +139,7 @@ func (o *Options) filterPrefixes() []netip.Prefix {
 
 func runDnstap(ctx context.Context, o *Options, p *pipeline.Pipeline, stderr io.Writer, logf func(string, ...any)) error {
 	st := &dnstap.Stats{}
+	o.Health.dnstap.Store(st)
 	o.Live.extra = func() string { return " " + st.String() }
 	var resolvers = o.Pipeline.Resolvers
 	if o.dnstapAll {
@@ -178,6 +180,7 @@ func runDnstap(ctx context.Context, o *Options, p *pipeline.Pipeline, stderr io.
 			}
 		case <-tick.C:
 			p.Idle(time.Now().UnixNano())
+			o.Health.publish(p)
 		case err := <-done:
 			// The server ends only with ctx or a listener failure; drain what it delivered.
 			for {
