@@ -213,7 +213,7 @@ func (h *healthOptions) tree(o *Options, now func() time.Time) *health.Tree {
 			n += sp.Stats().Rejected.Records
 		}
 		return n
-	}, healthWindow, "records the output refused", "the output cannot be written: check the disk or tmpfs behind -w/-J/-spool (space, permissions) and sensord's log"))
+	}, healthWindow, "records refused by the output", "the output cannot be written: check the disk or tmpfs behind -w/-J/-spool (space, permissions) and sensord's log"))
 	if o.Spool.Dir != "" {
 		output.Add(health.NewNode("spool", health.Still(func() uint64 {
 			if sp := h.spool.Load(); sp != nil {
@@ -279,7 +279,7 @@ func (h *healthOptions) portCheck(i int, ifc string) *health.Node {
 		"nothing arrives on "+ifc+": check the tap's cable and power and that this port is the tap's output for its direction"),
 		health.NewNode("DNS on "+ifc, health.Increasing(port(func(p *live.PortStats) uint64 { return p.Queries.Load() + p.Responses.Load() }), healthWindow, "DNS messages on "+ifc,
 			"frames arrive on "+ifc+" but no DNS: the tap may sit on the wrong link, or the kernel filter built from -resolver drops everything (check -resolver)")))
-	drops := health.NewNode("kernel drops on "+ifc, health.Still(port(func(p *live.PortStats) uint64 { return p.KDrops.Load() }), healthWindow, "frames the kernel dropped on "+ifc,
+	drops := health.NewNode("kernel drops on "+ifc, health.Still(port(func(p *live.PortStats) uint64 { return p.KDrops.Load() }), healthWindow, "kernel drops on "+ifc,
 		"the capture cannot keep up: raise -ring-mib, use -workers on a multi-core box, or check for CPU contention"))
 	return health.NewNode("port "+ifc, linkProbe(ifc), frames, drops)
 }
