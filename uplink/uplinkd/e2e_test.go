@@ -235,7 +235,7 @@ func TestEndToEndFaults(t *testing.T) {
 		t.Helper()
 		deadline := time.Now().Add(timeout)
 		for time.Now().Before(deadline) {
-			resp, err := http.Get("http://" + metrics + "/metrics.json")
+			resp, err := http.Get("http://" + metrics + "/status.json")
 			if err == nil {
 				var m Metrics
 				json.NewDecoder(resp.Body).Decode(&m)
