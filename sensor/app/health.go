@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
-	"path/filepath"
 	"reflect"
 	"strings"
 	"sync/atomic"
@@ -284,25 +282,30 @@ func (h *healthOptions) portCheck(i int, ifc string) *health.Node {
 	return health.NewNode("port "+ifc, linkProbe(ifc), frames, drops)
 }
 
-// sysClassNet is where links report their state; a seam for tests.
-var sysClassNet = "/sys/class/net"
+// linkFlags reads an interface's flags by netlink, in sensord's own network namespace (sysfs may
+// show another: a process entered into a namespace with nsenter keeps the old /sys); a seam for
+// tests.
+var linkFlags = func(ifc string) (net.Flags, error) {
+	i, err := net.InterfaceByName(ifc)
+	if err != nil {
+		return 0, err
+	}
+	return i.Flags, nil
+}
 
-// linkProbe reads the interface's operational state. "unknown" (drivers that do not report it,
-// as some virtual links) passes: the frames check below tells whether the port works.
+// linkProbe checks that the port is up and has a carrier (IFF_RUNNING).
 func linkProbe(ifc string) health.Probe {
 	return func(time.Time) health.Result {
-		b, err := os.ReadFile(filepath.Join(sysClassNet, ifc, "operstate"))
-		if err != nil {
-			return health.Result{OK: false, Detail: fmt.Sprintf("%s: %v", ifc, err), Fix: "the interface " + ifc + " is missing: check -i and the box's hardware profile"}
+		f, err := linkFlags(ifc)
+		switch {
+		case err != nil:
+			return health.Result{OK: false, Detail: err.Error(), Fix: "the interface " + ifc + " is missing: check -i and the box's hardware profile"}
+		case f&net.FlagUp == 0:
+			return health.Result{OK: false, Detail: "link administratively down", Fix: "bring " + ifc + " up (ip link set " + ifc + " up; on the appliance the network daemon does); it needs no address"}
+		case f&net.FlagRunning == 0:
+			return health.Result{OK: false, Detail: "link up, no carrier", Fix: "no carrier on " + ifc + ": check the cable to the tap and the tap's power"}
 		}
-		switch st := strings.TrimSpace(string(b)); st {
-		case "up":
-			return health.Result{OK: true, Detail: "link up"}
-		case "unknown":
-			return health.Result{OK: true, Detail: "link state not reported by the driver"}
-		default:
-			return health.Result{OK: false, Detail: "link " + st, Fix: "no carrier on " + ifc + ": check the cable to the tap and the tap's power; the port must be up (it needs no address)"}
-		}
+		return health.Result{OK: true, Detail: "link up"}
 	}
 }
 
@@ -330,7 +333,7 @@ var (
 	descKFreeze  = sdesc("port_kernel_freezes_total", "times the kernel froze the ring queue, by tap port", "port")
 	descMergeH   = sdesc("merge_held_frames", "frames waiting in the timestamp merge of the tap ports")
 	descMergeOoO = sdesc("merge_out_of_order_total", "frames released later than a newer one (late beyond -merge-window)")
-	descDnstap   = sdesc("dnstap_total", "dnstap frames, messages and connections by event (frames, events, queries, responses, conns, port_repaired)", "event")
+	descDnstap   = sdesc("dnstap_total", "dnstap input by event: frames, events (DNS messages handed on), resolver_queries, resolver_responses, conns, conn_errors, port_repaired", "event")
 	descDnstapD  = sdesc("dnstap_dropped_total", "dnstap input dropped, by reason", "reason")
 	descSpool    = sdesc("spool_total", "the spool producer's work: records, segments and octets sealed, segments and octets spilled to disk", "what")
 	descSpoolE   = sdesc("spool_spill_errors_total", "failed copies of a segment to the disk tier (it stays in RAM)")
@@ -400,15 +403,15 @@ func (c *sensordCollector) Collect(ch chan<- prometheus.Metric) {
 		for _, e := range []struct {
 			name string
 			v    *atomic.Uint64
-		}{{"frames", &d.Frames}, {"events", &d.Events}, {"queries", &d.Queries}, {"responses", &d.Responses},
-			{"conns", &d.Conns}, {"port_repaired", &d.PortRepaired}} {
+		}{{"frames", &d.Frames}, {"events", &d.Events}, {"resolver_queries", &d.Queries}, {"resolver_responses", &d.Responses},
+			{"conns", &d.Conns}, {"conn_errors", &d.ConnErrors}, {"port_repaired", &d.PortRepaired}} {
 			counter(descDnstap, e.v.Load(), e.name)
 		}
 		for _, e := range []struct {
 			name string
 			v    *atomic.Uint64
 		}{{"oversized", &d.Oversized}, {"malformed", &d.Malformed}, {"client", &d.Client}, {"other_type", &d.Other},
-			{"not_resolver", &d.NotResolver}, {"queue_full", &d.QueueDropped}, {"connection_error", &d.ConnErrors}} {
+			{"not_resolver", &d.NotResolver}, {"queue_full", &d.QueueDropped}} {
 			counter(descDnstapD, e.v.Load(), e.name)
 		}
 	}

@@ -3,7 +3,9 @@ package app
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -233,15 +235,18 @@ func TestMetricsCoverPipelineStats(t *testing.T) {
 // TestSensordTree walks the "why is there no data?" chain of a two-port capture from nothing to
 // healthy: each step's first failure names the next thing to fix.
 func TestSensordTree(t *testing.T) {
-	sys := t.TempDir()
-	old := sysClassNet
-	sysClassNet = sys
-	defer func() { sysClassNet = old }()
-	link := func(ifc, state string) {
-		os.MkdirAll(filepath.Join(sys, ifc), 0o755)
-		if err := os.WriteFile(filepath.Join(sys, ifc, "operstate"), []byte(state+"\n"), 0o644); err != nil {
-			t.Fatal(err)
+	links := map[string]net.Flags{}
+	old := linkFlags
+	linkFlags = func(ifc string) (net.Flags, error) {
+		f, ok := links[ifc]
+		if !ok {
+			return 0, fmt.Errorf("route ip+net: no such network interface")
 		}
+		return f, nil
+	}
+	defer func() { linkFlags = old }()
+	link := func(ifc, state string) {
+		links[ifc] = map[string]net.Flags{"up": net.FlagUp | net.FlagRunning, "no carrier": net.FlagUp, "down": 0}[state]
 	}
 	o, err := ParseFlags([]string{"-i", "tapA,tapB", "-resolver", realResolvers, "-spool", filepath.Join(t.TempDir(), "spool")}, io.Discard)
 	if err != nil {
@@ -263,6 +268,9 @@ func TestSensordTree(t *testing.T) {
 	}
 	step("ports not open", "capture")
 	o.Health.live.Store(st)
+	step("tapA missing", "capture/port tapA")
+	link("tapA", "no carrier")
+	step("tapA without carrier", "capture/port tapA")
 	link("tapA", "up")
 	link("tapB", "down")
 	step("tapA has no frames", "capture/port tapA/frames on tapA")
@@ -293,4 +301,14 @@ func TestSensordTree(t *testing.T) {
 	step("kernel drops", "capture/port tapA/kernel drops on tapA")
 	now = now.Add(2 * healthWindow)
 	step("everything stalled", "capture/port tapA/frames on tapA")
+}
+
+// TestLinkProbe reads real interfaces: loopback is up and running, a missing port fails.
+func TestLinkProbe(t *testing.T) {
+	if r := linkProbe("lo")(time.Now()); !r.OK {
+		t.Errorf("lo: %+v", r)
+	}
+	if r := linkProbe("health-none0")(time.Now()); r.OK || r.Fix == "" {
+		t.Errorf("missing interface: %+v", r)
+	}
 }
