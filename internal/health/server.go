@@ -304,15 +304,16 @@ func (s *Server) Serve(ctx context.Context, lns ...net.Listener) error {
 		}()
 	}
 	var first error
+	running := len(lns)
 	select {
 	case <-ctx.Done():
 	case first = <-errc:
-		lns = lns[:len(lns)-1] // one goroutine already returned
+		running-- // a listener failed: stop serving on the others too
 	}
 	shut, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	srv.Shutdown(shut)
-	for range lns {
+	for ; running > 0; running-- {
 		if err := <-errc; err != nil && first == nil {
 			first = err
 		}
