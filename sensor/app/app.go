@@ -11,6 +11,7 @@ import (
 	"runtime/pprof"
 	"time"
 
+	"github.com/sie-europe/dnssensor/internal/health"
 	"github.com/sie-europe/dnssensor/sensor/decode"
 	"github.com/sie-europe/dnssensor/sensor/output"
 	"github.com/sie-europe/dnssensor/sensor/pipeline"
@@ -28,6 +29,10 @@ type frameSink interface {
 
 // Main runs sensord with args and returns the process exit code.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if why := notConfigured(args); why != "" {
+		fmt.Fprintf(stderr, "sensord: not configured: %s\n", why)
+		return health.ExitNotConfigured
+	}
 	o, err := ParseFlags(args, stderr)
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -101,6 +106,11 @@ func Run(ctx context.Context, o *Options, stdout, stderr io.Writer) (err error) 
 		}
 		p = single
 	}
+	if p, err = o.Health.start(ctx, o, p, sp, stderr); err != nil {
+		outs.Close()
+		return err
+	}
+	defer o.Health.stop()
 	if o.CPUProfile != "" {
 		f, err := os.Create(o.CPUProfile)
 		if err != nil {

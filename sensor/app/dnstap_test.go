@@ -72,7 +72,7 @@ func TestDnstapStreamTime(t *testing.T) {
 		ended := make(chan error)
 		go func() {
 			ended <- dnstapLoop(out, done, tick, func() time.Time { return base.Add(time.Duration(wallNow.Load())) }, p,
-				func(e dnstap.Event) { p.Message(e.Time, e.TCP, e.Src, e.Dst, e.Msg) }, o.Pipeline.QueryTimeout, 0, nil)
+				func(e dnstap.Event) { p.Message(e.Time, e.TCP, e.Src, e.Dst, e.Msg) }, o.Pipeline.QueryTimeout, 0, nil, nil)
 		}()
 		for i, e := range evs {
 			wallNow.Store(int64(wall[i]))

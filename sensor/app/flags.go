@@ -36,6 +36,9 @@ type Options struct {
 	Live      liveOptions  // -i, -dnstap, -dnstap-file (live.go)
 	Spool     spoolOptions // -spool* (spool.go)
 	dnstapAll bool         // dnstap without -resolver: every resolver-side message
+
+	// Health is -health and -health-addr (health.go).
+	Health healthOptions
 }
 
 // usageNote is printed under the flag list.
@@ -89,6 +92,7 @@ func ParseFlags(args []string, stderr io.Writer) (*Options, error) {
 	fs.IntVar(&o.Workers, "workers", 1, "pairing pipelines, one goroutine each, frames sharded by a symmetric hash of the two addresses (pairing is unchanged); use the box's core count minus one for the capture")
 	o.Live.register(fs)
 	o.Spool.register(fs)
+	o.Health.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}

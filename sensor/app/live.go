@@ -128,6 +128,7 @@ func runLive(ctx context.Context, o *Options, p frameSink, single *pipeline.Pipe
 	}
 	logf("capturing on %s (snaplen %d, ring %d MiB each, merge window %v)", strings.Join(l.Ifaces, ","), l.Snaplen, l.RingMiB, l.MergeWindow)
 	st := &live.Stats{}
+	o.Health.liveStats = st
 	l.extra = func() string { return " " + st.String() }
 	statsLine := func() {
 		s := p.Stats()
@@ -148,6 +149,7 @@ func (o *Options) filterPrefixes() []netip.Prefix {
 
 func runDnstap(ctx context.Context, o *Options, p *pipeline.Pipeline, stderr io.Writer, logf func(string, ...any)) error {
 	st := &dnstap.Stats{}
+	o.Health.dnstap.Store(st)
 	o.Live.extra = func() string { return " " + st.String() }
 	var resolvers = o.Pipeline.Resolvers
 	if o.dnstapAll {
@@ -183,7 +185,8 @@ func runDnstap(ctx context.Context, o *Options, p *pipeline.Pipeline, stderr io.
 		s := p.Stats()
 		fmt.Fprintf(stderr, "sensord: %s %s\n", s.String(), st.String())
 	}
-	return dnstapLoop(out, done, tick.C, time.Now, p, feed, o.Pipeline.QueryTimeout, o.StatsEvery, statsLine)
+	publish := func() { o.Health.publish(p) }
+	return dnstapLoop(out, done, tick.C, time.Now, p, feed, o.Pipeline.QueryTimeout, o.StatsEvery, statsLine, publish)
 }
 
 // dnstapLoop feeds the pipeline from the server's batches until the server ends.
@@ -194,7 +197,7 @@ func runDnstap(ctx context.Context, o *Options, p *pipeline.Pipeline, stderr io.
 // response. The sensor's clock only moves the stream's time on once the stream has been silent
 // for longer than the query timeout, so the last queries of a quiet resolver still come out.
 func dnstapLoop(out <-chan []dnstap.Event, done <-chan error, tick <-chan time.Time, now func() time.Time,
-	p *pipeline.Pipeline, feed func(dnstap.Event), timeout, statsEvery time.Duration, statsLine func()) error {
+	p *pipeline.Pipeline, feed func(dnstap.Event), timeout, statsEvery time.Duration, statsLine, publish func()) error {
 	var lastStats time.Time
 	var streamTime int64   // the latest event time seen
 	var streamAt time.Time // when, by the sensor's clock, the stream last moved on
@@ -210,6 +213,9 @@ func dnstapLoop(out <-chan []dnstap.Event, done <-chan error, tick <-chan time.T
 		case <-tick:
 			if silent := now().Sub(streamAt); !streamAt.IsZero() && silent > timeout {
 				p.Idle(streamTime + int64(silent))
+			}
+			if publish != nil {
+				publish()
 			}
 		case err := <-done:
 			// The server ends only with ctx or a listener failure; drain what it delivered.

@@ -189,7 +189,7 @@ func TestEndToEndFaults(t *testing.T) {
 	// generous for a loaded 2-core machine and only a failure waits for them.
 	upMetrics := func() (Metrics, bool) {
 		var m Metrics
-		resp, err := http.Get("http://" + metrics + "/metrics.json")
+		resp, err := http.Get("http://" + metrics + "/status.json")
 		if err != nil {
 			return m, false
 		}

@@ -74,7 +74,7 @@ func TestSOCForwardsToSIE(t *testing.T) {
 	want := payloads(t, refBytes)
 
 	drained := func(metrics string) bool {
-		resp, err := http.Get("http://" + metrics + "/metrics.json")
+		resp, err := http.Get("http://" + metrics + "/status.json")
 		if err != nil {
 			return false
 		}

@@ -5,11 +5,8 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -178,6 +175,10 @@ type Supervisor struct {
 
 	inFlight atomic.Uint64 // sequence of the segment being delivered, 0 when idle
 
+	// HealthSocket is the unix socket of the health contract (health.go); empty: only the
+	// config's loopback metrics address serves it.
+	HealthSocket string
+
 	// reported is, per destination, the spool loss already sent as linkLoss. It is durable so a
 	// restart does not report the same loss twice.
 	reported     map[string]sielink.LossCounter
@@ -255,26 +256,19 @@ func (s *Supervisor) closeDests() {
 // (else releases it to be resent after restart), and returns nil on a clean shutdown.
 func (s *Supervisor) Run(ctx context.Context) error {
 	defer s.cons.Close()
-	ln, err := net.Listen("tcp", s.cfg.Metrics)
+	lns, err := s.listenHealth()
 	if err != nil {
-		return fmt.Errorf("metrics: %v", err)
+		return err
 	}
-	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	hctx, stopHealth := context.WithCancel(context.Background())
 	bg, bgCtx := errgroup.WithContext(context.Background())
 	bgCtx, stopBG := context.WithCancel(bgCtx)
 	for _, d := range s.dests {
 		bg.Go(func() error { return d.run(bgCtx) })
 	}
-	bg.Go(func() error {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			return err
-		}
-		return nil
-	})
+	bg.Go(func() error { return s.serveHealth(hctx, lns) })
 	err = s.loop(ctx)
-	shut, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	srv.Shutdown(shut)
-	cancel()
+	stopHealth()
 	stopBG()
 	bg.Wait()
 	return err

@@ -1,6 +1,6 @@
 // Command uplinkd ships the sensor's spooled NMSG segments to SIE Europe, a SOC collector or NMSG/UDP
-// relays, in order, deleting each only once every destination has it, and serves its counters on a
-// localhost HTTP endpoint.
+// relays, in order, deleting each only once every destination has it, and serves the health contract
+// (internal/health) on /run/uplinkd/health.sock and its loopback metrics address.
 package main
 
 import (
@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/sie-europe/dnssensor/internal/health"
 	"github.com/sie-europe/dnssensor/uplink/uplinkd"
 )
 
@@ -19,6 +20,7 @@ func main() {
 	configFile := flag.String("config", "", "JSON configuration `FILE` (spool, destinations, metrics)")
 	spoolDir := flag.String("spool", "", "spool RAM tier `DIR` (overrides spool.dir)")
 	spoolDisk := flag.String("spool-disk", "", "spool disk tier `DIR` (overrides spool.disk_dir)")
+	healthSock := flag.String("health", "", "serve /health.json, /metrics and /metrics.json on this unix `SOCKET` (the health contract; the appliance: /run/uplinkd/health.sock) besides the config's loopback metrics address")
 	flag.Parse()
 	if *configFile == "" {
 		fmt.Fprintln(os.Stderr, "uplinkd: -config FILE is required")
@@ -28,7 +30,7 @@ func main() {
 		// Nothing to ship to until the operator configures a destination; 125 tells gokrazy not
 		// to restart us every second (restart the service once the file is in place).
 		fmt.Fprintf(os.Stderr, "uplinkd: %s does not exist yet: no destination configured, nothing to do\n", *configFile)
-		os.Exit(125)
+		os.Exit(health.ExitNotConfigured)
 	}
 	cfg, err := uplinkd.LoadConfig(*configFile)
 	if err != nil {
@@ -47,6 +49,7 @@ func main() {
 	if err != nil {
 		log.Fatalf("uplinkd: %v", err)
 	}
+	s.HealthSocket = *healthSock
 	if err := s.Run(ctx); err != nil {
 		log.Fatalf("uplinkd: %v", err)
 	}
