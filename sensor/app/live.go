@@ -35,7 +35,7 @@ func (l *liveOptions) register(fs *flag.FlagSet) {
 	fs.IntVar(&l.Snaplen, "snaplen", 65535, "capture at most this many `octets` per frame (covers jumbo frames; longer frames are counted)")
 	fs.IntVar(&l.RingMiB, "ring-mib", 32, "ring memory per interface in `MiB`")
 	fs.DurationVar(&l.BlockTimeout, "block-timeout", 10*time.Millisecond, "TPACKET_V3 block retire timeout: the longest a frame waits in the kernel")
-	fs.DurationVar(&l.MergeWindow, "merge-window", 100*time.Millisecond, "order frames of all interfaces by capture time within this window, so a response read before its query still pairs (0: arrival order)")
+	fs.DurationVar(&l.MergeWindow, "merge-window", live.DefaultWindow, "frames of all interfaces are released in capture-time order once every interface has caught up; a frame waits at most this long (while the process runs) for a lagging interface, then goes out counted as merge_forced (0: arrival order)")
 	fs.StringVar(&l.Dnstap, "dnstap", "", "accept dnstap writers on `SOCKET` (unix:/path or tcp:host:port); -resolver optional")
 	fs.StringVar(&l.DnstapFile, "dnstap-file", "", "read a recorded dnstap `FILE` (Frame Streams); -resolver optional")
 }
@@ -64,8 +64,10 @@ func (l *liveOptions) finish(o *Options) error {
 	if l.BlockTimeout < time.Millisecond {
 		return fmt.Errorf("-block-timeout: %v is shorter than the kernel's 1 ms granularity", l.BlockTimeout)
 	}
-	if len(l.Ifaces) > 0 && l.MergeWindow > 0 && l.MergeWindow < 2*l.BlockTimeout {
-		return fmt.Errorf("-merge-window: %v must cover twice -block-timeout (%v) or be 0", l.MergeWindow, l.BlockTimeout)
+	if least := source.RetireDelay(l.BlockTimeout) + l.BlockTimeout; len(l.Ifaces) > 0 && l.MergeWindow > 0 && l.MergeWindow < least {
+		// Below this the valve would open in normal operation: an idle port reports an empty
+		// ring every -block-timeout, covering frames up to the ring's retire delay before.
+		return fmt.Errorf("-merge-window: %v must be at least %v (the ring's retire delay plus a poll, from -block-timeout %v), or 0", l.MergeWindow, least, l.BlockTimeout)
 	}
 	if (l.Dnstap != "" || l.DnstapFile != "") && o.Workers > 1 {
 		return errors.New("-workers: dnstap input runs one pipeline (a resolver's dnstap rate needs no more)")
@@ -122,7 +124,7 @@ func runLive(ctx context.Context, o *Options, p frameSink, single *pipeline.Pipe
 		s := p.Stats()
 		fmt.Fprintf(stderr, "sensord: %s %s\n", s.String(), st.String())
 	}
-	return live.Run(ctx, live.Config{Window: l.MergeWindow, TimeoutErr: source.ErrRingTimeout, Logf: logf, StatsEvery: o.StatsEvery},
+	return live.Run(ctx, live.Config{Window: l.MergeWindow, Slack: source.RetireDelay(l.BlockTimeout), TimeoutErr: source.ErrRingTimeout, Logf: logf, StatsEvery: o.StatsEvery},
 		ports, p, st, statsLine)
 }
 
