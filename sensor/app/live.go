@@ -34,7 +34,7 @@ func (l *liveOptions) register(fs *flag.FlagSet) {
 	fs.StringVar(&l.ifaces, "i", "", "capture live on these interfaces (`IF[,IF...]`, e.g. both ports of a tap); AF_PACKET TPACKET_V3, promiscuous")
 	fs.IntVar(&l.Snaplen, "snaplen", 65535, "capture at most this many `octets` per frame (covers jumbo frames; longer frames are counted)")
 	fs.IntVar(&l.RingMiB, "ring-mib", 32, "ring memory per interface in `MiB`")
-	fs.DurationVar(&l.BlockTimeout, "block-timeout", 10*time.Millisecond, "TPACKET_V3 block retire timeout: the longest a frame waits in the kernel")
+	fs.DurationVar(&l.BlockTimeout, "block-timeout", 10*time.Millisecond, "TPACKET_V3 block retire timeout: a frame waits in the kernel up to about twice this before it can be read")
 	fs.DurationVar(&l.MergeWindow, "merge-window", live.DefaultWindow, "frames of all interfaces are released in capture-time order once every interface has caught up; a frame waits at most this long (while the process runs) for a lagging interface, then goes out counted as merge_forced (0: arrival order)")
 	fs.StringVar(&l.Dnstap, "dnstap", "", "accept dnstap writers on `SOCKET` (unix:/path or tcp:host:port); -resolver optional")
 	fs.StringVar(&l.DnstapFile, "dnstap-file", "", "read a recorded dnstap `FILE` (Frame Streams); -resolver optional")
@@ -92,7 +92,14 @@ func runLive(ctx context.Context, o *Options, p frameSink, single *pipeline.Pipe
 	if err != nil {
 		return fmt.Errorf("-resolver: %v", err)
 	}
-	const block = 1 << 20 // holds any frame up to the largest snaplen
+	// A block must hold the longest frame (snaplen plus the ring's headers). No larger: at low
+	// rates the block timeout retires a block per port every -block-timeout however little it
+	// holds, so the number of blocks, not the memory, is how long a paused or starved sensor
+	// can fall behind before the kernel drops (128 KiB blocks: 256 in 32 MiB, 2.5 s at 10 ms).
+	block := 64 << 10
+	for block < l.Snaplen+4096 {
+		block <<= 1
+	}
 	var ports []live.Port
 	var rings []*source.Ring
 	defer func() {
@@ -110,7 +117,7 @@ func runLive(ctx context.Context, o *Options, p frameSink, single *pipeline.Pipe
 			logf("warning: %s: GRO=%v LRO=%v: merged super-frames are not what crossed the wire; turn them off (ethtool -K %s gro off lro off)", ifc, gro, lro, ifc)
 		}
 		r, err := source.OpenRing(source.RingConfig{Iface: ifc, Snaplen: l.Snaplen, BlockSize: block,
-			NumBlocks: l.RingMiB, BlockTimeout: l.BlockTimeout, Filter: filter})
+			NumBlocks: l.RingMiB << 20 / block, BlockTimeout: l.BlockTimeout, Filter: filter})
 		if err != nil {
 			return fmt.Errorf("-i: %v", err)
 		}
