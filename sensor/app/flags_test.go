@@ -83,3 +83,17 @@ func TestTruncatedFileKeepsWhatPrecedes(t *testing.T) {
 		t.Errorf("stats line missing or wrong: %s", stderr.String())
 	}
 }
+
+// Ring blocks are as small as the snaplen allows, so a paused sensor has many to fall behind on.
+func TestRingBlocks(t *testing.T) {
+	for _, tc := range []struct{ snaplen, mib, size, n int }{
+		{65535, 32, 128 << 10, 256},
+		{256, 1, 64 << 10, 16},
+		{9000, 32, 64 << 10, 512},
+		{262144, 1, 512 << 10, 2},
+	} {
+		if size, n := ringBlocks(tc.snaplen, tc.mib); size != tc.size || n != tc.n {
+			t.Errorf("ringBlocks(%d, %d) = %d, %d; want %d, %d", tc.snaplen, tc.mib, size, n, tc.size, tc.n)
+		}
+	}
+}

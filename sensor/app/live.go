@@ -92,14 +92,7 @@ func runLive(ctx context.Context, o *Options, p frameSink, single *pipeline.Pipe
 	if err != nil {
 		return fmt.Errorf("-resolver: %v", err)
 	}
-	// A block must hold the longest frame (snaplen plus the ring's headers). No larger: at low
-	// rates the block timeout retires a block per port every -block-timeout however little it
-	// holds, so the number of blocks, not the memory, is how long a paused or starved sensor
-	// can fall behind before the kernel drops (128 KiB blocks: 256 in 32 MiB, 2.5 s at 10 ms).
-	block := 64 << 10
-	for block < l.Snaplen+4096 {
-		block <<= 1
-	}
+	block, blocks := ringBlocks(l.Snaplen, l.RingMiB)
 	var ports []live.Port
 	var rings []*source.Ring
 	defer func() {
@@ -117,7 +110,7 @@ func runLive(ctx context.Context, o *Options, p frameSink, single *pipeline.Pipe
 			logf("warning: %s: GRO=%v LRO=%v: merged super-frames are not what crossed the wire; turn them off (ethtool -K %s gro off lro off)", ifc, gro, lro, ifc)
 		}
 		r, err := source.OpenRing(source.RingConfig{Iface: ifc, Snaplen: l.Snaplen, BlockSize: block,
-			NumBlocks: l.RingMiB << 20 / block, BlockTimeout: l.BlockTimeout, Filter: filter})
+			NumBlocks: blocks, BlockTimeout: l.BlockTimeout, Filter: filter})
 		if err != nil {
 			return fmt.Errorf("-i: %v", err)
 		}
@@ -133,6 +126,19 @@ func runLive(ctx context.Context, o *Options, p frameSink, single *pipeline.Pipe
 	}
 	return live.Run(ctx, live.Config{Window: l.MergeWindow, Slack: source.RetireDelay(l.BlockTimeout), TimeoutErr: source.ErrRingTimeout, Logf: logf, StatsEvery: o.StatsEvery},
 		ports, p, st, statsLine)
+}
+
+// ringBlocks divides a ring of ringMiB into blocks. A block must hold the longest frame (snaplen
+// plus the ring's headers), and no more: at low rates the retire timer hands over a block every
+// -block-timeout however little it holds, so the number of blocks, not the memory, is how long a
+// paused or starved sensor can fall behind before the kernel drops (the default 128 KiB blocks:
+// 256 in 32 MiB, 2.5 s at 10 ms; 1 MiB blocks held 320 ms).
+func ringBlocks(snaplen, ringMiB int) (size, n int) {
+	size = 64 << 10
+	for size < snaplen+4096 {
+		size <<= 1
+	}
+	return size, max(ringMiB<<20/size, 2)
 }
 
 // filterPrefixes are the addresses the kernel filter lets through: the resolvers (or, in

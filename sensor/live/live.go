@@ -294,7 +294,8 @@ func read(ctx context.Context, cfg Config, src Source, port int, ps *PortStats, 
 	}()
 	// before is a time taken before the current Read began. A Read that times out found the
 	// ring's next block still the kernel's at some moment after before, so every block
-	// retired by then has been read: nothing older than before − Slack can still come.
+	// retired by then has been read: nothing older than before − Slack can still come. (Ring
+	// timestamps are the kernel's CLOCK_REALTIME, the clock time.Now reads.)
 	before := time.Now().UnixNano()
 	for ctx.Err() == nil {
 		frame, ts, wireLen, vlan, err := src.Read()
