@@ -111,7 +111,11 @@ type Stats struct {
 	Ports      []*PortStats
 	OutOfOrder atomic.Uint64 // frames released earlier than one already released (late beyond the valve)
 	Forced     atomic.Uint64 // frames the valve released before every port had caught up
-	Held       atomic.Int64  // frames waiting in the merge now
+	// SlackRaised counts frames that surfaced from a ring later than Slack after their stamp;
+	// Slack is the merge's slack now (ns), widened by each.
+	SlackRaised atomic.Uint64
+	Slack       atomic.Int64
+	Held        atomic.Int64 // frames waiting in the merge now
 }
 
 // String is the live part of the stats line: one group per port.
@@ -125,7 +129,8 @@ func (s *Stats) String() string {
 			p.Name, p.Frames.Load(), p.Bytes.Load(), p.Queries.Load(), p.Responses.Load(), p.VLAN.Load(), p.OverSnaplen.Load(),
 			p.Waits.Load(), p.KPackets.Load(), p.KDrops.Load(), p.KFreezes.Load())
 	}
-	fmt.Fprintf(&b, " merge_held=%d merge_forced=%d merge_out_of_order=%d", s.Held.Load(), s.Forced.Load(), s.OutOfOrder.Load())
+	fmt.Fprintf(&b, " merge_held=%d merge_forced=%d merge_out_of_order=%d merge_slack_raised=%d merge_slack_ms=%d",
+		s.Held.Load(), s.Forced.Load(), s.OutOfOrder.Load(), s.SlackRaised.Load(), s.Slack.Load()/1e6)
 	return b.String()
 }
 

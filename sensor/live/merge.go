@@ -23,6 +23,12 @@ const valveStep = 2 * mergeTick
 // the last frame it delivered. This is exact whatever the scheduling: a reader that was not run
 // for a while holds the other ports back until it has read its ring.
 //
+// Slack is a bound the kernel keeps on a healthy machine only: on a saturated one the retire timer
+// and the receive softirq are deferred (ksoftirqd competes with everything else), and a frame was
+// seen to surface 90 ms after its stamp. A frame older than its port's last empty-poll watermark
+// proves the slack too small: it is raised to cover that lateness (at most to half the window)
+// and counted, so one such delay costs at most the frames it already overtook.
+//
 // The valve: a frame that has waited window (valve time) is released anyway, counted in
 // Stats.Forced; a port whose reader makes no progress must not stall the others for ever. Valve
 // time is the wall clock with every gap between two release calls cut to valveStep, so a pause
@@ -35,6 +41,7 @@ type merge struct {
 	free   func(*batch) // hands a drained batch back to its reader
 	queues [][]*batch
 	marks  []int64 // per port: no frame older than this can still come from it
+	polls  []int64 // per port: when it last found its ring empty
 	held   int
 	last   int64 // newest timestamp released
 	wall   time.Time
@@ -42,8 +49,9 @@ type merge struct {
 }
 
 func newMerge(ports int, window, slack time.Duration, p Sink, stats *Stats, free func(*batch)) *merge {
+	stats.Slack.Store(int64(slack))
 	return &merge{p: p, stats: stats, window: window, slack: int64(slack), free: free,
-		queues: make([][]*batch, ports), marks: make([]int64, ports)}
+		queues: make([][]*batch, ports), marks: make([]int64, ports), polls: make([]int64, ports)}
 }
 
 // add queues a port's batch (frames in ring order).
@@ -53,6 +61,15 @@ func (m *merge) add(b *batch) {
 		return
 	}
 	b.in = m.valve
+	if t := m.polls[b.port]; t != 0 && m.window > 0 {
+		oldest := b.frames[0].ts
+		for _, f := range b.frames[1:] {
+			oldest = min(oldest, f.ts)
+		}
+		if late := t - oldest; late > m.slack {
+			m.raise(late)
+		}
+	}
 	m.queues[b.port] = append(m.queues[b.port], b)
 	m.held += len(b.frames)
 	m.stats.Held.Store(int64(m.held))
@@ -61,9 +78,18 @@ func (m *merge) add(b *batch) {
 // polled records that port found its ring empty at kernel time t (ns), after every frame
 // queued from it so far.
 func (m *merge) polled(port int, t int64) {
+	m.polls[port] = t
 	if w := t - m.slack; w > m.marks[port] {
 		m.marks[port] = w
 	}
+}
+
+// raise widens the slack to cover a frame that surfaced late ns after its stamp, and half as much
+// again for a delay that grows.
+func (m *merge) raise(late int64) {
+	m.slack = min(late+late/2, int64(m.window/2))
+	m.stats.SlackRaised.Add(1)
+	m.stats.Slack.Store(m.slack)
 }
 
 // tick advances the valve clock to the wall time now.

@@ -26,6 +26,7 @@ type simulation struct {
 	window, slack  time.Duration
 	pause, period  time.Duration
 	gap            func(port int, r *rand.Rand) time.Duration // time between two runs of a reader
+	deferred       map[int]time.Duration                      // query i surfaces this much later still
 	seed           int64
 	frames         [2][]simFrame
 	pairs, unsolic int
@@ -49,15 +50,15 @@ func simPackets(t *testing.T, n int) (pk [2][][]byte) {
 // frame surfaces a random time up to slack after its stamp.
 func (s *simulation) traffic(pk [2][][]byte, r *rand.Rand) {
 	var lastVis [2]int64
-	put := func(port int, b []byte, ts int64) {
-		vis := max(ts+r.Int63n(int64(s.slack)), lastVis[port])
+	put := func(port int, b []byte, ts int64, extra time.Duration) {
+		vis := max(ts+r.Int63n(int64(s.slack)), lastVis[port]) + int64(extra)
 		lastVis[port] = vis
 		s.frames[port] = append(s.frames[port], simFrame{b, ts, vis})
 	}
 	for i := range pk[0] {
 		ts := simEpoch.UnixNano() + int64(i)*300e3
-		put(0, pk[0][i], ts)
-		put(1, pk[1][i], ts+45e3)
+		put(0, pk[0][i], ts, s.deferred[i])
+		put(1, pk[1][i], ts+45e3, 0)
 	}
 }
 
@@ -162,6 +163,35 @@ func TestMergePairsAcrossPorts(t *testing.T) {
 	s.run(t, pk)
 	if s.unsolic == 0 {
 		t.Errorf("window 0 paired everything (%d pairs): the simulation does not exercise the merge", s.pairs)
+	}
+}
+
+// A saturated machine defers the kernel's softirqs, and a frame surfaces later than the slack
+// after its stamp: the first such delay costs the frames it overtook, and widens the slack so that
+// the same delay again costs nothing.
+func TestMergeWidensSlack(t *testing.T) {
+	pk := simPackets(t, 1000)
+	prompt := func(int, *rand.Rand) time.Duration { return time.Millisecond }
+	run := func(deferred ...int) *simulation {
+		s := &simulation{window: DefaultWindow, slack: 45 * time.Millisecond, gap: prompt, seed: 1, deferred: map[int]time.Duration{}}
+		for _, i := range deferred {
+			s.deferred[i] = 90 * time.Millisecond
+		}
+		s.run(t, pk)
+		return s
+	}
+	once, often := run(100), run(100, 500, 900)
+	t.Logf("once: %d pairs, %d unsolicited; %s", once.pairs, once.unsolic, once.stats.String())
+	t.Logf("three times: %d pairs, %d unsolicited; %s", often.pairs, often.unsolic, often.stats.String())
+	if once.unsolic == 0 || once.stats.SlackRaised.Load() != 1 {
+		t.Fatalf("a 90 ms deferral cost nothing or raised nothing: the test does not exercise the slack")
+	}
+	if often.unsolic != once.unsolic || often.stats.OutOfOrder.Load() != once.stats.OutOfOrder.Load() || often.stats.SlackRaised.Load() != 1 {
+		t.Errorf("the same deferral again cost more: %d unsolicited, %d out of order, %d raises; want %d, %d, 1",
+			often.unsolic, often.stats.OutOfOrder.Load(), often.stats.SlackRaised.Load(), once.unsolic, once.stats.OutOfOrder.Load())
+	}
+	if got := time.Duration(often.stats.Slack.Load()); got < 90*time.Millisecond || got > DefaultWindow/2 {
+		t.Errorf("slack %v after a 90 ms deferral", got)
 	}
 }
 
