@@ -87,7 +87,7 @@ func (m *merge) polled(port int, t int64) {
 // raise widens the slack to cover a frame that surfaced late ns after its stamp, and half as much
 // again for a delay that grows.
 func (m *merge) raise(late int64) {
-	m.slack = min(late+late/2, int64(m.window/2))
+	m.slack = max(m.slack, min(late+late/2, int64(m.window/2)))
 	m.stats.SlackRaised.Add(1)
 	m.stats.Slack.Store(m.slack)
 }
