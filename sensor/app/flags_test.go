@@ -36,7 +36,7 @@ func TestFlagErrorsNameTheSetting(t *testing.T) {
 		{[]string{"-r", "x", "-J", "-", "-config", cfg(`{"resolver": "192.0.2.1", "state-max": "lots"}`)}, `key "state-max"`},
 		{[]string{"-r", "x", "-J", "-", "-config", cfg(`[1]`)}, "not a JSON object"},
 		{[]string{"-r", "x", "-J", "-", "-resolver", "192.0.2.1", "-qname-exclude", "a..b"}, "qname-exclude"},
-		{[]string{"-i", "a,b", "-J", "-", "-resolver", "192.0.2.1", "-merge-window", "40ms"}, "-merge-window: 40ms must be at least 55ms"},
+		{[]string{"-i", "a,b", "-J", "-", "-resolver", "192.0.2.1", "-merge-window", "100ms"}, "-merge-window: 100ms must be at least 130ms"},
 	} {
 		_, err := ParseFlags(tc.args, io.Discard)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -23,10 +23,10 @@ const valveStep = 2 * mergeTick
 // the last frame it delivered. This is exact whatever the scheduling: a reader that was not run
 // for a while holds the other ports back until it has read its ring.
 //
-// Slack is a bound the kernel keeps on a healthy machine only: on a saturated one the retire timer
-// and the receive softirq are deferred (ksoftirqd competes with everything else), and a frame was
-// seen to surface 90 ms after its stamp. A frame older than its port's last empty-poll watermark
-// proves the slack too small: it is raised to cover that lateness (at most to half the window)
+// Slack is a bound the kernel keeps only as long as its softirqs run in time: on a saturated
+// machine the retire timer and the receive softirq are deferred (ksoftirqd competes with
+// everything else). A frame older than its port's last empty-poll watermark proves the slack too
+// small: it is raised to cover that lateness (at most to half the window)
 // and counted, so one such delay costs at most the frames it already overtook.
 //
 // The valve: a frame that has waited window (valve time) is released anyway, counted in

@@ -126,7 +126,7 @@ func (s *simulation) run(t *testing.T, pk [2][][]byte) {
 func TestMergePairsAcrossPorts(t *testing.T) {
 	const n = 1000
 	pk := simPackets(t, n)
-	const slack = 45 * time.Millisecond // source.RetireDelay(10 ms)
+	const slack = 120 * time.Millisecond // source.RetireDelay(10 ms)
 	late := func(port int, r *rand.Rand) time.Duration {
 		if port == 0 {
 			return 30 * time.Millisecond
@@ -175,7 +175,7 @@ func TestMergeWidensSlack(t *testing.T) {
 	run := func(deferred ...int) *simulation {
 		s := &simulation{window: DefaultWindow, slack: 45 * time.Millisecond, gap: prompt, seed: 1, deferred: map[int]time.Duration{}}
 		for _, i := range deferred {
-			s.deferred[i] = 90 * time.Millisecond
+			s.deferred[i] = 90 * time.Millisecond // beyond the slack
 		}
 		s.run(t, pk)
 		return s

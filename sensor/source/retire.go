@@ -11,7 +11,10 @@ import "time"
 // re-arms, so a block opened just before a firing waits almost two timeouts. The timeout is kept
 // in jiffies, rounded up, and the timer fires on a tick: at HZ=100 that adds up to two 10 ms
 // jiffies. The rest of the margin covers a frame stamped but not yet in the ring when the poll
-// looked (softirq still copying it).
+// looked, and softirqs (timers, receive) deferred to ksoftirqd on a busy machine: on a 2-core
+// machine saturated by other work, frames surfaced up to 90 ms after their stamp. A larger bound
+// costs only latency (a frame waits for it when the other port is idle); one too small costs
+// pairs, until the merge widens it.
 func RetireDelay(blockTimeout time.Duration) time.Duration {
-	return 2*blockTimeout + 25*time.Millisecond
+	return 2*blockTimeout + 100*time.Millisecond
 }
