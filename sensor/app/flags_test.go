@@ -38,6 +38,7 @@ func TestFlagErrorsNameTheSetting(t *testing.T) {
 		{[]string{"-r", "x", "-J", "-", "-config", cfg(`{"resolver": "192.0.2.1", "state-max": "lots"}`)}, `key "state-max"`},
 		{[]string{"-r", "x", "-J", "-", "-config", cfg(`[1]`)}, "not a JSON object"},
 		{[]string{"-r", "x", "-J", "-", "-resolver", "192.0.2.1", "-qname-exclude", "a..b"}, "qname-exclude"},
+		{[]string{"-i", "a,b", "-J", "-", "-resolver", "192.0.2.1", "-merge-window", "100ms"}, "-merge-window: 100ms must be at least 130ms"},
 	} {
 		_, err := ParseFlags(tc.args, io.Discard)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -128,5 +129,19 @@ func TestResolverPrefixes(t *testing.T) {
 	o, err = ParseFlags(append(base, "-config", p), io.Discard)
 	if err != nil || !o.Pipeline.Unsolicited || !o.Pipeline.MDNS || o.Pipeline.Hold != 500*time.Millisecond {
 		t.Errorf("config file: %v %+v", err, o)
+	}
+}
+
+// Ring blocks are as small as the snaplen allows, so a paused sensor has many to fall behind on.
+func TestRingBlocks(t *testing.T) {
+	for _, tc := range []struct{ snaplen, mib, size, n int }{
+		{65535, 32, 128 << 10, 256},
+		{256, 1, 64 << 10, 16},
+		{9000, 32, 64 << 10, 512},
+		{262144, 1, 512 << 10, 2},
+	} {
+		if size, n := ringBlocks(tc.snaplen, tc.mib); size != tc.size || n != tc.n {
+			t.Errorf("ringBlocks(%d, %d) = %d, %d; want %d, %d", tc.snaplen, tc.mib, size, n, tc.size, tc.n)
+		}
 	}
 }

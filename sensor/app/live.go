@@ -37,8 +37,8 @@ func (l *liveOptions) register(fs *flag.FlagSet) {
 	fs.StringVar(&l.ifaces, "i", "", "capture live on these interfaces (`IF[,IF...]`, e.g. both ports of a tap); AF_PACKET TPACKET_V3, promiscuous")
 	fs.IntVar(&l.Snaplen, "snaplen", 65535, "capture at most this many `octets` per frame (covers jumbo frames; longer frames are counted)")
 	fs.IntVar(&l.RingMiB, "ring-mib", 32, "ring memory per interface in `MiB`")
-	fs.DurationVar(&l.BlockTimeout, "block-timeout", 10*time.Millisecond, "TPACKET_V3 block retire timeout: the longest a frame waits in the kernel")
-	fs.DurationVar(&l.MergeWindow, "merge-window", 100*time.Millisecond, "order frames of all interfaces by capture time within this window, so a response read before its query still pairs (0: arrival order)")
+	fs.DurationVar(&l.BlockTimeout, "block-timeout", 10*time.Millisecond, "TPACKET_V3 block retire timeout: a frame waits in the kernel up to about twice this before it can be read")
+	fs.DurationVar(&l.MergeWindow, "merge-window", live.DefaultWindow, "frames of all interfaces are released in capture-time order once every interface has caught up; a frame waits at most this long (while the process runs) for a lagging interface, then goes out counted as merge_forced (0: arrival order)")
 	fs.StringVar(&l.Dnstap, "dnstap", "", "accept dnstap writers on `SOCKET` (unix:/path or tcp:host:port); -resolver optional")
 	fs.StringVar(&l.dnstapAllow, "dnstap-allow", "", "dnstap writers allowed to connect to a tcp: listener (`LIST` of addresses or CIDRs); required unless it listens on loopback")
 	fs.StringVar(&l.DnstapFile, "dnstap-file", "", "read a recorded dnstap `FILE` (Frame Streams); -resolver optional")
@@ -68,8 +68,10 @@ func (l *liveOptions) finish(o *Options) error {
 	if l.BlockTimeout < time.Millisecond {
 		return fmt.Errorf("-block-timeout: %v is shorter than the kernel's 1 ms granularity", l.BlockTimeout)
 	}
-	if len(l.Ifaces) > 0 && l.MergeWindow > 0 && l.MergeWindow < 2*l.BlockTimeout {
-		return fmt.Errorf("-merge-window: %v must cover twice -block-timeout (%v) or be 0", l.MergeWindow, l.BlockTimeout)
+	if least := source.RetireDelay(l.BlockTimeout) + l.BlockTimeout; len(l.Ifaces) > 0 && l.MergeWindow > 0 && l.MergeWindow < least {
+		// Below this the valve would open in normal operation: an idle port reports an empty
+		// ring every -block-timeout, covering frames up to the ring's retire delay before.
+		return fmt.Errorf("-merge-window: %v must be at least %v (the ring's retire delay plus a poll, from -block-timeout %v), or 0", l.MergeWindow, least, l.BlockTimeout)
 	}
 	if err := l.checkDnstapAllow(); err != nil {
 		return err
@@ -101,7 +103,7 @@ func runLive(ctx context.Context, o *Options, p frameSink, single *pipeline.Pipe
 	if err != nil {
 		return fmt.Errorf("-resolver: %v", err)
 	}
-	const block = 1 << 20 // holds any frame up to the largest snaplen
+	block, blocks := ringBlocks(l.Snaplen, l.RingMiB)
 	var ports []live.Port
 	var rings []*source.Ring
 	defer func() {
@@ -119,7 +121,7 @@ func runLive(ctx context.Context, o *Options, p frameSink, single *pipeline.Pipe
 			logf("warning: %s: GRO=%v LRO=%v: merged super-frames are not what crossed the wire; turn them off (ethtool -K %s gro off lro off)", ifc, gro, lro, ifc)
 		}
 		r, err := source.OpenRing(source.RingConfig{Iface: ifc, Snaplen: l.Snaplen, BlockSize: block,
-			NumBlocks: l.RingMiB, BlockTimeout: l.BlockTimeout, Filter: filter})
+			NumBlocks: blocks, BlockTimeout: l.BlockTimeout, Filter: filter})
 		if err != nil {
 			return fmt.Errorf("-i: %v", err)
 		}
@@ -134,8 +136,21 @@ func runLive(ctx context.Context, o *Options, p frameSink, single *pipeline.Pipe
 		s := p.Stats()
 		fmt.Fprintf(stderr, "sensord: %s %s\n", s.String(), st.String())
 	}
-	return live.Run(ctx, live.Config{Window: l.MergeWindow, TimeoutErr: source.ErrRingTimeout, Logf: logf, StatsEvery: o.StatsEvery},
+	return live.Run(ctx, live.Config{Window: l.MergeWindow, Slack: source.RetireDelay(l.BlockTimeout), TimeoutErr: source.ErrRingTimeout, Logf: logf, StatsEvery: o.StatsEvery},
 		ports, p, st, statsLine)
+}
+
+// ringBlocks divides a ring of ringMiB into blocks. A block must hold the longest frame (snaplen
+// plus the ring's headers), and no more: at low rates the retire timer hands over a block every
+// -block-timeout however little it holds, so the number of blocks, not the memory, is how long a
+// paused or starved sensor can fall behind before the kernel drops (the default 128 KiB blocks:
+// 256 in 32 MiB, 2.5 s at 10 ms; 1 MiB blocks held 320 ms).
+func ringBlocks(snaplen, ringMiB int) (size, n int) {
+	size = 64 << 10
+	for size < snaplen+4096 {
+		size <<= 1
+	}
+	return size, max(ringMiB<<20/size, 2)
 }
 
 // filterPrefixes are the addresses the kernel filter lets through: the resolvers (or, in

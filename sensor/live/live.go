@@ -4,12 +4,13 @@
 //
 // Why a merge: on a two-port tap the query arrives on port A and its response on port B, and the
 // two rings are read independently. TPACKET_V3 hands a block to user space only when it is full
-// or BlockTimeout after its first frame, so a response can be read before its query (median round
-// trip to a nearby authority: 45 µs, far below a block timeout). A frame is released to the
-// pipeline when every port has delivered something later (nothing earlier can still come from
-// there), or when it is older than Window by the wall clock (the other port is quiet). Window must
-// cover BlockTimeout plus scheduling delay; ci/netns-live measures the unsolicited responses the
-// merge prevents.
+// or its retire timer fires, so a response can be read before its query (median round trip to a
+// nearby authority: 45 µs, far below a block timeout), and a reader that is not scheduled for a
+// while (a busy machine, a paused process) falls behind the other. A frame is released to the
+// pipeline only when no port can still deliver an older one: by per-port watermarks, which each
+// reader advances whenever it finds its ring empty (see merge). Window is only a safety valve for
+// a port that makes no progress; its releases are counted. ci/netns-live measures the unsolicited
+// responses the merge prevents, ci/merge-contention the same on a busy or paused machine.
 package live
 
 import (
@@ -39,8 +40,13 @@ type Port struct {
 
 // Config for Run.
 type Config struct {
-	Window     time.Duration // merge window; 0 hands frames over in arrival order (no merge)
-	TimeoutErr error         // the sources' "nothing arrived" error
+	// Window is the merge's safety valve: a frame is released after waiting this long (while
+	// the process runs) even if a port has not caught up; 0 hands frames over in arrival order.
+	Window time.Duration
+	// Slack is how long after its timestamp a frame can still surface from a port's ring
+	// (source.RetireDelay): a port that found its ring empty at T has nothing older than T−Slack.
+	Slack      time.Duration
+	TimeoutErr error // the sources' "nothing arrived" error
 	Logf       func(format string, args ...any)
 	// StatsEvery prints Stats through Logf; 0 only at the end (by the caller).
 	StatsEvery time.Duration
@@ -49,11 +55,17 @@ type Config struct {
 	now     func() time.Time // wall clock, for the window and warnings; a seam for tests
 }
 
+// DefaultWindow is the valve's default: long enough that a reader starved by other work (or a
+// paused process, which the valve clock does not count) never opens it, short enough to bound
+// what a stuck port holds back.
+const DefaultWindow = time.Second
+
 const (
 	batchFrames = 512
 	batchBytes  = 512 << 10
 	batchesPer  = 32  // per port: the copy buffers between a ring and the merge
 	flushAfter  = 1e6 // ns: a partly filled batch is handed over after this
+	mergeTick   = 5 * time.Millisecond
 	idleEvery   = time.Second
 )
 
@@ -67,7 +79,16 @@ type batch struct {
 	port   int
 	frames []frameRef
 	data   []byte
-	next   int // merge read position
+	next   int           // merge read position
+	in     time.Duration // valve clock when the merge received it
+}
+
+// msg is what a reader sends the merge: a batch, and/or "polled my ring empty at polled (ns)",
+// which comes after the batch's frames.
+type msg struct {
+	port   int
+	b      *batch
+	polled int64
 }
 
 // PortStats are one port's counters; reader and merge update them atomically.
@@ -88,8 +109,13 @@ type PortStats struct {
 // Stats of a live run.
 type Stats struct {
 	Ports      []*PortStats
-	OutOfOrder atomic.Uint64 // frames released earlier than one already released (late beyond the window)
-	Held       atomic.Int64  // frames waiting in the merge now
+	OutOfOrder atomic.Uint64 // frames released earlier than one already released (late beyond the valve)
+	Forced     atomic.Uint64 // frames the valve released before every port had caught up
+	// SlackRaised counts frames that surfaced from a ring later than Slack after their stamp;
+	// Slack is the merge's slack now (ns), widened by each.
+	SlackRaised atomic.Uint64
+	Slack       atomic.Int64
+	Held        atomic.Int64 // frames waiting in the merge now
 }
 
 // String is the live part of the stats line: one group per port.
@@ -103,7 +129,8 @@ func (s *Stats) String() string {
 			p.Name, p.Frames.Load(), p.Bytes.Load(), p.Queries.Load(), p.Responses.Load(), p.VLAN.Load(), p.OverSnaplen.Load(),
 			p.Waits.Load(), p.KPackets.Load(), p.KDrops.Load(), p.KFreezes.Load())
 	}
-	fmt.Fprintf(&b, " merge_held=%d merge_out_of_order=%d", s.Held.Load(), s.OutOfOrder.Load())
+	fmt.Fprintf(&b, " merge_held=%d merge_forced=%d merge_out_of_order=%d merge_slack_raised=%d merge_slack_ms=%d",
+		s.Held.Load(), s.Forced.Load(), s.OutOfOrder.Load(), s.SlackRaised.Load(), s.Slack.Load()/1e6)
 	return b.String()
 }
 
@@ -130,7 +157,9 @@ func Run(ctx context.Context, cfg Config, ports []Port, p Sink, stats *Stats, st
 		logf = func(string, ...any) {}
 	}
 	stats.Ports = make([]*PortStats, len(ports))
-	in := make(chan *batch, len(ports)*batchesPer)
+	// Room for every batch. Polled reports are sent without waiting and dropped when the merge
+	// lags this far behind; the next report supersedes a lost one.
+	in := make(chan msg, len(ports)*batchesPer)
 	free := make([]chan *batch, len(ports))
 	rctx, stop := context.WithCancel(ctx)
 	defer stop()
@@ -151,9 +180,9 @@ func Run(ctx context.Context, cfg Config, ports []Port, p Sink, stats *Stats, st
 			}
 		}()
 	}
-	m := &merger{cfg: cfg, p: p, stats: stats, queues: make([][]*batch, len(ports)), free: free}
+	m := newMerge(len(ports), cfg.Window, cfg.Slack, p, stats, func(b *batch) { free[b.port] <- b })
 	w := newWatch(cfg, stats, logf)
-	tick := time.NewTicker(time.Millisecond * 5)
+	tick := time.NewTicker(mergeTick)
 	defer tick.Stop()
 	lastIdle, lastStats, lastKernel := cfg.now(), cfg.now(), time.Time{}
 	readersDone := make(chan struct{})
@@ -161,8 +190,8 @@ func Run(ctx context.Context, cfg Config, ports []Port, p Sink, stats *Stats, st
 loop:
 	for {
 		select {
-		case b := <-in:
-			m.add(b)
+		case x := <-in:
+			m.take(x)
 		case <-tick.C:
 		case <-readersDone:
 			break loop
@@ -182,10 +211,12 @@ loop:
 			w.check(now)
 		}
 		if now.Sub(lastIdle) >= idleEvery && m.held == 0 {
-			// Quiet inputs: let pipeline time follow the clock, minus the window, so pending
-			// queries still expire. A frame held less than the window is never overtaken.
+			// Quiet inputs: let pipeline time follow the ports' watermarks, so pending queries
+			// still expire; nothing older than them can come.
 			lastIdle = now
-			p.Idle(now.Add(-cfg.Window).UnixNano())
+			if h := m.horizon(); h > 0 {
+				p.Idle(h)
+			}
 		}
 		if cfg.StatsEvery > 0 && statsLine != nil && now.Sub(lastStats) >= cfg.StatsEvery {
 			lastStats = now
@@ -195,8 +226,8 @@ loop:
 	// Readers have stopped: everything they delivered is released in order.
 	for {
 		select {
-		case b := <-in:
-			m.add(b)
+		case x := <-in:
+			m.take(x)
 			continue
 		default:
 		}
@@ -221,7 +252,7 @@ loop:
 // read is one port's reader goroutine: ring → batches. It blocks when the merge holds every
 // batch; the ring then buffers, and what it cannot hold the kernel drops and counts
 // (PACKET_STATISTICS), the one place where load is shed.
-func read(ctx context.Context, cfg Config, src Source, port int, ps *PortStats, free <-chan *batch, out chan<- *batch) error {
+func read(ctx context.Context, cfg Config, src Source, port int, ps *PortStats, free <-chan *batch, out chan<- msg) error {
 	var b *batch
 	var first int64
 	var pk decode.Packet
@@ -239,12 +270,20 @@ func read(ctx context.Context, cfg Config, src Source, port int, ps *PortStats, 
 			return false
 		}
 	}
-	send := func() bool {
+	send := func(polled int64) bool {
 		if b == nil || len(b.frames) == 0 {
+			if polled != 0 {
+				// Without waiting: a reader must not stall on a lagging merge for a report
+				// that the next one supersedes.
+				select {
+				case out <- msg{port: port, polled: polled}:
+				default:
+				}
+			}
 			return true
 		}
 		select {
-		case out <- b:
+		case out <- msg{port: port, b: b, polled: polled}:
 			b = nil
 			return true
 		case <-ctx.Done():
@@ -255,21 +294,28 @@ func read(ctx context.Context, cfg Config, src Source, port int, ps *PortStats, 
 		// The merge keeps receiving until every reader has returned, so this cannot block for
 		// ever, and the frames read before a SIGTERM are not lost.
 		if b != nil && len(b.frames) > 0 {
-			out <- b
+			out <- msg{port: port, b: b}
 		}
 	}()
+	// before is a time taken before the current Read began. A Read that times out found the
+	// ring's next block still the kernel's at some moment after before, so every block
+	// retired by then has been read: nothing older than before − Slack can still come. (Ring
+	// timestamps are the kernel's CLOCK_REALTIME, the clock time.Now reads.)
+	before := time.Now().UnixNano()
 	for ctx.Err() == nil {
 		frame, ts, wireLen, vlan, err := src.Read()
 		nowNs := time.Now().UnixNano()
 		if err != nil {
 			if err == cfg.TimeoutErr {
-				if !send() {
+				if !send(before) {
 					return nil
 				}
+				before = nowNs
 				continue
 			}
 			return err
 		}
+		before = nowNs
 		ps.Frames.Add(1)
 		ps.Bytes.Add(uint64(wireLen))
 		ps.lastFrameWall.Store(nowNs)
@@ -283,7 +329,7 @@ func read(ctx context.Context, cfg Config, src Source, port int, ps *PortStats, 
 			classify(&pk, ps)
 		}
 		if b != nil && (len(b.frames) == cap(b.frames) || len(b.data)+len(frame) > cap(b.data)) {
-			if !send() {
+			if !send(0) {
 				return nil
 			}
 		}
@@ -300,7 +346,7 @@ func read(ctx context.Context, cfg Config, src Source, port int, ps *PortStats, 
 		b.frames = append(b.frames, frameRef{off: int32(len(b.data)), n: int32(len(frame)), wireLen: int32(wireLen), ts: ts})
 		b.data = append(b.data, frame...)
 		if nowNs-first > flushAfter {
-			if !send() {
+			if !send(0) {
 				return nil
 			}
 		}
@@ -341,62 +387,6 @@ func classify(pk *decode.Packet, ps *PortStats) {
 }
 
 func dnsPort(p uint16) bool { return p == 53 || p == 5353 }
-
-// merger orders the ports' frames by ring timestamp; it runs on the pipeline's goroutine.
-type merger struct {
-	cfg    Config
-	p      Sink
-	stats  *Stats
-	queues [][]*batch
-	free   []chan *batch
-	held   int
-	last   int64
-}
-
-func (m *merger) add(b *batch) {
-	m.queues[b.port] = append(m.queues[b.port], b)
-	m.held += len(b.frames)
-	m.stats.Held.Store(int64(m.held))
-}
-
-// release hands over every frame that can no longer be overtaken; all releases everything.
-func (m *merger) release(now time.Time, all bool) {
-	limit := now.Add(-m.cfg.Window).UnixNano()
-	for m.held > 0 {
-		best, bestTS, allHave := -1, int64(0), true
-		for i, q := range m.queues {
-			if len(q) == 0 {
-				allHave = false
-				continue
-			}
-			ts := q[0].frames[q[0].next].ts
-			if best < 0 || ts < bestTS {
-				best, bestTS = i, ts
-			}
-		}
-		if !all && !allHave && m.cfg.Window > 0 && bestTS > limit {
-			break
-		}
-		b := m.queues[best][0]
-		f := b.frames[b.next]
-		if f.ts < m.last {
-			m.stats.OutOfOrder.Add(1)
-		} else {
-			m.last = f.ts
-		}
-		m.p.Frame(decode.LinkEthernet, f.ts, b.data[f.off:f.off+f.n], int(f.wireLen))
-		m.held--
-		b.next++
-		if b.next == len(b.frames) {
-			m.queues[best] = m.queues[best][1:]
-			m.free[best] <- b
-		}
-	}
-	m.stats.Held.Store(int64(m.held))
-	if s, ok := m.p.(interface{ Sync() }); ok {
-		s.Sync()
-	}
-}
 
 // watch warns about a tap that looks miscabled: a silent port while another carries traffic, or
 // DNS seen in only one direction across all ports.

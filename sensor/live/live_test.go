@@ -5,11 +5,13 @@ import (
 	"errors"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
 
+	"github.com/sie-europe/dnssensor/sensor/decode"
 	"github.com/sie-europe/dnssensor/sensor/dnsqr"
 	"github.com/sie-europe/dnssensor/sensor/pipeline"
 	"github.com/sie-europe/dnssensor/sensor/pktbuild"
@@ -60,52 +62,72 @@ func dnsMsg(t *testing.T, id uint16, resp bool) []byte {
 	return b
 }
 
-// Port A (queries) is read 30 ms late, port B (responses) at once: without the merge every
-// response is unsolicited; with a window longer than the delay every transaction pairs.
-func TestMergePairsAcrossPorts(t *testing.T) {
-	for _, tc := range []struct {
-		window    time.Duration
-		wantPairs bool
-	}{{100 * time.Millisecond, true}, {0, false}} {
-		res := netip.MustParseAddrPort("198.51.100.2:40000")
-		auth := netip.MustParseAddrPort("192.0.2.10:53")
-		a, b := &fakeSource{}, &fakeSource{}
-		now := time.Now()
-		const n = 200
-		for i := 0; i < n; i++ {
-			ts := now.Add(time.Duration(i) * 100 * time.Microsecond)
-			q := eth(pktbuild.AppendUDP(nil, res, auth, dnsMsg(t, uint16(i), false)))
-			r := eth(pktbuild.AppendUDP(nil, auth, res, dnsMsg(t, uint16(i), true)))
-			a.frames, a.at = append(a.frames, fakeFrame{q, ts.UnixNano()}), append(a.at, ts.Add(30*time.Millisecond))
-			b.frames, b.at = append(b.frames, fakeFrame{r, ts.UnixNano() + 45e3}), append(b.at, ts)
+// countingSink counts the frames Run has released, for a test waiting on the merge.
+type countingSink struct {
+	*pipeline.Pipeline
+	n atomic.Int64
+}
+
+func (c *countingSink) Frame(link decode.LinkType, ts int64, frame []byte, wireLen int) {
+	c.n.Add(1)
+	c.Pipeline.Frame(link, ts, frame, wireLen)
+}
+
+func (f *fakeSource) left() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.frames)
+}
+
+// Run end to end, on the real clock: port A (queries) surfaces 30 ms late, port B (responses) at
+// once. Whatever the scheduling, the watermarks (Slack covers the 30 ms) release every frame in
+// order during the run, with no help from the valve (10 s) or from the final release.
+func TestRunMergesPorts(t *testing.T) {
+	res := netip.MustParseAddrPort("198.51.100.2:40000")
+	auth := netip.MustParseAddrPort("192.0.2.10:53")
+	a, b := &fakeSource{}, &fakeSource{}
+	now := time.Now()
+	const n = 200
+	for i := 0; i < n; i++ {
+		ts := now.Add(time.Duration(i) * 100 * time.Microsecond)
+		q := eth(pktbuild.AppendUDP(nil, res, auth, dnsMsg(t, uint16(i), false)))
+		r := eth(pktbuild.AppendUDP(nil, auth, res, dnsMsg(t, uint16(i), true)))
+		a.frames, a.at = append(a.frames, fakeFrame{q, ts.UnixNano()}), append(a.at, ts.Add(30*time.Millisecond))
+		b.frames, b.at = append(b.frames, fakeFrame{r, ts.UnixNano() + 45e3}), append(b.at, ts)
+	}
+	counts := map[dnsqr.Type]int{}
+	p, err := pipeline.New(pipeline.Config{Resolvers: []netip.Prefix{netip.MustParsePrefix("198.51.100.2/32")}}, func(r *dnsqr.Record) error {
+		counts[r.Type]++
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &countingSink{Pipeline: p}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st := &Stats{}
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, Config{Window: 10 * time.Second, Slack: 40 * time.Millisecond, TimeoutErr: errTimeout, Logf: t.Logf},
+			[]Port{{"A", a}, {"B", b}}, sink, st, nil)
+	}()
+	for deadline := time.Now().Add(60 * time.Second); sink.n.Load() < 2*n; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("merge released %d of %d frames (left in sources: %d, %d); %s", sink.n.Load(), 2*n, a.left(), b.left(), st.String())
 		}
-		counts := map[dnsqr.Type]int{}
-		// Unsolicited records decided at once: the test counts them to see what the merge did.
-		p, err := pipeline.New(pipeline.Config{Resolvers: []netip.Prefix{netip.MustParsePrefix("198.51.100.2/32")}, Unsolicited: true}, func(r *dnsqr.Record) error {
-			counts[r.Type]++
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 400*time.Millisecond)
-		st := &Stats{}
-		err = Run(ctx, Config{Window: tc.window, TimeoutErr: errTimeout, Logf: t.Logf}, []Port{{"A", a}, {"B", b}}, p, st, nil)
-		cancel()
-		if err != nil {
-			t.Fatal(err)
-		}
-		p.Flush()
-		t.Logf("window %v: %v; %s", tc.window, counts, st.String())
-		if tc.wantPairs && counts[dnsqr.UDPQueryResponse] != n {
-			t.Errorf("window %v: %d pairs of %d", tc.window, counts[dnsqr.UDPQueryResponse], n)
-		}
-		if !tc.wantPairs && counts[dnsqr.UDPUnsolicitedResponse] == 0 {
-			t.Errorf("window 0 paired everything: the test does not exercise the merge")
-		}
-		if st.Ports[0].Queries.Load() != n || st.Ports[1].Responses.Load() != n || st.Ports[0].Responses.Load() != 0 {
-			t.Errorf("per-port DNS counters: %s", st.String())
-		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	p.Flush()
+	t.Logf("%v; %s", counts, st.String())
+	if counts[dnsqr.UDPQueryResponse] != n || st.Forced.Load() != 0 || st.OutOfOrder.Load() != 0 {
+		t.Errorf("%d pairs of %d, forced %d, out of order %d", counts[dnsqr.UDPQueryResponse], n, st.Forced.Load(), st.OutOfOrder.Load())
+	}
+	if st.Ports[0].Queries.Load() != n || st.Ports[1].Responses.Load() != n || st.Ports[0].Responses.Load() != 0 {
+		t.Errorf("per-port DNS counters: %s", st.String())
 	}
 }
 

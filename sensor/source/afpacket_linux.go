@@ -23,8 +23,8 @@ type RingConfig struct {
 	// blocks, so a frame up to BlockSize minus the block header fits: jumbo frames and GRO
 	// super-frames need no special frame size.
 	BlockSize, NumBlocks int
-	// BlockTimeout retires a partly filled block: the longest a frame waits in the kernel before
-	// user space can read it, and so the least the two-port merge window must cover.
+	// BlockTimeout retires a partly filled block; RetireDelay(BlockTimeout) bounds how long a
+	// frame waits in the kernel before user space can read it (the two-port merge relies on it).
 	BlockTimeout time.Duration
 	Filter       []bpf.RawInstruction // nil: no kernel filter
 }
