@@ -2,6 +2,7 @@ package nmsg
 
 import (
 	"bytes"
+	stdzlib "compress/zlib"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -504,5 +505,104 @@ func TestFileSequence(t *testing.T) {
 	}
 	if _, _, ok := ContainerSequence([]byte("NMSG\x00\x02\x00\x00\x00\x00")); ok {
 		t.Error("empty container reported a sequence")
+	}
+}
+
+// TestZlibStdlibInflates checks the zlib bodies the writers produce with
+// the standard library's inflater, an implementation independent of the
+// one that wrote them: each body is BE32 uncompressed length + one zlib
+// stream that inflates to exactly the container the writer would have
+// sent uncompressed, and that generated protobuf code parses.
+func TestZlibStdlibInflates(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 7))
+	var ps []Payload
+	for i := range 3000 {
+		ps = append(ps, testPayload(i, compressibleData(r, 50+r.IntN(1500))))
+	}
+	containers := func(z bool) [][]byte {
+		var buf bytes.Buffer
+		fw, err := NewFileWriter(&buf, FileOptions{Zlib: z, CRC: true, MaxSize: 64 << 10})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range ps {
+			if err := fw.Write(&ps[i]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := fw.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return splitDatagrams(t, buf.Bytes())
+	}
+	plain, zipped := containers(false), containers(true)
+	if len(plain) != len(zipped) || len(plain) < 10 {
+		t.Fatalf("%d plain containers, %d compressed", len(plain), len(zipped))
+	}
+	n := 0
+	for i, c := range zipped {
+		if c[4] != flagZlib {
+			t.Fatalf("container %d: flags %#x", i, c[4])
+		}
+		body := c[HeaderSize:]
+		zr, err := stdzlib.NewReader(bytes.NewReader(body[4:]))
+		if err != nil {
+			t.Fatalf("container %d: %v", i, err)
+		}
+		got, err := io.ReadAll(zr) // verifies the Adler-32 trailer at EOF
+		if err != nil {
+			t.Fatalf("container %d: %v", i, err)
+		}
+		if ulen := binary.BigEndian.Uint32(body); int(ulen) != len(got) {
+			t.Errorf("container %d: announces %d octets, inflates to %d", i, ulen, len(got))
+		}
+		if !bytes.Equal(got, plain[i][HeaderSize:]) {
+			t.Fatalf("container %d: inflated body differs from the uncompressed container", i)
+		}
+		var m gonmsg.Nmsg
+		if err := proto.Unmarshal(got, &m); err != nil {
+			t.Fatalf("container %d: %v", i, err)
+		}
+		n += len(m.Payloads)
+	}
+	if n != len(ps) {
+		t.Errorf("%d payloads, want %d", n, len(ps))
+	}
+}
+
+// TestReaderInflatesStdlib reads containers compressed by the standard
+// library at every kind of level (stored, Huffman only, fast, best), as
+// other writers (go-nmsg, the collector) produce them.
+func TestReaderInflatesStdlib(t *testing.T) {
+	r := rand.New(rand.NewPCG(8, 8))
+	var body []byte
+	var want []Payload
+	for i := range 60 {
+		p := testPayload(i, compressibleData(r, 10+r.IntN(1500)))
+		p.CRC = CRCValid
+		want = append(want, p)
+		body = append(body, tag(1, wtBytes))
+		body = binary.AppendUvarint(body, uint64(PayloadSize(&p)))
+		body = AppendPayload(body, &p)
+	}
+	for i := range want {
+		body = append(body, tag(2, wtVarint))
+		body = binary.AppendUvarint(body, uint64(payloadCRC(want[i].Data)))
+	}
+	for _, level := range []int{stdzlib.HuffmanOnly, stdzlib.NoCompression, stdzlib.BestSpeed, stdzlib.DefaultCompression, stdzlib.BestCompression} {
+		var z bytes.Buffer
+		z.Write(binary.BigEndian.AppendUint32(nil, uint32(len(body))))
+		zw, _ := stdzlib.NewWriterLevel(&z, level)
+		zw.Write(body)
+		zw.Close()
+		c := appendHeader(nil, flagZlib, z.Len())
+		c = append(c, z.Bytes()...)
+		got, rd := readAll(t, append(c, c...))
+		if diff := cmp.Diff(append(want, want...), got); diff != "" {
+			t.Fatalf("level %d: (-want +got):\n%s", level, diff)
+		}
+		if cnt := rd.Counters(); cnt.Containers != 2 || cnt.BadZlib != 0 {
+			t.Errorf("level %d: counters %+v", level, cnt)
+		}
 	}
 }
