@@ -606,3 +606,55 @@ func TestReaderInflatesStdlib(t *testing.T) {
 		}
 	}
 }
+
+// TestReaderRejectsBadZlib: every way a zlib body can disagree with itself
+// drops that container (counted as BadZlib) and the stream goes on.
+func TestReaderRejectsBadZlib(t *testing.T) {
+	p := testPayload(1, compressibleData(rand.New(rand.NewPCG(9, 9)), 2000))
+	var buf bytes.Buffer
+	fw, _ := NewFileWriter(&buf, FileOptions{Zlib: true})
+	fw.Write(&p)
+	fw.Close()
+	good := buf.Bytes()
+	if good[4] != flagZlib {
+		t.Fatal("test container is not compressed")
+	}
+	body := func(c []byte) []byte { return c[HeaderSize:] }
+	for _, tc := range []struct {
+		name string
+		bad  func(c []byte) []byte
+	}{
+		{"adler32", func(c []byte) []byte { c[len(c)-1] ^= 1; return c }},
+		{"announces more", func(c []byte) []byte {
+			binary.BigEndian.PutUint32(body(c), binary.BigEndian.Uint32(body(c))+1)
+			return c
+		}},
+		{"announces less", func(c []byte) []byte {
+			binary.BigEndian.PutUint32(body(c), binary.BigEndian.Uint32(body(c))-1)
+			return c
+		}},
+		{"truncated stream", func(c []byte) []byte {
+			c = c[:len(c)-6]
+			putHeader(c, flagZlib, len(c)-HeaderSize)
+			return c
+		}},
+		{"bad zlib header", func(c []byte) []byte { body(c)[4] = 0x77; return c }},
+		{"no length", func(c []byte) []byte {
+			c = c[:HeaderSize+3]
+			putHeader(c, flagZlib, 3)
+			return c
+		}},
+	} {
+		stream := append(tc.bad(bytes.Clone(good)), good...)
+		rd := NewReader(bytes.NewReader(stream), ReaderOptions{})
+		if _, err := rd.Next(); !errors.Is(err, ErrBadZlib) {
+			t.Errorf("%s: %v, want ErrBadZlib", tc.name, err)
+		}
+		if got, err := rd.Next(); err != nil || !bytes.Equal(got.Data, p.Data) {
+			t.Errorf("%s: the next container: %v", tc.name, err)
+		}
+		if c := rd.Counters(); c.BadZlib != 1 || c.Containers != 1 {
+			t.Errorf("%s: counters %+v", tc.name, c)
+		}
+	}
+}
