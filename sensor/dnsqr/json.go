@@ -67,9 +67,9 @@ func AppendJSON(b []byte, p PayloadInfo, r *Record) []byte {
 		b = append(b, `,"timeout":`...)
 		b = appendFloat(b, r.Timeout)
 	}
-	if d, ok := r.Delay(); ok {
+	if d, ok := r.delayNs(); ok {
 		b = append(b, `,"delay":`...)
-		b = appendFloat(b, d)
+		b = appendSeconds(b, d)
 	}
 	if r.HasChecksum && len(r.ResponsePackets) > 0 {
 		b = append(b, `,"udp_checksum":"`...)
@@ -106,13 +106,19 @@ func AppendJSON(b []byte, p PayloadInfo, r *Record) []byte {
 // Delay is the C module's generated field: response time minus query time, the largest over the
 // response's fragments, defined only for answered UDP queries with one query packet.
 func (r *Record) Delay() (float64, bool) {
+	d, ok := r.delayNs()
+	return float64(d) / 1e9, ok
+}
+
+// delayNs is Delay in nanoseconds. The largest difference gives the largest Delay, since the
+// conversion to float64 never reverses an order.
+func (r *Record) delayNs() (int64, bool) {
 	if r.Type != UDPQueryResponse || len(r.QueryTimes) != 1 || len(r.ResponseTimes) < 1 {
 		return 0, false
 	}
-	d := 0.0
+	var d int64
 	for i, t := range r.ResponseTimes {
-		x := float64(t-r.QueryTimes[0]) / 1e9
-		if i == 0 || x > d {
+		if x := t - r.QueryTimes[0]; i == 0 || x > d {
 			d = x
 		}
 	}
@@ -182,6 +188,36 @@ func appendFloat(b []byte, f float64) []byte {
 		return b
 	}
 	return strconv.AppendFloat(b[:n], f, 'g', 17, 64)
+}
+
+// appendSeconds appends float64(ns)/1e9 as appendFloat does, without converting through binary.
+// Between 100 µs and 10^6 s the result is ns as a decimal with nine places and trailing zeros
+// removed: those at most 15 significant digits read back as exactly that float64 (the division
+// rounds correctly, and ns is exact below 2^53), so they are what %.15g prints, and %g prints
+// numbers of that size without an exponent.
+func appendSeconds(b []byte, ns int64) []byte {
+	a := ns
+	if a < 0 {
+		a = -a
+	}
+	if a < 100e3 || a >= 1e15 {
+		return appendFloat(b, float64(ns)/1e9)
+	}
+	if ns < 0 {
+		b = append(b, '-')
+	}
+	b = strconv.AppendInt(b, a/1e9, 10)
+	frac := a % 1e9
+	if frac == 0 {
+		return b
+	}
+	b = append(b, '.')
+	start := len(b)
+	b = appendDigits(b, int(frac), 9)
+	for b[len(b)-1] == '0' && len(b) > start {
+		b = b[:len(b)-1]
+	}
+	return b
 }
 
 // appendTime appends ns as "2006-01-02 15:04:05.000000000" in UTC. It is time.AppendFormat with

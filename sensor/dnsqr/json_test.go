@@ -141,3 +141,20 @@ func BenchmarkAppendJSON(b *testing.B) {
 	}
 	b.SetBytes(int64(len(buf)))
 }
+
+func TestJSONSeconds(t *testing.T) {
+	ns := []int64{0, 1, -1, 99999, 100000, -100000, 5710999, 1e9, 2e9, 20e9, 123456789012345, 1e15 - 1, 1e15, 1 << 53, math.MaxInt64, -math.MaxInt64}
+	r := rand.New(rand.NewPCG(4, 4))
+	for range 20000 {
+		v := r.Int64N(int64(math.Pow(10, float64(1+r.IntN(17)))))
+		if r.IntN(4) == 0 {
+			v = -v
+		}
+		ns = append(ns, v, v/1000*1000, v/1e6*1e6)
+	}
+	for _, v := range ns {
+		if got, want := string(appendSeconds(nil, v)), string(oracleFloat(float64(v)/1e9)); got != want {
+			t.Errorf("%d: got %s, want %s", v, got, want)
+		}
+	}
+}
