@@ -522,12 +522,12 @@ func TestFileSequence(t *testing.T) {
 func TestZlibStdlibInflates(t *testing.T) {
 	r := rand.New(rand.NewPCG(7, 7))
 	var ps []Payload
-	for i := range 3000 {
+	for i := range 500 {
 		ps = append(ps, testPayload(i, compressibleData(r, 50+r.IntN(1500))))
 	}
 	containers := func(z bool) [][]byte {
 		var buf bytes.Buffer
-		fw, err := NewFileWriter(&buf, FileOptions{Zlib: z, CRC: true, MaxSize: 64 << 10})
+		fw, err := NewFileWriter(&buf, FileOptions{Zlib: z, CRC: true, MaxSize: 8 << 10})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -604,8 +604,14 @@ func TestReaderInflatesStdlib(t *testing.T) {
 		c := appendHeader(nil, flagZlib, z.Len())
 		c = append(c, z.Bytes()...)
 		got, rd := readAll(t, append(c, c...))
-		if diff := cmp.Diff(append(want, want...), got); diff != "" {
-			t.Fatalf("level %d: (-want +got):\n%s", level, diff)
+		if len(got) != 2*len(want) {
+			t.Fatalf("level %d: %d payloads, want %d", level, len(got), 2*len(want))
+		}
+		for i, g := range got {
+			w := want[i%len(want)]
+			if !bytes.Equal(g.Data, w.Data) || g.TimeSec != w.TimeSec || g.TimeNsec != w.TimeNsec || g.CRC != w.CRC {
+				t.Fatalf("level %d: payload %d differs", level, i)
+			}
 		}
 		if cnt := rd.Counters(); cnt.Containers != 2 || cnt.BadZlib != 0 {
 			t.Errorf("level %d: counters %+v", level, cnt)
