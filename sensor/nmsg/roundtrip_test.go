@@ -574,6 +574,41 @@ func TestZlibStdlibInflates(t *testing.T) {
 	if n != len(ps) {
 		t.Errorf("%d payloads, want %d", n, len(ps))
 	}
+
+	// Datagrams: small containers, compressed one by one.
+	dgrams := func(z bool) [][]byte {
+		var c capture
+		dw, err := NewDatagramWriter(c.send, DatagramOptions{MTU: 8192, Zlib: z, CRC: true, Rand: newDetRand(5)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range 50 {
+			if err := dw.Write(&ps[i]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := dw.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		return c.dgrams
+	}
+	plain, zipped = dgrams(false), dgrams(true)
+	if len(plain) != len(zipped) || len(plain) < 3 {
+		t.Fatalf("%d plain datagrams, %d compressed", len(plain), len(zipped))
+	}
+	for i, d := range zipped {
+		if d[4] != flagZlib {
+			t.Fatalf("datagram %d: flags %#x", i, d[4])
+		}
+		zr, err := stdzlib.NewReader(bytes.NewReader(d[HeaderSize+4:]))
+		if err != nil {
+			t.Fatalf("datagram %d: %v", i, err)
+		}
+		got, err := io.ReadAll(zr)
+		if err != nil || !bytes.Equal(got, plain[i][HeaderSize:]) {
+			t.Fatalf("datagram %d: inflated body differs from the uncompressed datagram (%v)", i, err)
+		}
+	}
 }
 
 // TestReaderInflatesStdlib reads containers compressed by the standard
