@@ -22,7 +22,7 @@ type PayloadInfo struct {
 // base64, plus the generated fields delay, query, response and dns.
 func AppendJSON(b []byte, p PayloadInfo, r *Record) []byte {
 	b = append(b, `{"time":"`...)
-	b = time.Unix(0, p.Time).UTC().AppendFormat(b, "2006-01-02 15:04:05.000000000")
+	b = appendTime(b, p.Time)
 	b = append(b, `","vname":"base","mname":"dnsqr"`...)
 	if p.HasSource {
 		b = append(b, `,"source":"`...)
@@ -51,7 +51,7 @@ func AppendJSON(b []byte, p PayloadInfo, r *Record) []byte {
 	b = appendNum(b, "id", uint64(r.ID))
 	if r.HasQuestion {
 		b = append(b, `,"qname":`...)
-		b = strconv.AppendQuote(b, NameString(r.Qname))
+		b = appendQuotedName(b, r.Qname)
 		b = append(b, `,"qclass":`...)
 		b = strconv.AppendQuote(b, dns.Class(r.Qclass).String())
 		b = append(b, `,"qtype":`...)
@@ -67,9 +67,9 @@ func AppendJSON(b []byte, p PayloadInfo, r *Record) []byte {
 		b = append(b, `,"timeout":`...)
 		b = appendFloat(b, r.Timeout)
 	}
-	if d, ok := r.Delay(); ok {
+	if d, ok := r.delayNs(); ok {
 		b = append(b, `,"delay":`...)
-		b = appendFloat(b, d)
+		b = appendSeconds(b, d)
 	}
 	if r.HasChecksum && len(r.ResponsePackets) > 0 {
 		b = append(b, `,"udp_checksum":"`...)
@@ -87,7 +87,12 @@ func AppendJSON(b []byte, p PayloadInfo, r *Record) []byte {
 	}
 	if msg, ok := DNSPayload(r.ResponsePackets); ok {
 		b = appendB64(b, "response", msg)
-		b = appendB64(b, "dns", msg)
+		// "dns" is the same message: copy its text rather than encode it again.
+		enc := len(b) - 1 - base64.StdEncoding.EncodedLen(len(msg))
+		end := len(b) - 1
+		b = append(b, `,"dns":"`...)
+		b = append(b, b[enc:end]...)
+		b = append(b, '"')
 	}
 	if r.TCP != nil {
 		b = appendB64(b, "tcp", r.TCP)
@@ -101,13 +106,19 @@ func AppendJSON(b []byte, p PayloadInfo, r *Record) []byte {
 // Delay is the C module's generated field: response time minus query time, the largest over the
 // response's fragments, defined only for answered UDP queries with one query packet.
 func (r *Record) Delay() (float64, bool) {
+	d, ok := r.delayNs()
+	return float64(d) / 1e9, ok
+}
+
+// delayNs is Delay in nanoseconds. The largest difference gives the largest Delay, since the
+// conversion to float64 never reverses an order.
+func (r *Record) delayNs() (int64, bool) {
 	if r.Type != UDPQueryResponse || len(r.QueryTimes) != 1 || len(r.ResponseTimes) < 1 {
 		return 0, false
 	}
-	d := 0.0
+	var d int64
 	for i, t := range r.ResponseTimes {
-		x := float64(t-r.QueryTimes[0]) / 1e9
-		if i == 0 || x > d {
+		if x := t - r.QueryTimes[0]; i == 0 || x > d {
 			d = x
 		}
 	}
@@ -170,11 +181,78 @@ func appendFloat(b []byte, f float64) []byte {
 	if math.IsInf(f, 0) || math.IsNaN(f) {
 		return append(b, "null"...)
 	}
-	s := strconv.FormatFloat(f, 'g', 15, 64)
-	if v, err := strconv.ParseFloat(s, 64); err == nil && v == f {
-		return append(b, s...)
+	n := len(b)
+	b = strconv.AppendFloat(b, f, 'g', 15, 64)
+	// The conversion to string does not escape, so it costs no allocation.
+	if v, err := strconv.ParseFloat(string(b[n:]), 64); err == nil && v == f {
+		return b
 	}
-	return strconv.AppendFloat(b, f, 'g', 17, 64)
+	return strconv.AppendFloat(b[:n], f, 'g', 17, 64)
+}
+
+// appendSeconds appends float64(ns)/1e9 as appendFloat does, without converting through binary.
+// Between 100 µs and 10^6 s the result is ns as a decimal with nine places and trailing zeros
+// removed: those at most 15 significant digits read back as exactly that float64 (the division
+// rounds correctly, and ns is exact below 2^53), so they are what %.15g prints, and %g prints
+// numbers of that size without an exponent.
+func appendSeconds(b []byte, ns int64) []byte {
+	a := ns
+	if a < 0 {
+		a = -a
+	}
+	if a < 100e3 || a >= 1e15 {
+		return appendFloat(b, float64(ns)/1e9)
+	}
+	if ns < 0 {
+		b = append(b, '-')
+	}
+	b = strconv.AppendInt(b, a/1e9, 10)
+	frac := a % 1e9
+	if frac == 0 {
+		return b
+	}
+	b = append(b, '.')
+	start := len(b)
+	b = appendDigits(b, int(frac), 9)
+	for b[len(b)-1] == '0' && len(b) > start {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+// appendTime appends ns as "2006-01-02 15:04:05.000000000" in UTC. It is time.AppendFormat with
+// that layout, without parsing the layout for every record.
+func appendTime(b []byte, ns int64) []byte {
+	t := time.Unix(0, ns).UTC()
+	year, month, day := t.Date()
+	if year < 0 || year > 9999 {
+		return t.AppendFormat(b, "2006-01-02 15:04:05.000000000")
+	}
+	hour, minute, sec := t.Clock()
+	b = appendDigits(b, year, 4)
+	b = append(b, '-')
+	b = appendDigits(b, int(month), 2)
+	b = append(b, '-')
+	b = appendDigits(b, day, 2)
+	b = append(b, ' ')
+	b = appendDigits(b, hour, 2)
+	b = append(b, ':')
+	b = appendDigits(b, minute, 2)
+	b = append(b, ':')
+	b = appendDigits(b, sec, 2)
+	b = append(b, '.')
+	return appendDigits(b, t.Nanosecond(), 9)
+}
+
+// appendDigits appends the n (at most 9) lowest decimal digits of v >= 0, zero-padded.
+func appendDigits(b []byte, v, n int) []byte {
+	start := len(b)
+	b = append(b, "000000000"[:n]...)
+	for i := len(b) - 1; i >= start; i-- {
+		b[i] = byte('0' + v%10)
+		v /= 10
+	}
+	return b
 }
 
 func rcodeString(rc uint16) string {
@@ -186,11 +264,24 @@ func rcodeString(rc uint16) string {
 
 // NameString renders a wire-format name in presentation form with a trailing dot, escaping
 // non-printable octets as \DDD. A malformed name renders as far as it parses.
-func NameString(wire []byte) string {
+func NameString(wire []byte) string { return string(appendName(nil, wire, `\`)) }
+
+// appendQuotedName appends NameString(wire) as a JSON (and Go) string literal, the form
+// strconv.AppendQuote gives it, without building the string first.
+func appendQuotedName(b, wire []byte) []byte {
+	b = append(b, '"')
+	b = appendName(b, wire, `\\`)
+	return append(b, '"')
+}
+
+// appendName appends the presentation form of wire. esc is what one presentation backslash is
+// written as: `\` plain, `\\` inside a quoted string, where a label's backslash or quote octet
+// also needs a quoting backslash of its own.
+func appendName(b, wire []byte, esc string) []byte {
 	if len(wire) == 0 || (len(wire) == 1 && wire[0] == 0) {
-		return "."
+		return append(b, '.')
 	}
-	var out []byte
+	quoted := len(esc) > 1
 	for i := 0; i < len(wire); {
 		l := int(wire[i])
 		if l == 0 || l > 63 || i+1+l > len(wire) {
@@ -198,18 +289,26 @@ func NameString(wire []byte) string {
 		}
 		for _, c := range wire[i+1 : i+1+l] {
 			switch {
-			case c == '.' || c == '\\' || c == '"':
-				out = append(out, '\\', c)
+			case c == '.':
+				b = append(b, esc...)
+				b = append(b, c)
+			case c == '\\' || c == '"':
+				b = append(b, esc...)
+				if quoted {
+					b = append(b, '\\')
+				}
+				b = append(b, c)
 			case c < 0x21 || c > 0x7e:
-				out = append(out, '\\', '0'+c/100, '0'+c/10%10, '0'+c%10)
+				b = append(b, esc...)
+				b = append(b, '0'+c/100, '0'+c/10%10, '0'+c%10)
 			default:
-				out = append(out, c)
+				b = append(b, c)
 			}
 		}
-		out = append(out, '.')
+		b = append(b, '.')
 		i += 1 + l
 	}
-	return string(out)
+	return b
 }
 
 // DNSPayload returns the DNS message carried by a stored packet list: the UDP payload of one

@@ -1,0 +1,5 @@
+//go:build !race
+
+package nmsg
+
+const raceEnabled = false
