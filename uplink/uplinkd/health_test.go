@@ -218,13 +218,13 @@ func TestMetricsAddressLoopbackOnly(t *testing.T) {
 	if err := os.Mkdir(filepath.Join(dir, "ram"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := ParseConfig([]byte(fmt.Sprintf(`{"spool": {"dir": %q}, "metrics": "0.0.0.0:0",
+	_, err := ParseConfig([]byte(fmt.Sprintf(`{"spool": {"dir": %q}, "metrics": "0.0.0.0:0",
 		"destinations": [{"type": "nmsg-udp", "addr": "127.0.0.1:9"}]}`, filepath.Join(dir, "ram"))), "test")
 	if err == nil || !strings.Contains(err.Error(), "loopback") {
 		t.Errorf("config with metrics on 0.0.0.0: %v, want a refusal naming loopback", err)
 	}
 	// The server refuses too, whoever built the configuration.
-	cfg, err = ParseConfig([]byte(fmt.Sprintf(`{"spool": {"dir": %q}, "metrics": "127.0.0.1:0",
+	cfg, err := ParseConfig([]byte(fmt.Sprintf(`{"spool": {"dir": %q}, "metrics": "127.0.0.1:0",
 		"destinations": [{"type": "nmsg-udp", "addr": "127.0.0.1:9"}]}`, filepath.Join(dir, "ram"))), "test")
 	if err != nil {
 		t.Fatal(err)
