@@ -205,13 +205,27 @@ func (o *oracle) collectECS(msg []byte) {
 			if code == 8 && off+7 <= len(rd) {
 				n := min((int(rd[off+6])+7)/8, 16)
 				a := rd[min(off+8, len(rd)):min(off+8+n, len(rd))]
-				if len(a) >= 3 && !allZero(a) {
+				// A needle with fewer than two non-zero octets is an 8-bit pattern that the
+				// message's own structure reproduces by chance (a found case: address 00 0b 00,
+				// from an option overrunning an OPT record of RDLENGTH 11, "matched" that
+				// RDLENGTH and the first zeroed octet after it).
+				if len(a) >= 3 && nonZero(a) >= 2 {
 					o.secrets = append(o.secrets, bytes.Clone(a))
 				}
 			}
 			off += 4 + l
 		}
 	})
+}
+
+func nonZero(b []byte) int {
+	n := 0
+	for _, c := range b {
+		if c != 0 {
+			n++
+		}
+	}
+	return n
 }
 
 func allZero(b []byte) bool {
