@@ -1,0 +1,152 @@
+package netconf
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/sie-europe/dnssensor/appliance/netconf/netnstest"
+	"github.com/sie-europe/dnssensor/internal/testenv"
+)
+
+func init() {
+	// netconfd itself, inside the box's namespace; NETC_ARGS holds its arguments, one per line.
+	children["netconfd"] = func() (any, error) {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+		defer stop()
+		if code := Main(ctx, strings.Split(os.Getenv("NETC_ARGS"), "\n"), os.Stdout, os.Stderr); code != 0 {
+			os.Exit(code)
+		}
+		return nil, nil
+	}
+}
+
+// dnsmasq runs Debian's dnsmasq as the DHCPv4 server on iface in ns, logging to a buffer, with its
+// lease file at leases. It is stopped at the end of the test.
+func dnsmasq(t *testing.T, ns, iface, leases string, args ...string) *netnstest.SyncBuffer {
+	t.Helper()
+	var log netnstest.SyncBuffer
+	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, "dnsmasq", "--no-daemon", "--conf-file=/dev/null",
+		"--port=0", "--interface=" + iface, "--bind-interfaces", "--user=root", "--pid-file=",
+		"--dhcp-leasefile=" + leases, "--log-dhcp", "--log-facility=-"}, args...)...)
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+		t.Logf("dnsmasq:\n%s", log.String())
+	})
+	testenv.WaitFor(t, "dnsmasq to start", func() bool { return strings.Contains(log.String(), "DHCP, IP range") })
+	return &log
+}
+
+func readFile(path string) string {
+	b, _ := os.ReadFile(path)
+	return string(b)
+}
+
+// TestDHCPv4 runs netconfd against dnsmasq: it obtains a lease (sending its host name), applies
+// the address and the default route, publishes the DNS and NTP servers, renews at T1 from its
+// address, and on SIGTERM releases
+// the lease (dnsmasq forgets it) and removes the address.
+func TestDHCPv4(t *testing.T) {
+	netnstest.NeedTools(t, "ip", "dnsmasq")
+	box := netnstest.Netns(t, "netc-dbox")
+	srv := netnstest.Netns(t, "netc-dsrv")
+	netnstest.Veth(t, "netc-mgmt0", box, "netc-srv0", srv)
+	netnstest.Run(t, "ip", "-n", srv, "addr", "add", "192.0.2.1/24", "dev", "netc-srv0")
+	netnstest.Run(t, "ip", "-n", srv, "link", "set", "netc-srv0", "up")
+	dir := t.TempDir()
+	leases := filepath.Join(dir, "leases")
+	dlog := dnsmasq(t, srv, "netc-srv0", leases,
+		"--dhcp-range=192.0.2.50,192.0.2.60,255.255.255.0,2m",
+		"--dhcp-option=option:router,192.0.2.1",
+		"--dhcp-option=option:dns-server,192.0.2.53,192.0.2.54",
+		"--dhcp-option=option:ntp-server,192.0.2.123",
+		// dnsmasq's shortest lease is 2 minutes; T1 and T2 given explicitly bring the renewal
+		// into the test's time.
+		"--dhcp-option=option:T1,4", "--dhcp-option=option:T2,100")
+
+	run := filepath.Join(dir, "run")
+	var out netnstest.SyncBuffer
+	cmd := netnstest.StartChild(t, box, "netconfd", &out,
+		"NETC_ARGS="+strings.Join([]string{"-mgmt", "netc-mgmt0", "-run-dir", run, "-hostname", "netc-sensor", "-poll", "100ms"}, "\n"))
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		t.Logf("netconfd:\n%s", out.String())
+	})
+
+	addrRE := regexp.MustCompile(`inet (192\.0\.2\.(5[0-9]|60))/24`)
+	var addr string
+	testenv.WaitFor(t, "a leased address on netc-mgmt0", func() bool {
+		m := addrRE.FindStringSubmatch(netnstest.Run(t, "ip", "-n", box, "-4", "-o", "addr", "show", "dev", "netc-mgmt0"))
+		if m != nil {
+			addr = m[1]
+		}
+		return m != nil
+	})
+	testenv.WaitFor(t, "the default route via 192.0.2.1", func() bool {
+		return strings.Contains(netnstest.Run(t, "ip", "-n", box, "route", "show", "default"), "default via 192.0.2.1 dev netc-mgmt0 proto dhcp")
+	})
+	testenv.WaitFor(t, "resolv.conf with both servers", func() bool {
+		return strings.Contains(readFile(filepath.Join(run, ResolvConfFile)), "nameserver 192.0.2.53\nnameserver 192.0.2.54\n")
+	})
+	var ntp Servers
+	if err := json.Unmarshal([]byte(readFile(filepath.Join(run, NTPFile))), &ntp); err != nil {
+		t.Fatalf("ntp.json: %v", err)
+	}
+	if ntp.Source != "dhcp4" || len(ntp.Servers) != 1 || ntp.Servers[0].String() != "192.0.2.123" {
+		t.Errorf("ntp.json = %+v, want 192.0.2.123 from dhcp4", ntp)
+	}
+	var lease Addressing
+	if err := json.Unmarshal([]byte(readFile(filepath.Join(run, LeaseFile))), &lease); err != nil {
+		t.Fatalf("lease.json: %v", err)
+	}
+	if lease.Addr.String() != addr+"/24" || lease.Router.String() != "192.0.2.1" || lease.Server.String() != "192.0.2.1" {
+		t.Errorf("lease.json = %+v, want %s/24 via 192.0.2.1", lease, addr)
+	}
+	if l := readFile(leases); !strings.Contains(l, " "+addr+" netc-sensor ") {
+		t.Errorf("dnsmasq's leases lack %s for host netc-sensor:\n%s", addr, l)
+	}
+	testenv.WaitFor(t, "links.json", func() bool {
+		var links []Link
+		return json.Unmarshal([]byte(readFile(filepath.Join(run, LinksFile))), &links) == nil &&
+			len(links) == 1 && links[0].Name == "netc-mgmt0" && links[0].Carrier
+	})
+
+	// Renewal at T1 (4 s): a REQUEST unicast from the leased address, ACKed, nothing changes.
+	testenv.WaitFor(t, "a renewal at T1", func() bool {
+		return strings.Count(dlog.String(), "DHCPACK(netc-srv0) "+addr) >= 2
+	})
+	if a := netnstest.Run(t, "ip", "-n", box, "-4", "-o", "addr", "show", "dev", "netc-mgmt0"); !strings.Contains(a, addr+"/24") {
+		t.Errorf("address gone after the renewal: %s", a)
+	}
+
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-exited; err != nil {
+		t.Fatalf("netconfd after SIGTERM: %v", err)
+	}
+	if a := netnstest.Run(t, "ip", "-n", box, "-4", "-o", "addr", "show", "dev", "netc-mgmt0"); strings.Contains(a, addr) {
+		t.Errorf("address still there after shutdown: %s", a)
+	}
+	testenv.WaitFor(t, "dnsmasq to see the release", func() bool {
+		return strings.Contains(dlog.String(), "DHCPRELEASE(netc-srv0) "+addr)
+	})
+	testenv.WaitFor(t, "dnsmasq to forget the lease", func() bool { return !strings.Contains(readFile(leases), addr) })
+	if rc := readFile(filepath.Join(run, ResolvConfFile)); strings.Contains(rc, "nameserver") {
+		t.Errorf("resolv.conf still names servers after the lease was released:\n%s", rc)
+	}
+}

@@ -1,0 +1,182 @@
+package netconf
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/google/renameio/v2"
+	"github.com/sie-europe/dnssensor/appliance/netconf/dhcp4"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Files netconfd writes under its run directory for the other daemons. Each is replaced whole
+// (renameio), so a reader sees the old or the new content, never a mix.
+const (
+	ResolvConfFile = "resolv.conf" // nameserver lines, for uplinkd's name resolution
+	NTPFile        = "ntp.json"    // Servers, for the time daemon
+	LeaseFile      = "lease.json"  // the management port's addressing, for the status page
+	LinksFile      = "links.json"  // every port's state, for the status page
+)
+
+// Servers is the content of ntp.json.
+type Servers struct {
+	Source  string       `json:"source"` // "dhcp4", "static" or "" (none known)
+	Servers []netip.Addr `json:"servers"`
+}
+
+// Addressing is the content of lease.json.
+type Addressing struct {
+	Interface string       `json:"interface"`
+	Source    string       `json:"source"` // "dhcp4", "static" or "" (no address)
+	State     string       `json:"state,omitempty"`
+	Addr      netip.Prefix `json:"addr,omitzero"`
+	Router    netip.Addr   `json:"router,omitzero"`
+	DNS       []netip.Addr `json:"dns"`
+	NTP       []netip.Addr `json:"ntp"`
+	Server    netip.Addr   `json:"server,omitzero"`
+	Expires   string       `json:"expires,omitempty"` // RFC 3339
+}
+
+// mgmtPort applies addressing to the management interface through netlink and publishes it in
+// runDir. It is the dhcp4.Applier of the DHCP client and the applier of static configuration.
+type mgmtPort struct {
+	iface  string
+	runDir string
+	logf   func(string, ...any)
+
+	mu    sync.Mutex
+	state dhcp4.State
+}
+
+func (m *mgmtPort) link() (netlink.Link, error) {
+	l, err := netlink.LinkByName(m.iface)
+	if err != nil {
+		return nil, fmt.Errorf("management port %s: %w", m.iface, err)
+	}
+	return l, nil
+}
+
+// Apply implements dhcp4.Applier.
+func (m *mgmtPort) Apply(prev, cur dhcp4.Lease) error {
+	if err := m.set(prev.Addr, prev.Router, cur.Addr, cur.Router, netlink.RouteProtocol(unix.RTPROT_DHCP)); err != nil {
+		return err
+	}
+	exp := ""
+	if !cur.Start.IsZero() {
+		exp = cur.Start.Add(cur.Lifetime).UTC().Format("2006-01-02T15:04:05Z07:00")
+	}
+	return m.publish(Addressing{Interface: m.iface, Source: "dhcp4", State: string(dhcp4.Bound), Addr: cur.Addr, Router: cur.Router, DNS: cur.DNS, NTP: cur.NTP, Server: cur.Server, Expires: exp})
+}
+
+// Remove implements dhcp4.Applier.
+func (m *mgmtPort) Remove(l dhcp4.Lease) error {
+	if err := m.set(l.Addr, l.Router, netip.Prefix{}, netip.Addr{}, 0); err != nil {
+		return err
+	}
+	return m.publish(Addressing{Interface: m.iface})
+}
+
+// set moves the interface from (oldAddr, oldGW) to (addr, gw): adds before it removes, so that a
+// renewal that changes nothing touches nothing, and replaces rather than adds, so that applying
+// twice is applying once.
+func (m *mgmtPort) set(oldAddr netip.Prefix, oldGW netip.Addr, addr netip.Prefix, gw netip.Addr, proto netlink.RouteProtocol) error {
+	link, err := m.link()
+	if err != nil {
+		return err
+	}
+	if addr.IsValid() {
+		a := &netlink.Addr{IPNet: ipnet(addr)}
+		if err := netlink.AddrReplace(link, a); err != nil {
+			return fmt.Errorf("management port %s: address %s: %w", m.iface, addr, err)
+		}
+	}
+	if oldAddr.IsValid() && oldAddr != addr {
+		if err := netlink.AddrDel(link, &netlink.Addr{IPNet: ipnet(oldAddr)}); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+			return fmt.Errorf("management port %s: removing address %s: %w", m.iface, oldAddr, err)
+		}
+	}
+	if gw.IsValid() {
+		r := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: defaultDst(gw), Gw: gw.AsSlice(), Protocol: proto}
+		if err := netlink.RouteReplace(r); err != nil {
+			return fmt.Errorf("management port %s: default route via %s: %w", m.iface, gw, err)
+		}
+	}
+	if oldGW.IsValid() && oldGW != gw {
+		r := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: defaultDst(oldGW), Gw: oldGW.AsSlice()}
+		// The kernel drops the route with the address it depended on: ESRCH is success.
+		if err := netlink.RouteDel(r); err != nil && !errors.Is(err, unix.ESRCH) {
+			return fmt.Errorf("management port %s: removing default route via %s: %w", m.iface, oldGW, err)
+		}
+	}
+	return nil
+}
+
+func defaultDst(gw netip.Addr) *net.IPNet {
+	if gw.Is4() {
+		return &net.IPNet{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 32)}
+	}
+	return &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}
+}
+
+func ipnet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// publish writes lease.json, resolv.conf and ntp.json.
+func (m *mgmtPort) publish(a Addressing) error {
+	if a.DNS == nil {
+		a.DNS = []netip.Addr{}
+	}
+	if a.NTP == nil {
+		a.NTP = []netip.Addr{}
+	}
+	var rc bytes.Buffer
+	fmt.Fprintf(&rc, "# written by netconfd (%s)\n", orNone(a.Source))
+	for _, d := range a.DNS {
+		fmt.Fprintf(&rc, "nameserver %s\n", d)
+	}
+	ntpSrc := a.Source
+	if len(a.NTP) == 0 {
+		ntpSrc = ""
+	}
+	if err := writeJSON(filepath.Join(m.runDir, NTPFile), Servers{Source: ntpSrc, Servers: a.NTP}); err != nil {
+		return err
+	}
+	if err := writeFile(filepath.Join(m.runDir, ResolvConfFile), rc.Bytes()); err != nil {
+		return err
+	}
+	return writeJSON(filepath.Join(m.runDir, LeaseFile), a)
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "no addressing"
+	}
+	return s
+}
+
+func writeJSON(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeFile(path, append(b, '\n'))
+}
+
+func writeFile(path string, b []byte) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	if err := renameio.WriteFile(path, b, 0o644); err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return nil
+}
