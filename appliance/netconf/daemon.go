@@ -1,17 +1,20 @@
 package netconf
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/sie-europe/dnssensor/appliance/config"
 	"github.com/sie-europe/dnssensor/appliance/netconf/dhcp4"
 	"github.com/sie-europe/dnssensor/hardware"
 	"github.com/vishvananda/netlink"
@@ -94,59 +97,196 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 }
 
 // Run configures the ports and keeps them configured until ctx ends; then it releases the DHCP
-// lease and removes the management address.
+// lease and removes the management address (a static address stays: the box must stay
+// reachable while netconfd restarts).
 func Run(ctx context.Context, o *Options, logf func(string, ...any)) error {
 	if err := os.MkdirAll(o.RunDir, 0o755); err != nil {
 		return err
 	}
-	d := &daemon{o: o, logf: logf, taps: map[string]*TapReport{}}
+	d := &daemon{o: o, logf: logf, taps: map[string]*TapReport{}, ctx: ctx}
 	// Tap ports first: they are silent from the moment they come up, whatever the management
 	// side does next.
 	d.configureTaps()
 
-	m := &mgmtPort{iface: o.Mgmt, runDir: o.RunDir, logf: logf}
-	if err := m.publish(Addressing{Interface: o.Mgmt}); err != nil {
+	d.m = &mgmtPort{iface: o.Mgmt, runDir: o.RunDir, logf: logf}
+	if err := d.m.setConfigError(""); err != nil {
 		return err
 	}
 	link, err := netlink.LinkByName(o.Mgmt)
 	if err != nil {
 		return fmt.Errorf("management port: %w", err)
 	}
+	// Without it, removing the old primary address of a subnet takes the new one (added first, so
+	// a secondary) with it, and the default route too: a readdressing on the same network
+	// would leave the box unreachable (seen in TestStatic).
+	if err := os.WriteFile(filepath.Join(procSys, "net/ipv4/conf", o.Mgmt, "promote_secondaries"), []byte("1\n"), 0o644); err != nil {
+		logf("management port %s: promote_secondaries: %v", o.Mgmt, err)
+	}
 	if err := netlink.LinkSetUp(link); err != nil {
 		return fmt.Errorf("management port %s: link up: %w", o.Mgmt, err)
 	}
-
-	dctx, stopDHCP := context.WithCancel(ctx)
-	defer stopDHCP()
-	dhcpDone := make(chan error, 1)
-	nc, err := dhcp4.NewNClient(o.Mgmt, o.Hostname, nil)
-	if err != nil {
+	defer d.stopDHCP()
+	if err := d.reload(); err != nil {
 		return err
 	}
-	defer nc.Close()
-	c := &dhcp4.Client{Ex: nc, Apply: m, Logf: logf}
-	go func() { dhcpDone <- c.Run(dctx) }()
 
 	t := time.NewTicker(o.Poll)
 	defer t.Stop()
 	for {
 		d.writeLinks()
+		var dhcpDone chan error
+		if d.dhcp != nil {
+			dhcpDone = d.dhcp.done
+		}
 		select {
 		case <-ctx.Done():
-			stopDHCP()
-			return <-dhcpDone
+			return d.stopDHCP()
 		case err := <-dhcpDone:
+			d.dhcp = nil
 			return fmt.Errorf("dhcp4 client ended: %v", err)
 		case <-t.C:
 			d.configureTaps()
+			if err := d.reload(); err != nil {
+				return err
+			}
 		}
 	}
+}
+
+// dhcpRun is a running DHCPv4 client.
+type dhcpRun struct {
+	stop func()
+	done chan error
+	nc   *dhcp4.NClient
+}
+
+func (d *daemon) startDHCP() error {
+	nc, err := dhcp4.NewNClient(d.o.Mgmt, d.o.Hostname, nil)
+	if err != nil {
+		return err
+	}
+	ctx, stop := context.WithCancel(d.ctx)
+	r := &dhcpRun{stop: stop, done: make(chan error, 1), nc: nc}
+	c := &dhcp4.Client{Ex: nc, Apply: d.m, Logf: d.logf}
+	go func() { r.done <- c.Run(ctx) }()
+	d.dhcp = r
+	return nil
+}
+
+// stopDHCP stops the client, which releases its lease and removes the address.
+func (d *daemon) stopDHCP() error {
+	r := d.dhcp
+	if r == nil {
+		return nil
+	}
+	d.dhcp = nil
+	r.stop()
+	err := <-r.done
+	r.nc.Close()
+	return err
+}
+
+// reload applies the box configuration if it changed since it was last read. A configuration
+// that does not check out is reported (lease.json's config_error and the log) and changes
+// nothing: the addressing in force, static or DHCP, stays. Only a failure to start DHCP at all
+// is returned (gokrazy restarts netconfd).
+func (d *daemon) reload() error {
+	data, err := os.ReadFile(d.o.Config)
+	missing := errors.Is(err, fs.ErrNotExist)
+	if err != nil && !missing {
+		d.refuse(fmt.Errorf("%s: %w", d.o.Config, err))
+		return nil
+	}
+	if d.loaded && bytes.Equal(data, d.lastConfig) && missing == d.lastMissing {
+		return nil
+	}
+	d.lastConfig, d.lastMissing = data, missing
+	var sn *config.StaticNet
+	bad := false
+	if !missing {
+		b, err := config.Parse(data)
+		if err != nil {
+			d.refuse(fmt.Errorf("%s: %w", d.o.Config, err))
+			if d.loaded {
+				return nil
+			}
+			// Nothing in force yet: DHCP is the fallback.
+			bad = true
+		} else {
+			sn, _ = b.Network.Check()
+		}
+	}
+	if sn == nil || !sn.Addr.IsValid() {
+		if err := d.m.setStatic(sn); err != nil {
+			d.logf("%v", err)
+		}
+		if d.dhcp == nil {
+			if err := d.startDHCP(); err != nil {
+				return err
+			}
+		}
+	} else {
+		if err := d.stopDHCP(); err != nil {
+			d.logf("stopping DHCP for the static configuration: %v", err)
+		}
+		if err := d.m.setStatic(sn); err != nil {
+			d.logf("applying the configuration: %v", err)
+			_ = d.m.setConfigError("applying the configuration: " + err.Error())
+			d.loaded = true
+			return nil
+		}
+	}
+	d.loaded = true
+	if bad {
+		return nil
+	}
+	if err := d.m.setConfigError(""); err != nil {
+		d.logf("%v", err)
+	}
+	d.logf("configuration applied: %s", describe(sn))
+	return nil
+}
+
+func (d *daemon) refuse(err error) {
+	d.logf("configuration not applied, the one in force stays: %v", err)
+	if e := d.m.setConfigError(err.Error()); e != nil {
+		d.logf("%v", e)
+	}
+}
+
+func describe(sn *config.StaticNet) string {
+	if sn == nil {
+		return "DHCPv4"
+	}
+	var parts []string
+	if sn.Addr.IsValid() {
+		parts = append(parts, "static "+sn.Addr.String()+" via "+sn.GW.String())
+	} else {
+		parts = append(parts, "DHCPv4")
+	}
+	if sn.Addr6.IsValid() {
+		parts = append(parts, "static "+sn.Addr6.String()+" via "+sn.GW6.String())
+	}
+	if len(sn.DNS) > 0 {
+		parts = append(parts, fmt.Sprintf("DNS %v", sn.DNS))
+	}
+	if len(sn.NTP) > 0 {
+		parts = append(parts, fmt.Sprintf("NTP %v", sn.NTP))
+	}
+	return strings.Join(parts, ", ")
 }
 
 type daemon struct {
 	o    *Options
 	logf func(string, ...any)
+	ctx  context.Context
 	taps map[string]*TapReport // nil entry: not yet configured
+	m    *mgmtPort
+	dhcp *dhcpRun // nil: not running
+
+	loaded      bool // a configuration (or its absence) has been applied
+	lastConfig  []byte
+	lastMissing bool
 }
 
 // configureTaps (re)configures each tap port that is not yet known to be silent, so that an

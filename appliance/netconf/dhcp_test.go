@@ -79,7 +79,7 @@ func TestDHCPv4(t *testing.T) {
 	run := filepath.Join(dir, "run")
 	var out netnstest.SyncBuffer
 	cmd := netnstest.StartChild(t, box, "netconfd", &out,
-		"NETC_ARGS="+strings.Join([]string{"-mgmt", "netc-mgmt0", "-run-dir", run, "-hostname", "netc-sensor", "-poll", "100ms"}, "\n"))
+		"NETC_ARGS="+strings.Join([]string{"-mgmt", "netc-mgmt0", "-config", filepath.Join(dir, "absent.json"), "-run-dir", run, "-hostname", "netc-sensor", "-poll", "100ms"}, "\n"))
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	t.Cleanup(func() {
@@ -148,5 +148,66 @@ func TestDHCPv4(t *testing.T) {
 	testenv.WaitFor(t, "dnsmasq to forget the lease", func() bool { return !strings.Contains(readFile(leases), addr) })
 	if rc := readFile(filepath.Join(run, ResolvConfFile)); strings.Contains(rc, "nameserver") {
 		t.Errorf("resolv.conf still names servers after the lease was released:\n%s", rc)
+	}
+}
+
+// TestStaticOverridesDHCP: a static configuration written while a DHCP lease is held releases the
+// lease (dnsmasq sees it) and takes over; removing it brings DHCP back, without a restart.
+func TestStaticOverridesDHCP(t *testing.T) {
+	netnstest.NeedTools(t, "ip", "dnsmasq")
+	box := netnstest.Netns(t, "netc-obox")
+	srv := netnstest.Netns(t, "netc-osrv")
+	netnstest.Veth(t, "netc-omgmt0", box, "netc-osrv0", srv)
+	netnstest.Run(t, "ip", "-n", srv, "addr", "add", "192.0.2.1/24", "dev", "netc-osrv0")
+	netnstest.Run(t, "ip", "-n", srv, "link", "set", "netc-osrv0", "up")
+	dir := t.TempDir()
+	leases := filepath.Join(dir, "leases")
+	dlog := dnsmasq(t, srv, "netc-osrv0", leases,
+		"--dhcp-range=192.0.2.50,192.0.2.60,255.255.255.0,2m",
+		"--dhcp-option=option:router,192.0.2.1",
+		"--dhcp-option=option:dns-server,192.0.2.53")
+	cfg, run := filepath.Join(dir, "config.json"), filepath.Join(dir, "run")
+	_, stop := netconfd(t, box, "-mgmt", "netc-omgmt0", "-config", cfg, "-run-dir", run, "-poll", "100ms")
+
+	addrs := func() string {
+		return netnstest.Run(t, "ip", "-n", box, "-4", "-o", "addr", "show", "dev", "netc-omgmt0")
+	}
+	addrRE := regexp.MustCompile(`inet (192\.0\.2\.(5[0-9]|60))/24`)
+	var leased string
+	testenv.WaitFor(t, "a leased address", func() bool {
+		m := addrRE.FindStringSubmatch(addrs())
+		if m != nil {
+			leased = m[1]
+		}
+		return m != nil
+	})
+
+	writeConfig(t, cfg, `{"network":{"static":{"address":"192.0.2.200/24","gateway":"192.0.2.1","dns":["192.0.2.153"]}}}`)
+	testenv.WaitFor(t, "dnsmasq to see the release", func() bool {
+		return strings.Contains(dlog.String(), "DHCPRELEASE(netc-osrv0) "+leased)
+	})
+	testenv.WaitFor(t, "the static address alone", func() bool {
+		a := addrs()
+		return strings.Contains(a, "inet 192.0.2.200/24") && !strings.Contains(a, leased+"/")
+	})
+	testenv.WaitFor(t, "resolv.conf from the static configuration", func() bool {
+		return readFile(filepath.Join(run, ResolvConfFile)) == "# written by netconfd (static)\nnameserver 192.0.2.153\n"
+	})
+	if r := netnstest.Run(t, "ip", "-n", box, "route", "show", "default"); !strings.Contains(r, "default via 192.0.2.1 dev netc-omgmt0 proto static") {
+		t.Errorf("default route = %q, want the static one", r)
+	}
+
+	if err := os.Remove(cfg); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, "DHCP back and the static address gone", func() bool {
+		a := addrs()
+		return addrRE.MatchString(a) && !strings.Contains(a, "192.0.2.200")
+	})
+	testenv.WaitFor(t, "resolv.conf from DHCP", func() bool {
+		return readFile(filepath.Join(run, ResolvConfFile)) == "# written by netconfd (dhcp4)\nnameserver 192.0.2.53\n"
+	})
+	if err := stop(); err != nil {
+		t.Fatalf("netconfd after SIGTERM: %v", err)
 	}
 }

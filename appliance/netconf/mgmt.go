@@ -10,8 +10,10 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/google/renameio/v2"
+	"github.com/sie-europe/dnssensor/appliance/config"
 	"github.com/sie-europe/dnssensor/appliance/netconf/dhcp4"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -35,25 +37,33 @@ type Servers struct {
 // Addressing is the content of lease.json.
 type Addressing struct {
 	Interface string       `json:"interface"`
-	Source    string       `json:"source"` // "dhcp4", "static" or "" (no address)
+	Source    string       `json:"source"` // of the IPv4 address: "dhcp4", "static" or "" (none)
 	State     string       `json:"state,omitempty"`
 	Addr      netip.Prefix `json:"addr,omitzero"`
 	Router    netip.Addr   `json:"router,omitzero"`
+	Addr6     netip.Prefix `json:"addr6,omitzero"` // static only so far
+	Router6   netip.Addr   `json:"router6,omitzero"`
 	DNS       []netip.Addr `json:"dns"`
 	NTP       []netip.Addr `json:"ntp"`
-	Server    netip.Addr   `json:"server,omitzero"`
-	Expires   string       `json:"expires,omitempty"` // RFC 3339
+	Server    netip.Addr   `json:"server,omitzero"`   // the DHCP server
+	Expires   string       `json:"expires,omitempty"` // of the DHCP lease, RFC 3339
+	// ConfigError is why the box configuration was not applied; what is shown is the
+	// configuration still in force.
+	ConfigError string `json:"config_error,omitempty"`
 }
 
 // mgmtPort applies addressing to the management interface through netlink and publishes it in
-// runDir. It is the dhcp4.Applier of the DHCP client and the applier of static configuration.
+// runDir. It is the dhcp4.Applier of the DHCP client and the applier of static configuration;
+// static values override the lease's.
 type mgmtPort struct {
 	iface  string
 	runDir string
 	logf   func(string, ...any)
 
-	mu    sync.Mutex
-	state dhcp4.State
+	mu     sync.Mutex
+	lease  *dhcp4.Lease
+	static *config.StaticNet
+	cfgErr string
 }
 
 func (m *mgmtPort) link() (netlink.Link, error) {
@@ -66,14 +76,13 @@ func (m *mgmtPort) link() (netlink.Link, error) {
 
 // Apply implements dhcp4.Applier.
 func (m *mgmtPort) Apply(prev, cur dhcp4.Lease) error {
-	if err := m.set(prev.Addr, prev.Router, cur.Addr, cur.Router, netlink.RouteProtocol(unix.RTPROT_DHCP)); err != nil {
+	if err := m.set(prev.Addr, prev.Router, cur.Addr, cur.Router, unix.RTPROT_DHCP); err != nil {
 		return err
 	}
-	exp := ""
-	if !cur.Start.IsZero() {
-		exp = cur.Start.Add(cur.Lifetime).UTC().Format("2006-01-02T15:04:05Z07:00")
-	}
-	return m.publish(Addressing{Interface: m.iface, Source: "dhcp4", State: string(dhcp4.Bound), Addr: cur.Addr, Router: cur.Router, DNS: cur.DNS, NTP: cur.NTP, Server: cur.Server, Expires: exp})
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.lease = &cur
+	return m.publish()
 }
 
 // Remove implements dhcp4.Applier.
@@ -81,13 +90,51 @@ func (m *mgmtPort) Remove(l dhcp4.Lease) error {
 	if err := m.set(l.Addr, l.Router, netip.Prefix{}, netip.Addr{}, 0); err != nil {
 		return err
 	}
-	return m.publish(Addressing{Interface: m.iface})
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.lease = nil
+	return m.publish()
+}
+
+// setStatic moves the interface from the static addressing in force to sn (nil: none).
+func (m *mgmtPort) setStatic(sn *config.StaticNet) error {
+	m.mu.Lock()
+	prev := m.static
+	m.mu.Unlock()
+	var p, n config.StaticNet
+	if prev != nil {
+		p = *prev
+	}
+	if sn != nil {
+		n = *sn
+	}
+	if err := m.set(p.Addr, p.GW, n.Addr, n.GW, unix.RTPROT_STATIC); err != nil {
+		return err
+	}
+	if err := m.set(p.Addr6, p.GW6, n.Addr6, n.GW6, unix.RTPROT_STATIC); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.static = sn
+	return m.publish()
+}
+
+// setConfigError records why the configuration was refused (empty: it was applied).
+func (m *mgmtPort) setConfigError(e string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.cfgErr = e
+	return m.publish()
 }
 
 // set moves the interface from (oldAddr, oldGW) to (addr, gw): adds before it removes, so that a
 // renewal that changes nothing touches nothing, and replaces rather than adds, so that applying
 // twice is applying once.
 func (m *mgmtPort) set(oldAddr netip.Prefix, oldGW netip.Addr, addr netip.Prefix, gw netip.Addr, proto netlink.RouteProtocol) error {
+	if !oldAddr.IsValid() && !oldGW.IsValid() && !addr.IsValid() && !gw.IsValid() {
+		return nil
+	}
 	link, err := m.link()
 	if err != nil {
 		return err
@@ -130,20 +177,35 @@ func ipnet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
-// publish writes lease.json, resolv.conf and ntp.json.
-func (m *mgmtPort) publish(a Addressing) error {
-	if a.DNS == nil {
-		a.DNS = []netip.Addr{}
+// publish writes lease.json, resolv.conf and ntp.json from the lease and the static
+// configuration. m.mu is held.
+func (m *mgmtPort) publish() error {
+	a := Addressing{Interface: m.iface, ConfigError: m.cfgErr, DNS: []netip.Addr{}, NTP: []netip.Addr{}}
+	src := ""
+	if l := m.lease; l != nil {
+		a.Source, a.State, a.Addr, a.Router, a.Server = "dhcp4", string(dhcp4.Bound), l.Addr, l.Router, l.Server
+		a.DNS, a.NTP = append(a.DNS, l.DNS...), append(a.NTP, l.NTP...)
+		a.Expires = l.Start.Add(l.Lifetime).UTC().Format(time.RFC3339)
+		src = "dhcp4"
 	}
-	if a.NTP == nil {
-		a.NTP = []netip.Addr{}
+	dnsSrc, ntpSrc := src, src
+	if s := m.static; s != nil {
+		if s.Addr.IsValid() {
+			a = Addressing{Interface: m.iface, ConfigError: m.cfgErr, DNS: a.DNS, NTP: a.NTP, Source: "static", Addr: s.Addr, Router: s.GW}
+		}
+		a.Addr6, a.Router6 = s.Addr6, s.GW6
+		if len(s.DNS) > 0 {
+			a.DNS, dnsSrc = s.DNS, "static"
+		}
+		if len(s.NTP) > 0 {
+			a.NTP, ntpSrc = s.NTP, "static"
+		}
 	}
 	var rc bytes.Buffer
-	fmt.Fprintf(&rc, "# written by netconfd (%s)\n", orNone(a.Source))
+	fmt.Fprintf(&rc, "# written by netconfd (%s)\n", orNone(dnsSrc))
 	for _, d := range a.DNS {
 		fmt.Fprintf(&rc, "nameserver %s\n", d)
 	}
-	ntpSrc := a.Source
 	if len(a.NTP) == 0 {
 		ntpSrc = ""
 	}
@@ -158,7 +220,7 @@ func (m *mgmtPort) publish(a Addressing) error {
 
 func orNone(s string) string {
 	if s == "" {
-		return "no addressing"
+		return "no servers known"
 	}
 	return s
 }
