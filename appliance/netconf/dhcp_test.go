@@ -31,6 +31,12 @@ func init() {
 // dnsmasq runs Debian's dnsmasq as the DHCPv4 server on iface in ns, logging to a buffer, with its
 // lease file at leases. It is stopped at the end of the test.
 func dnsmasq(t *testing.T, ns, iface, leases string, args ...string) *netnstest.SyncBuffer {
+	log, _ := dnsmasqStoppable(t, ns, iface, leases, args...)
+	return log
+}
+
+// dnsmasqStoppable is dnsmasq with a function that stops it earlier.
+func dnsmasqStoppable(t *testing.T, ns, iface, leases string, args ...string) (*netnstest.SyncBuffer, func()) {
 	t.Helper()
 	var log netnstest.SyncBuffer
 	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, "dnsmasq", "--no-daemon", "--conf-file=/dev/null",
@@ -40,13 +46,18 @@ func dnsmasq(t *testing.T, ns, iface, leases string, args ...string) *netnstest.
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait()
-		t.Logf("dnsmasq:\n%s", log.String())
-	})
+	stopped := false
+	stop := func() {
+		if !stopped {
+			stopped = true
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			_ = cmd.Wait()
+			t.Logf("dnsmasq:\n%s", log.String())
+		}
+	}
+	t.Cleanup(stop)
 	testenv.WaitFor(t, "dnsmasq to start", func() bool { return strings.Contains(log.String(), "DHCP, IP range") })
-	return &log
+	return &log, stop
 }
 
 func readFile(path string) string {
@@ -209,5 +220,36 @@ func TestStaticOverridesDHCP(t *testing.T) {
 	})
 	if err := stop(); err != nil {
 		t.Fatalf("netconfd after SIGTERM: %v", err)
+	}
+}
+
+// TestDHCPv4NAK: the DHCP server restarts with another address range and no memory of the lease;
+// at T1 it refuses the renewal (DHCPNAK), and netconfd drops the address at once and takes a new
+// lease from the new range.
+func TestDHCPv4NAK(t *testing.T) {
+	netnstest.NeedTools(t, "ip", "dnsmasq")
+	box := netnstest.Netns(t, "netc-nbox")
+	srv := netnstest.Netns(t, "netc-nsrv")
+	netnstest.Veth(t, "netc-nmgmt0", box, "netc-nsrv0", srv)
+	netnstest.Run(t, "ip", "-n", srv, "addr", "add", "192.0.2.1/24", "dev", "netc-nsrv0")
+	netnstest.Run(t, "ip", "-n", srv, "link", "set", "netc-nsrv0", "up")
+	dir := t.TempDir()
+	_, stopFirst := dnsmasqStoppable(t, srv, "netc-nsrv0", filepath.Join(dir, "leases1"),
+		"--dhcp-range=192.0.2.50,192.0.2.60,255.255.255.0,2m", "--dhcp-option=option:T1,4", "--dhcp-option=option:T2,100")
+	_, _ = netconfd(t, box, "-mgmt", "netc-nmgmt0", "-config", filepath.Join(dir, "absent.json"), "-run-dir", filepath.Join(dir, "run"), "-poll", "100ms")
+	addrs := func() string { return netnstest.Run(t, "ip", "-n", box, "-4", "-o", "addr", "show", "dev", "netc-nmgmt0") }
+	first := regexp.MustCompile(`inet 192\.0\.2\.(5[0-9]|60)/24`)
+	testenv.WaitFor(t, "a lease from the first range", func() bool { return first.MatchString(addrs()) })
+
+	stopFirst()
+	dlog := dnsmasq(t, srv, "netc-nsrv0", filepath.Join(dir, "leases2"), "--dhcp-authoritative",
+		"--dhcp-range=192.0.2.70,192.0.2.80,255.255.255.0,2m", "--dhcp-option=option:T1,4", "--dhcp-option=option:T2,100")
+	second := regexp.MustCompile(`inet 192\.0\.2\.(7[0-9]|80)/24`)
+	testenv.WaitFor(t, "a lease from the second range, alone", func() bool {
+		a := addrs()
+		return second.MatchString(a) && !first.MatchString(a)
+	})
+	if !strings.Contains(dlog.String(), "DHCPNAK(netc-nsrv0)") {
+		t.Errorf("the new lease came without a NAK: the test did not test NAK handling")
 	}
 }

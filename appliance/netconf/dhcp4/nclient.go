@@ -63,10 +63,13 @@ func (n *NClient) Acquire(ctx context.Context) (Lease, error) {
 	return fromACK(l, n.clock.Now())
 }
 
-// unicast opens a client on an ordinary UDP socket bound to the leased address on the interface.
-// Messages to the server's own address must come from the leased address: the raw socket sends
-// from 0.0.0.0, which a server's kernel drops as a martian unless the destination is broadcast
-// (seen with dnsmasq: a RELEASE from the raw socket never reached it).
+// unicast opens a client on an ordinary UDP socket on port 68 of the interface. Messages to the
+// server's own address must come from the leased address: the raw socket sends from 0.0.0.0,
+// which a server's kernel drops as a martian unless the destination is broadcast (seen with
+// dnsmasq: a RELEASE from the raw socket never reached it). The socket is bound to the
+// interface, not to the leased address, because a server broadcasts its DHCPNAK (RFC 2131
+// §4.3.2), and a socket bound to one address does not receive broadcasts (seen with dnsmasq: the
+// NAK of a renewal was never read, and the stale address was kept until T2).
 func (n *NClient) unicast(ctx context.Context, l Lease) (*nclient4.Client, error) {
 	lc := net.ListenConfig{Control: func(network, address string, c syscall.RawConn) error {
 		var serr error
@@ -75,9 +78,9 @@ func (n *NClient) unicast(ctx context.Context, l Lease) (*nclient4.Client, error
 		}
 		return serr
 	}}
-	pc, err := lc.ListenPacket(ctx, "udp4", netip.AddrPortFrom(l.Addr.Addr(), nclient4.ClientPort).String())
+	pc, err := lc.ListenPacket(ctx, "udp4", fmt.Sprintf(":%d", nclient4.ClientPort))
 	if err != nil {
-		return nil, fmt.Errorf("socket on %s: %w", l.Addr.Addr(), err)
+		return nil, fmt.Errorf("DHCP client socket on %s: %w", n.iface, err)
 	}
 	c, err := nclient4.NewWithConn(pc, n.c.InterfaceAddr(), nclient4.WithTimeout(2*time.Second), nclient4.WithRetry(4),
 		nclient4.WithServerAddr(&net.UDPAddr{IP: l.Server.AsSlice(), Port: nclient4.ServerPort}))
