@@ -237,7 +237,9 @@ func TestDHCPv4NAK(t *testing.T) {
 	_, stopFirst := dnsmasqStoppable(t, srv, "netc-nsrv0", filepath.Join(dir, "leases1"),
 		"--dhcp-range=192.0.2.50,192.0.2.60,255.255.255.0,2m", "--dhcp-option=option:T1,4", "--dhcp-option=option:T2,100")
 	_, _ = netconfd(t, box, "-mgmt", "netc-nmgmt0", "-config", filepath.Join(dir, "absent.json"), "-run-dir", filepath.Join(dir, "run"), "-poll", "100ms")
-	addrs := func() string { return netnstest.Run(t, "ip", "-n", box, "-4", "-o", "addr", "show", "dev", "netc-nmgmt0") }
+	addrs := func() string {
+		return netnstest.Run(t, "ip", "-n", box, "-4", "-o", "addr", "show", "dev", "netc-nmgmt0")
+	}
 	first := regexp.MustCompile(`inet 192\.0\.2\.(5[0-9]|60)/24`)
 	testenv.WaitFor(t, "a lease from the first range", func() bool { return first.MatchString(addrs()) })
 
