@@ -12,7 +12,7 @@ import (
 )
 
 // TestTapSilent brings up two ports of one box side by side, each the end of a veth pair whose far
-// end is watched by tcpdump in another namespace: a control port the way the image does it today
+// end is watched by tcpdump in another namespace: a control port brought up with the kernel's defaults
 // (ip link set up) and a port configured by ConfigureTap. The control must be heard (the capture
 // works, and shows what a tap port would send into a monitored link); the tap port must send
 // nothing, during link up and after, and must read back silent.
