@@ -41,6 +41,7 @@ type TapReport struct {
 	NoARP        bool      `json:"noarp"`
 	Promisc      bool      `json:"promisc"`
 	Up           bool      `json:"up"`
+	MTU          int       `json:"mtu"`
 	Addresses    []string  `json:"addresses,omitempty"` // must stay empty
 	Offloads     []Offload `json:"offloads,omitempty"`
 	// OffloadError says why the offloads could not be read or changed (the port is still silent
@@ -53,7 +54,7 @@ var procSys = "/proc/sys"
 
 // ConfigureTap makes iface a silent capture port: IPv6 off before the link comes up (no
 // link-local address, no DAD probe, no router solicitation, no MLD report), no ARP, no address,
-// promiscuous, frame-altering receive offloads off, then link up. A step that keeps the port from
+// promiscuous, frame-altering receive offloads off, MTU raised for jumbo frames, then link up. A step that keeps the port from
 // sending fails the whole call and leaves the link as it was (down, if it was down): a tap port
 // that cannot be silenced is better dark than talking.
 func ConfigureTap(iface string) (TapReport, error) {
@@ -83,10 +84,30 @@ func ConfigureTap(iface string) (TapReport, error) {
 	if err := offloadsOff(iface); err != nil {
 		r.OffloadError = err.Error()
 	}
+	raiseMTU(link)
 	if err := netlink.LinkSetUp(link); err != nil {
 		return r, fmt.Errorf("tap port %s: link up: %w", iface, err)
 	}
 	return readTap(iface, r.OffloadError)
+}
+
+// tapMTUs are tried in turn until the driver accepts one. A frame longer than the port's MTU is
+// dropped by many drivers before any socket sees it, and monitored links carry jumbo frames; 9216
+// is the common switch maximum, 9000 what most NICs that stop short of it take.
+var tapMTUs = []int{9216, 9000}
+
+// raiseMTU raises the MTU of a tap port that is below the first acceptable size; a driver that
+// takes none keeps its own (the report says which).
+func raiseMTU(link netlink.Link) {
+	for _, mtu := range tapMTUs {
+		if link.Attrs().MTU >= mtu {
+			return
+		}
+		// Before link up, so that a NIC that resets to resize its buffers does it once, dark.
+		if netlink.LinkSetMTU(link, mtu) == nil {
+			return
+		}
+	}
 }
 
 // readTap reads back a tap port's state and fails if it could send anything.
@@ -100,6 +121,7 @@ func readTap(iface, offloadErr string) (TapReport, error) {
 	r.NoARP = a.RawFlags&unix.IFF_NOARP != 0
 	r.Promisc = a.RawFlags&unix.IFF_PROMISC != 0
 	r.Up = a.RawFlags&unix.IFF_UP != 0
+	r.MTU = a.MTU
 	r.IPv6Disabled, err = ipv6Disabled(iface)
 	if err != nil {
 		return r, fmt.Errorf("tap port %s: %w", iface, err)

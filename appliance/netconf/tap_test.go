@@ -69,6 +69,9 @@ func TestTapSilent(t *testing.T) {
 		t.Errorf("tap port sent %d frames, want 0:\n%s", len(tap), strings.Join(tap, "\n"))
 	}
 
+	if rep.MTU != 9216 {
+		t.Errorf("report: MTU %d, want 9216 (jumbo frames)", rep.MTU)
+	}
 	if !rep.IPv6Disabled || !rep.NoARP || !rep.Promisc || !rep.Up || len(rep.Addresses) != 0 {
 		t.Errorf("report says the port is not silent: %+v", rep)
 	}
@@ -83,6 +86,9 @@ func TestTapSilent(t *testing.T) {
 		if !strings.Contains(","+flags+",", ","+want+",") {
 			t.Errorf("tap port flags <%s> lack %s", flags, want)
 		}
+	}
+	if !strings.Contains(link, " mtu 9216 ") {
+		t.Errorf("tap port MTU not raised: %s", link)
 	}
 	k := netnstest.In(t, box, "ethtool", "-k", "netc-tap0")
 	for _, want := range []string{"generic-receive-offload: off", "rx-vlan-offload: off", "rx-vlan-stag-hw-parse: off"} {
