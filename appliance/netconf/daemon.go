@@ -122,13 +122,26 @@ func Run(ctx context.Context, o *Options, logf func(string, ...any)) error {
 	if err := os.WriteFile(filepath.Join(procSys, "net/ipv4/conf", o.Mgmt, "promote_secondaries"), []byte("1\n"), 0o644); err != nil {
 		logf("management port %s: promote_secondaries: %v", o.Mgmt, err)
 	}
-	if err := netlink.LinkSetUp(link); err != nil {
-		return fmt.Errorf("management port %s: link up: %w", o.Mgmt, err)
-	}
+	d.mgmtLink = link
 	defer d.stopDHCP()
 	if err := d.reload(); err != nil {
 		return err
 	}
+	var ra rdnss
+	raCtx, stopRA := context.WithCancel(ctx)
+	raDone := make(chan struct{})
+	defer func() { stopRA(); <-raDone }()
+	go func() {
+		defer close(raDone)
+		err := listenRA(raCtx, o.Mgmt, &ra, logf, func() {
+			if err := d.m.setRA(ra.current(time.Now())); err != nil {
+				logf("%v", err)
+			}
+		})
+		if err != nil {
+			logf("%v (IPv6 DNS servers from routers are not used)", err)
+		}
+	}()
 
 	t := time.NewTicker(o.Poll)
 	defer t.Stop()
@@ -146,6 +159,10 @@ func Run(ctx context.Context, o *Options, logf func(string, ...any)) error {
 			return fmt.Errorf("dhcp4 client ended: %v", err)
 		case <-t.C:
 			d.configureTaps()
+			// Servers whose announced lifetime has ended go.
+			if err := d.m.setRA(ra.current(time.Now())); err != nil {
+				logf("%v", err)
+			}
 			if err := d.reload(); err != nil {
 				return err
 			}
@@ -191,11 +208,12 @@ func (d *daemon) stopDHCP() error {
 // nothing: the addressing in force, static or DHCP, stays. Only a failure to start DHCP at all
 // is returned (gokrazy restarts netconfd).
 func (d *daemon) reload() error {
-	data, err := os.ReadFile(d.o.Config)
-	missing := errors.Is(err, fs.ErrNotExist)
-	if err != nil && !missing {
-		d.refuse(fmt.Errorf("%s: %w", d.o.Config, err))
-		return nil
+	data, readErr := os.ReadFile(d.o.Config)
+	missing := errors.Is(readErr, fs.ErrNotExist)
+	unreadable := readErr != nil && !missing
+	if unreadable {
+		// Compared like content, so that the same failure is reported once, not every poll.
+		data = []byte(readErr.Error())
 	}
 	if d.loaded && bytes.Equal(data, d.lastConfig) && missing == d.lastMissing {
 		return nil
@@ -203,7 +221,13 @@ func (d *daemon) reload() error {
 	d.lastConfig, d.lastMissing = data, missing
 	var sn *config.StaticNet
 	bad := false
-	if !missing {
+	if unreadable {
+		d.refuse(readErr)
+		if d.loaded {
+			return nil
+		}
+		bad = true // nothing in force yet: DHCP is the fallback
+	} else if !missing {
 		b, err := config.Parse(data)
 		if err != nil {
 			d.refuse(fmt.Errorf("%s: %w", d.o.Config, err))
@@ -215,6 +239,17 @@ func (d *daemon) reload() error {
 		} else {
 			sn, _ = b.Network.Check()
 		}
+	}
+	if err := mgmtIPv6(d.o.Mgmt, sn == nil || !sn.Addr6.IsValid()); err != nil {
+		d.logf("%v", err)
+	}
+	if !d.mgmtUp {
+		// Up only now, so that the kernel's first router solicitation already follows the
+		// configuration's IPv6 choice.
+		if err := netlink.LinkSetUp(d.mgmtLink); err != nil {
+			return fmt.Errorf("management port %s: link up: %w", d.o.Mgmt, err)
+		}
+		d.mgmtUp = true
 	}
 	if sn == nil || !sn.Addr.IsValid() {
 		if err := d.m.setStatic(sn); err != nil {
@@ -283,6 +318,9 @@ type daemon struct {
 	taps map[string]*TapReport // nil entry: not yet configured
 	m    *mgmtPort
 	dhcp *dhcpRun // nil: not running
+
+	mgmtLink netlink.Link
+	mgmtUp   bool
 
 	loaded      bool // a configuration (or its absence) has been applied
 	lastConfig  []byte

@@ -9,6 +9,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -63,7 +65,19 @@ type mgmtPort struct {
 	mu     sync.Mutex
 	lease  *dhcp4.Lease
 	static *config.StaticNet
+	ra     []netip.Addr // DNS servers from router advertisements
 	cfgErr string
+}
+
+// setRA records the DNS servers routers announce, publishing if they changed.
+func (m *mgmtPort) setRA(servers []netip.Addr) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if slices.Equal(servers, m.ra) {
+		return nil
+	}
+	m.ra = servers
+	return m.publish()
 }
 
 func (m *mgmtPort) link() (netlink.Link, error) {
@@ -189,6 +203,10 @@ func (m *mgmtPort) publish() error {
 		src = "dhcp4"
 	}
 	dnsSrc, ntpSrc := src, src
+	if len(m.ra) > 0 {
+		a.DNS = append(a.DNS, m.ra...)
+		dnsSrc = strings.TrimPrefix(dnsSrc+", router advertisements", ", ")
+	}
 	if s := m.static; s != nil {
 		if s.Addr.IsValid() {
 			a = Addressing{Interface: m.iface, ConfigError: m.cfgErr, DNS: a.DNS, NTP: a.NTP, Source: "static", Addr: s.Addr, Router: s.GW}
