@@ -103,7 +103,7 @@ func Run(ctx context.Context, o *Options, logf func(string, ...any)) error {
 	if err := os.MkdirAll(o.RunDir, 0o755); err != nil {
 		return err
 	}
-	d := &daemon{o: o, logf: logf, taps: map[string]*TapReport{}, ctx: ctx}
+	d := &daemon{o: o, logf: logf, taps: map[string]*TapReport{}, tapErr: map[string]string{}, ctx: ctx}
 	// Tap ports first: they are silent from the moment they come up, whatever the management
 	// side does next.
 	d.configureTaps()
@@ -316,8 +316,10 @@ type daemon struct {
 	logf func(string, ...any)
 	ctx  context.Context
 	taps map[string]*TapReport // nil entry: not yet configured
-	m    *mgmtPort
-	dhcp *dhcpRun // nil: not running
+	// tapErr is the last failure logged per tap port.
+	tapErr map[string]string
+	m      *mgmtPort
+	dhcp   *dhcpRun // nil: not running
 
 	mgmtLink netlink.Link
 	mgmtUp   bool
@@ -338,10 +340,15 @@ func (d *daemon) configureTaps() {
 		}
 		r, err := ConfigureTap(t)
 		if err != nil {
-			d.logf("%v", err)
+			// Said once per new failure, not every poll: an unplugged adapter stays unplugged.
+			if msg := err.Error(); msg != d.tapErr[t] {
+				d.logf("%v", err)
+				d.tapErr[t] = msg
+			}
 			d.taps[t] = nil
 			continue
 		}
+		delete(d.tapErr, t)
 		d.logf("tap port %s: silent, promiscuous, up; offloads %s", t, offloadSummary(r))
 		d.taps[t] = &r
 	}

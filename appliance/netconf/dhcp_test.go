@@ -143,6 +143,10 @@ func TestDHCPv4(t *testing.T) {
 	if a := netnstest.Run(t, "ip", "-n", box, "-4", "-o", "addr", "show", "dev", "netc-mgmt0"); !strings.Contains(a, addr+"/24") {
 		t.Errorf("address gone after the renewal: %s", a)
 	}
+	testenv.WaitFor(t, "lease.json's expiry to move on with the renewal", func() bool {
+		var a Addressing
+		return json.Unmarshal([]byte(readFile(filepath.Join(run, LeaseFile))), &a) == nil && a.Expires != "" && a.Expires > lease.Expires
+	})
 
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)

@@ -90,8 +90,11 @@ func (m *mgmtPort) link() (netlink.Link, error) {
 
 // Apply implements dhcp4.Applier.
 func (m *mgmtPort) Apply(prev, cur dhcp4.Lease) error {
-	if err := m.set(prev.Addr, prev.Router, cur.Addr, cur.Router, unix.RTPROT_DHCP); err != nil {
-		return err
+	// A renewal that changes nothing but the times leaves the interface alone.
+	if !prev.Addr.IsValid() || !prev.Same(cur) {
+		if err := m.set(prev.Addr, prev.Router, cur.Addr, cur.Router, unix.RTPROT_DHCP); err != nil {
+			return err
+		}
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -33,7 +33,7 @@ type Lease struct {
 }
 
 // Same reports whether two leases configure the box identically (times aside), so that a renewal
-// that changes nothing is not re-applied.
+// that changes nothing leaves the interface alone.
 func (l Lease) Same(o Lease) bool {
 	return l.Addr == o.Addr && l.Router == o.Router && slices.Equal(l.DNS, o.DNS) && slices.Equal(l.NTP, o.NTP)
 }
@@ -56,7 +56,8 @@ type Exchanger interface {
 }
 
 // Applier makes a lease take effect on the box. Apply gets the previous lease (zero Addr if none)
-// so that it can remove what the new one no longer has; Remove undoes a lease entirely.
+// so that it can remove what the new one no longer has, and is called after every renewal, even
+// one that changes nothing but the times (Same tells); Remove undoes a lease entirely.
 type Applier interface {
 	Apply(prev, cur Lease) error
 	Remove(l Lease) error
@@ -224,10 +225,9 @@ func (c *Client) keep(ctx context.Context, l Lease) (Lease, bool) {
 			c.logf("dhcp4: lease %s expired", l.Addr)
 			return l, true
 		}
-		if !next.Same(l) {
-			if err := c.Apply.Apply(l, next); err != nil {
-				c.logf("dhcp4: applying lease %s: %v", next.Addr, err)
-			}
+		// Applied even when nothing but the times changed: the expiry others read moves on.
+		if err := c.Apply.Apply(l, next); err != nil {
+			c.logf("dhcp4: applying lease %s: %v", next.Addr, err)
 		}
 		l = next
 	}

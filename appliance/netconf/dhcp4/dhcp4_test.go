@@ -185,8 +185,8 @@ func TestServerGone(t *testing.T) {
 	})
 }
 
-// TestRenewed: a renewal at T1 that changes nothing is not re-applied; the next renewal is at T1
-// of the new lease; a renewal that changes the DNS servers is applied.
+// TestRenewed: every renewal is handed to the Applier (the expiry moves on); the next renewal is
+// at T1 of the new lease.
 func TestRenewed(t *testing.T) {
 	w := &world{clock: &fakeClock{now: t0}}
 	w.answer = func(call string, n int, l Lease) (Lease, error) {
@@ -202,7 +202,7 @@ func TestRenewed(t *testing.T) {
 		}
 		return Lease{}, errTimeout
 	}
-	run(t, w, []string{"acquire@0s", "apply 192.0.2.10/24@0s", "renew@50s", "renew@1m40s", "apply 192.0.2.10/24@1m40s", "renew@2m30s"})
+	run(t, w, []string{"acquire@0s", "apply 192.0.2.10/24@0s", "renew@50s", "apply 192.0.2.10/24@50s", "renew@1m40s", "apply 192.0.2.10/24@1m40s", "renew@2m30s"})
 }
 
 // TestNAK: a NAK on renewal takes the address away at once and starts over.
