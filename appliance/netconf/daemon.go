@@ -184,7 +184,7 @@ func (d *daemon) startDHCP() error {
 	}
 	ctx, stop := context.WithCancel(d.ctx)
 	r := &dhcpRun{stop: stop, done: make(chan error, 1), nc: nc}
-	c := &dhcp4.Client{Ex: nc, Apply: d.m, Logf: d.logf}
+	c := &dhcp4.Client{Ex: nc, Apply: d.m, Logf: d.logf, OnState: d.m.setDHCPState}
 	go func() { r.done <- c.Run(ctx) }()
 	d.dhcp = r
 	return nil

@@ -124,7 +124,8 @@ func TestDHCPv4(t *testing.T) {
 	if err := json.Unmarshal([]byte(readFile(filepath.Join(run, LeaseFile))), &lease); err != nil {
 		t.Fatalf("lease.json: %v", err)
 	}
-	if lease.Addr.String() != addr+"/24" || lease.Router.String() != "192.0.2.1" || lease.Server.String() != "192.0.2.1" {
+	// Renewing, if the machine is slow enough for T1 (4 s) to have come.
+	if lease.Addr.String() != addr+"/24" || (lease.State != "bound" && lease.State != "renewing") || lease.Router.String() != "192.0.2.1" || lease.Server.String() != "192.0.2.1" {
 		t.Errorf("lease.json = %+v, want %s/24 via 192.0.2.1", lease, addr)
 	}
 	if l := readFile(leases); !strings.Contains(l, " "+addr+" netc-sensor ") {

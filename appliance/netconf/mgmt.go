@@ -67,6 +67,24 @@ type mgmtPort struct {
 	static *config.StaticNet
 	ra     []netip.Addr // DNS servers from router advertisements
 	cfgErr string
+	// dhcpState is where the DHCP client is (renewing and rebinding say the server is not
+	// answering, before the address is lost).
+	dhcpState dhcp4.State
+}
+
+// setDHCPState is the DHCP client's OnState.
+func (m *mgmtPort) setDHCPState(s dhcp4.State, _ dhcp4.Lease) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if s == m.dhcpState {
+		return
+	}
+	m.dhcpState = s
+	if m.lease != nil {
+		if err := m.publish(); err != nil {
+			m.logf("%v", err)
+		}
+	}
 }
 
 // setRA records the DNS servers routers announce, publishing if they changed.
@@ -200,7 +218,7 @@ func (m *mgmtPort) publish() error {
 	a := Addressing{Interface: m.iface, ConfigError: m.cfgErr, DNS: []netip.Addr{}, NTP: []netip.Addr{}}
 	src := ""
 	if l := m.lease; l != nil {
-		a.Source, a.State, a.Addr, a.Router, a.Server = "dhcp4", string(dhcp4.Bound), l.Addr, l.Router, l.Server
+		a.Source, a.State, a.Addr, a.Router, a.Server = "dhcp4", string(m.dhcpState), l.Addr, l.Router, l.Server
 		a.DNS, a.NTP = append(a.DNS, l.DNS...), append(a.NTP, l.NTP...)
 		a.Expires = l.Start.Add(l.Lifetime).UTC().Format(time.RFC3339)
 		src = "dhcp4"
