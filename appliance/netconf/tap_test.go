@@ -33,6 +33,10 @@ func TestTapSilent(t *testing.T) {
 	tapCap := netnstest.StartCapture(t, obs, "netc-obs0")
 	ctlCap := netnstest.StartCapture(t, obs, "netc-obs1")
 
+	// The control port gets the kernel's usual IPv6 defaults whatever the host's are.
+	for k, v := range map[string]string{"disable_ipv6": "0", "accept_ra": "1", "accept_dad": "1", "router_solicitations": "3"} {
+		netnstest.Sysctl(t, box, "net/ipv6/conf/netc-ctl0/"+k, v)
+	}
 	up := time.Now()
 	netnstest.Run(t, "ip", "-n", box, "link", "set", "netc-ctl0", "up")
 	out, err := netnstest.Child(context.Background(), t, box, "tap", "NETC_IFACE=netc-tap0")
