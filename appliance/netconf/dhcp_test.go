@@ -110,23 +110,24 @@ func TestDHCPv4(t *testing.T) {
 	testenv.WaitFor(t, "the default route via 192.0.2.1", func() bool {
 		return strings.Contains(netnstest.Run(t, "ip", "-n", box, "route", "show", "default"), "default via 192.0.2.1 dev netc-mgmt0 proto dhcp")
 	})
-	testenv.WaitFor(t, "resolv.conf with both servers", func() bool {
-		return strings.Contains(readFile(filepath.Join(run, ResolvConfFile)), "nameserver 192.0.2.53\nnameserver 192.0.2.54\n")
+	// lease.json is written last of the three files: once it shows the lease, so do the others.
+	var lease Addressing
+	testenv.WaitFor(t, "lease.json with the lease", func() bool {
+		return json.Unmarshal([]byte(readFile(filepath.Join(run, LeaseFile))), &lease) == nil && lease.Addr.String() == addr+"/24"
 	})
+	// Renewing, if the machine is slow enough for T1 (4 s) to have come.
+	if (lease.State != "bound" && lease.State != "renewing") || lease.Router.String() != "192.0.2.1" || lease.Server.String() != "192.0.2.1" {
+		t.Errorf("lease.json = %+v, want %s/24 via 192.0.2.1, bound", lease, addr)
+	}
+	if rc := readFile(filepath.Join(run, ResolvConfFile)); rc != "# written by netconfd (dhcp4)\nnameserver 192.0.2.53\nnameserver 192.0.2.54\n" {
+		t.Errorf("resolv.conf:\n%s", rc)
+	}
 	var ntp Servers
 	if err := json.Unmarshal([]byte(readFile(filepath.Join(run, NTPFile))), &ntp); err != nil {
 		t.Fatalf("ntp.json: %v", err)
 	}
 	if ntp.Source != "dhcp4" || len(ntp.Servers) != 1 || ntp.Servers[0].String() != "192.0.2.123" {
 		t.Errorf("ntp.json = %+v, want 192.0.2.123 from dhcp4", ntp)
-	}
-	var lease Addressing
-	if err := json.Unmarshal([]byte(readFile(filepath.Join(run, LeaseFile))), &lease); err != nil {
-		t.Fatalf("lease.json: %v", err)
-	}
-	// Renewing, if the machine is slow enough for T1 (4 s) to have come.
-	if lease.Addr.String() != addr+"/24" || (lease.State != "bound" && lease.State != "renewing") || lease.Router.String() != "192.0.2.1" || lease.Server.String() != "192.0.2.1" {
-		t.Errorf("lease.json = %+v, want %s/24 via 192.0.2.1", lease, addr)
 	}
 	if l := readFile(leases); !strings.Contains(l, " "+addr+" netc-sensor ") {
 		t.Errorf("dnsmasq's leases lack %s for host netc-sensor:\n%s", addr, l)

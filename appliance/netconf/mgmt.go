@@ -117,6 +117,9 @@ func (m *mgmtPort) Apply(prev, cur dhcp4.Lease) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.lease = &cur
+	// A lease being applied is bound: published so in the same write, since the client says
+	// so only after Apply returns (a reader in between saw "init" beside a bound address).
+	m.dhcpState = dhcp4.Bound
 	return m.publish()
 }
 
@@ -212,8 +215,9 @@ func ipnet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
-// publish writes lease.json, resolv.conf and ntp.json from the lease and the static
-// configuration. m.mu is held.
+// publish writes ntp.json, resolv.conf and lease.json from the lease and the static
+// configuration, lease.json last: a reader that sees a state in lease.json finds the other two
+// files already agreeing with it. m.mu is held.
 func (m *mgmtPort) publish() error {
 	a := Addressing{Interface: m.iface, ConfigError: m.cfgErr, DNS: []netip.Addr{}, NTP: []netip.Addr{}}
 	src := ""
