@@ -23,8 +23,13 @@ import (
 )
 
 // NeedTools skips (locally) or fails (CI) t unless it runs as root and every tool is on PATH.
+// Under -short it skips: these tests start servers and re-executed daemons (the short tier is
+// for tests that do not; the full run has them).
 func NeedTools(t testing.TB, tools ...string) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("network namespace test with real servers: not in -short")
+	}
 	testenv.NeedRoot(t, "network namespaces")
 	for _, tool := range tools {
 		_, err := exec.LookPath(tool)
