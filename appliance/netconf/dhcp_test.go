@@ -168,8 +168,9 @@ func TestDHCPv4(t *testing.T) {
 	}
 }
 
-// TestStaticOverridesDHCP: a static configuration written while a DHCP lease is held releases the
-// lease (dnsmasq sees it) and takes over; removing it brings DHCP back, without a restart.
+// TestStaticOverridesDHCP: a bad static configuration written while a DHCP lease is held is
+// refused and the lease stays; a good one releases the lease (dnsmasq sees it) and takes over;
+// removing it brings DHCP back, without a restart.
 func TestStaticOverridesDHCP(t *testing.T) {
 	netnstest.NeedTools(t, "ip", "dnsmasq")
 	box := netnstest.Netns(t, "netc-obox")
@@ -198,6 +199,20 @@ func TestStaticOverridesDHCP(t *testing.T) {
 		}
 		return m != nil
 	})
+
+	// A bad static configuration is refused and DHCP stays in force.
+	writeConfig(t, cfg, `{"network":{"static":{"address":"192.0.2.200/24","gateway":"198.51.100.1"}}}`)
+	testenv.WaitFor(t, "the refusal in lease.json, beside the lease", func() bool {
+		var a Addressing
+		return json.Unmarshal([]byte(readFile(filepath.Join(run, LeaseFile))), &a) == nil && a.Source == "dhcp4" &&
+			a.Addr.String() == leased+"/24" && strings.Contains(a.ConfigError, "network.static.gateway: 198.51.100.1 is outside 192.0.2.0/24")
+	})
+	if a := addrs(); !strings.Contains(a, "inet "+leased+"/24") || strings.Contains(a, "192.0.2.200") {
+		t.Errorf("a refused configuration changed the addresses: %s", a)
+	}
+	if strings.Contains(dlog.String(), "DHCPRELEASE") {
+		t.Errorf("a refused configuration released the lease")
+	}
 
 	writeConfig(t, cfg, `{"network":{"static":{"address":"192.0.2.200/24","gateway":"192.0.2.1","dns":["192.0.2.153"]}}}`)
 	testenv.WaitFor(t, "dnsmasq to see the release", func() bool {
