@@ -22,12 +22,14 @@ import (
 
 // Options configure netconfd.
 type Options struct {
-	Mgmt     string
-	Taps     []string
-	Config   string // box configuration file; absent means DHCP on Mgmt
-	RunDir   string
-	Hostname string
-	Poll     time.Duration // how often ports are re-checked and links.json rewritten
+	Mgmt   string
+	Taps   []string
+	Config string // box configuration file; absent means DHCP on Mgmt
+	RunDir string
+	// ResolvConf, if set, is a second copy of resolv.conf: the file the system's resolver reads.
+	ResolvConf string
+	Hostname   string
+	Poll       time.Duration // how often ports are re-checked and links.json rewritten
 }
 
 // ParseFlags reads netconfd's command line.
@@ -40,6 +42,7 @@ func ParseFlags(args []string, stderr io.Writer) (*Options, error) {
 	taps := fs.String("tap", "", "tap interfaces, comma-separated (instead of -profile)")
 	fs.StringVar(&o.Config, "config", "/perm/netconfd/config.json", "box configuration (its network section); absent means DHCP")
 	fs.StringVar(&o.RunDir, "run-dir", "/run/netconfd", "where resolv.conf, ntp.json, lease.json and links.json are written")
+	fs.StringVar(&o.ResolvConf, "resolv-conf", "/tmp/resolv.conf", "also write resolv.conf here, for the system resolver (the image links /etc/resolv.conf to /tmp/resolv.conf); empty: only in -run-dir")
 	fs.StringVar(&o.Hostname, "hostname", "", "host name sent to the DHCP server (default: the system's)")
 	fs.DurationVar(&o.Poll, "poll", 5*time.Second, "how often ports are re-checked and links.json rewritten")
 	if err := fs.Parse(args); err != nil {
@@ -108,7 +111,7 @@ func Run(ctx context.Context, o *Options, logf func(string, ...any)) error {
 	// side does next.
 	d.configureTaps()
 
-	d.m = &mgmtPort{iface: o.Mgmt, runDir: o.RunDir, logf: logf}
+	d.m = &mgmtPort{iface: o.Mgmt, runDir: o.RunDir, resolvConf: o.ResolvConf, logf: logf}
 	if err := d.m.setConfigError(""); err != nil {
 		return err
 	}

@@ -21,7 +21,9 @@ func init() {
 	children["netconfd"] = func() (any, error) {
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 		defer stop()
-		if code := Main(ctx, strings.Split(os.Getenv("NETC_ARGS"), "\n"), os.Stdout, os.Stderr); code != 0 {
+		// Never the host's /tmp/resolv.conf: a test that wants the copy names a path of its own.
+		args := append([]string{"-resolv-conf", ""}, strings.Split(os.Getenv("NETC_ARGS"), "\n")...)
+		if code := Main(ctx, args, os.Stdout, os.Stderr); code != 0 {
 			os.Exit(code)
 		}
 		return nil, nil
@@ -90,7 +92,7 @@ func TestDHCPv4(t *testing.T) {
 	run := filepath.Join(dir, "run")
 	var out netnstest.SyncBuffer
 	cmd := netnstest.StartChild(t, box, "netconfd", &out,
-		"NETC_ARGS="+strings.Join([]string{"-mgmt", "netc-mgmt0", "-config", filepath.Join(dir, "absent.json"), "-run-dir", run, "-hostname", "netc-sensor", "-poll", "100ms"}, "\n"))
+		"NETC_ARGS="+strings.Join([]string{"-mgmt", "netc-mgmt0", "-config", filepath.Join(dir, "absent.json"), "-run-dir", run, "-resolv-conf", filepath.Join(dir, "tmp-resolv.conf"), "-hostname", "netc-sensor", "-poll", "100ms"}, "\n"))
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	t.Cleanup(func() {
@@ -121,6 +123,8 @@ func TestDHCPv4(t *testing.T) {
 	}
 	if rc := readFile(filepath.Join(run, ResolvConfFile)); rc != "# written by netconfd (dhcp4)\nnameserver 192.0.2.53\nnameserver 192.0.2.54\n" {
 		t.Errorf("resolv.conf:\n%s", rc)
+	} else if cp := readFile(filepath.Join(dir, "tmp-resolv.conf")); cp != rc {
+		t.Errorf("-resolv-conf copy:\n%s\nwant:\n%s", cp, rc)
 	}
 	var ntp Servers
 	if err := json.Unmarshal([]byte(readFile(filepath.Join(run, NTPFile))), &ntp); err != nil {

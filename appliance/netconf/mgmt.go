@@ -58,9 +58,10 @@ type Addressing struct {
 // runDir. It is the dhcp4.Applier of the DHCP client and the applier of static configuration;
 // static values override the lease's.
 type mgmtPort struct {
-	iface  string
-	runDir string
-	logf   func(string, ...any)
+	iface      string
+	runDir     string
+	resolvConf string // a second copy of resolv.conf, if set
+	logf       func(string, ...any)
 
 	mu     sync.Mutex
 	lease  *dhcp4.Lease
@@ -257,6 +258,11 @@ func (m *mgmtPort) publish() error {
 	}
 	if err := writeFile(filepath.Join(m.runDir, ResolvConfFile), rc.Bytes()); err != nil {
 		return err
+	}
+	if m.resolvConf != "" {
+		if err := writeFile(m.resolvConf, rc.Bytes()); err != nil {
+			return err
+		}
 	}
 	return writeJSON(filepath.Join(m.runDir, LeaseFile), a)
 }
