@@ -53,6 +53,13 @@ type Profile struct {
 	Management []string `json:"management"`
 	Tap        []string `json:"tap"`
 
+	// Drivers are the kernel drivers the ports need, as named in the kernel's modules.builtin
+	// (igb, r8152); each must be built into Kernel (TestDriversBuiltIn): gokrazy loads no
+	// modules, so a driver that is only shipped as a module leaves its port missing.
+	Drivers []string `json:"drivers"`
+	// Adapters are the NICs known to work (chipset and driver), for the README's buying list.
+	Adapters []string `json:"adapters,omitempty"`
+
 	// MinStorageBytes is the smallest disk/SD card the image may be written to.
 	MinStorageBytes int64 `json:"min_storage_bytes"`
 
@@ -199,6 +206,9 @@ func (p Profile) Validate() error {
 			}
 			seen[n] = l.kind
 		}
+	}
+	if len(p.Drivers) == 0 {
+		return fmt.Errorf("no drivers: name the kernel drivers the ports need (checked against the kernel's modules.builtin)")
 	}
 	if p.MinStorageBytes < 2<<30 {
 		return fmt.Errorf("min_storage_bytes %d below 2 GiB (boot + two roots + /perm)", p.MinStorageBytes)

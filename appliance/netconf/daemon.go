@@ -1,0 +1,389 @@
+package netconf
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"log"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/sie-europe/dnssensor/appliance/config"
+	"github.com/sie-europe/dnssensor/appliance/netconf/dhcp4"
+	"github.com/sie-europe/dnssensor/hardware"
+	"github.com/vishvananda/netlink"
+)
+
+// Options configure netconfd.
+type Options struct {
+	Mgmt   string
+	Taps   []string
+	Config string // box configuration file; absent means DHCP on Mgmt
+	RunDir string
+	// ResolvConf, if set, is a second copy of resolv.conf: the file the system's resolver reads.
+	ResolvConf string
+	Hostname   string
+	Poll       time.Duration // how often ports are re-checked and links.json rewritten
+}
+
+// ParseFlags reads netconfd's command line.
+func ParseFlags(args []string, stderr io.Writer) (*Options, error) {
+	fs := flag.NewFlagSet("netconfd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	o := &Options{}
+	profile := fs.String("profile", "", "hardware profile naming the management and tap interfaces (see hardware/)")
+	fs.StringVar(&o.Mgmt, "mgmt", "", "management interface (instead of -profile)")
+	taps := fs.String("tap", "", "tap interfaces, comma-separated (instead of -profile)")
+	fs.StringVar(&o.Config, "config", "/perm/netconfd/config.json", "box configuration (its network section); absent means DHCP")
+	fs.StringVar(&o.RunDir, "run-dir", "/run/netconfd", "where resolv.conf, ntp.json, lease.json and links.json are written")
+	fs.StringVar(&o.ResolvConf, "resolv-conf", "/tmp/resolv.conf", "also write resolv.conf here, for the system resolver (the image links /etc/resolv.conf to /tmp/resolv.conf); empty: only in -run-dir")
+	fs.StringVar(&o.Hostname, "hostname", "", "host name sent to the DHCP server (default: the system's)")
+	fs.DurationVar(&o.Poll, "poll", 5*time.Second, "how often ports are re-checked and links.json rewritten")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if *taps != "" {
+		o.Taps = strings.Split(*taps, ",")
+	}
+	switch {
+	case *profile != "" && (o.Mgmt != "" || *taps != ""):
+		return nil, fmt.Errorf("-profile and -mgmt/-tap exclude each other: the profile names the interfaces")
+	case *profile != "":
+		p, err := hardware.Get(*profile)
+		if err != nil {
+			return nil, fmt.Errorf("-profile: %w", err)
+		}
+		// A profile has one management port; a second is not configured.
+		o.Mgmt, o.Taps = p.Management[0], p.Tap
+	case o.Mgmt == "":
+		return nil, fmt.Errorf("no management interface: give -profile NAME or -mgmt IF")
+	}
+	for _, t := range o.Taps {
+		if t == "" || t == o.Mgmt {
+			return nil, fmt.Errorf("-tap %q: an empty name, or the management interface", *taps)
+		}
+	}
+	if o.Poll <= 0 {
+		return nil, fmt.Errorf("-poll %v: must be positive", o.Poll)
+	}
+	if o.Hostname == "" {
+		o.Hostname, _ = os.Hostname()
+	}
+	return o, nil
+}
+
+// Main runs netconfd with args and returns the process exit code.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	o, err := ParseFlags(args, stderr)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(stderr, "netconfd: %v\n", err)
+		return 2
+	}
+	logger := log.New(stderr, "netconfd: ", 0)
+	if err := Run(ctx, o, logger.Printf); err != nil {
+		fmt.Fprintf(stderr, "netconfd: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// Run configures the ports and keeps them configured until ctx ends; then it releases the DHCP
+// lease and removes the management address (a static address stays: the box must stay
+// reachable while netconfd restarts).
+func Run(ctx context.Context, o *Options, logf func(string, ...any)) error {
+	if err := os.MkdirAll(o.RunDir, 0o755); err != nil {
+		return err
+	}
+	d := &daemon{o: o, logf: logf, taps: map[string]*TapReport{}, tapErr: map[string]string{}, ctx: ctx}
+	// Tap ports first: they are silent from the moment they come up, whatever the management
+	// side does next.
+	d.configureTaps()
+
+	d.m = &mgmtPort{iface: o.Mgmt, runDir: o.RunDir, resolvConf: o.ResolvConf, logf: logf}
+	if err := d.m.setConfigError(""); err != nil {
+		return err
+	}
+	link, err := netlink.LinkByName(o.Mgmt)
+	if err != nil {
+		return fmt.Errorf("management port: %w", err)
+	}
+	// Without it, removing the old primary address of a subnet takes the new one (added first, so
+	// a secondary) with it, and the default route too: a readdressing on the same network
+	// would leave the box unreachable (seen in TestStatic).
+	if err := os.WriteFile(filepath.Join(procSys, "net/ipv4/conf", o.Mgmt, "promote_secondaries"), []byte("1\n"), 0o644); err != nil {
+		logf("management port %s: promote_secondaries: %v", o.Mgmt, err)
+	}
+	d.mgmtLink = link
+	defer d.stopDHCP()
+	if err := d.reload(); err != nil {
+		return err
+	}
+	var ra rdnss
+	raCtx, stopRA := context.WithCancel(ctx)
+	raDone := make(chan struct{})
+	defer func() { stopRA(); <-raDone }()
+	go func() {
+		defer close(raDone)
+		err := listenRA(raCtx, o.Mgmt, &ra, logf, func() {
+			if err := d.m.setRA(ra.current(time.Now())); err != nil {
+				logf("%v", err)
+			}
+		})
+		if err != nil {
+			logf("%v (IPv6 DNS servers from routers are not used)", err)
+		}
+	}()
+
+	t := time.NewTicker(o.Poll)
+	defer t.Stop()
+	for {
+		d.writeLinks()
+		var dhcpDone chan error
+		if d.dhcp != nil {
+			dhcpDone = d.dhcp.done
+		}
+		select {
+		case <-ctx.Done():
+			return d.stopDHCP()
+		case err := <-dhcpDone:
+			d.dhcp = nil
+			return fmt.Errorf("dhcp4 client ended: %v", err)
+		case <-t.C:
+			d.configureTaps()
+			// Servers whose announced lifetime has ended go.
+			if err := d.m.setRA(ra.current(time.Now())); err != nil {
+				logf("%v", err)
+			}
+			if err := d.reload(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// dhcpRun is a running DHCPv4 client.
+type dhcpRun struct {
+	stop func()
+	done chan error
+	nc   *dhcp4.NClient
+}
+
+func (d *daemon) startDHCP() error {
+	nc, err := dhcp4.NewNClient(d.o.Mgmt, d.o.Hostname, nil)
+	if err != nil {
+		return err
+	}
+	ctx, stop := context.WithCancel(d.ctx)
+	r := &dhcpRun{stop: stop, done: make(chan error, 1), nc: nc}
+	c := &dhcp4.Client{Ex: nc, Apply: d.m, Logf: d.logf, OnState: d.m.setDHCPState}
+	go func() { r.done <- c.Run(ctx) }()
+	d.dhcp = r
+	return nil
+}
+
+// stopDHCP stops the client, which releases its lease and removes the address.
+func (d *daemon) stopDHCP() error {
+	r := d.dhcp
+	if r == nil {
+		return nil
+	}
+	d.dhcp = nil
+	r.stop()
+	err := <-r.done
+	r.nc.Close()
+	return err
+}
+
+// reload applies the box configuration if it changed since it was last read. A configuration
+// that does not check out is reported (lease.json's config_error and the log) and changes
+// nothing: the addressing in force, static or DHCP, stays. Only a failure to start DHCP at all
+// is returned (gokrazy restarts netconfd).
+func (d *daemon) reload() error {
+	data, readErr := os.ReadFile(d.o.Config)
+	missing := errors.Is(readErr, fs.ErrNotExist)
+	unreadable := readErr != nil && !missing
+	if unreadable {
+		// Compared like content, so that the same failure is reported once, not every poll.
+		data = []byte(readErr.Error())
+	}
+	if d.loaded && bytes.Equal(data, d.lastConfig) && missing == d.lastMissing {
+		return nil
+	}
+	d.lastConfig, d.lastMissing = data, missing
+	var sn *config.StaticNet
+	bad := false
+	if unreadable {
+		d.refuse(readErr)
+		if d.loaded {
+			return nil
+		}
+		bad = true // nothing in force yet: DHCP is the fallback
+	} else if !missing {
+		b, err := config.Parse(data)
+		if err != nil {
+			d.refuse(fmt.Errorf("%s: %w", d.o.Config, err))
+			if d.loaded {
+				return nil
+			}
+			// Nothing in force yet: DHCP is the fallback.
+			bad = true
+		} else {
+			sn, _ = b.Network.Check()
+		}
+	}
+	if err := mgmtIPv6(d.o.Mgmt, sn == nil || !sn.Addr6.IsValid()); err != nil {
+		d.logf("%v", err)
+	}
+	if !d.mgmtUp {
+		// Up only now, so that the kernel's first router solicitation already follows the
+		// configuration's IPv6 choice.
+		if err := netlink.LinkSetUp(d.mgmtLink); err != nil {
+			return fmt.Errorf("management port %s: link up: %w", d.o.Mgmt, err)
+		}
+		d.mgmtUp = true
+	}
+	if sn == nil || !sn.Addr.IsValid() {
+		if err := d.m.setStatic(sn); err != nil {
+			d.logf("%v", err)
+		}
+		if d.dhcp == nil {
+			if err := d.startDHCP(); err != nil {
+				return err
+			}
+		}
+	} else {
+		if err := d.stopDHCP(); err != nil {
+			d.logf("stopping DHCP for the static configuration: %v", err)
+		}
+		if err := d.m.setStatic(sn); err != nil {
+			d.logf("applying the configuration: %v", err)
+			_ = d.m.setConfigError("applying the configuration: " + err.Error())
+			d.loaded = true
+			return nil
+		}
+	}
+	d.loaded = true
+	if bad {
+		return nil
+	}
+	if err := d.m.setConfigError(""); err != nil {
+		d.logf("%v", err)
+	}
+	d.logf("configuration applied: %s", describe(sn))
+	return nil
+}
+
+func (d *daemon) refuse(err error) {
+	d.logf("configuration not applied, the one in force stays: %v", err)
+	if e := d.m.setConfigError(err.Error()); e != nil {
+		d.logf("%v", e)
+	}
+}
+
+func describe(sn *config.StaticNet) string {
+	if sn == nil {
+		return "DHCPv4"
+	}
+	var parts []string
+	if sn.Addr.IsValid() {
+		parts = append(parts, "static "+sn.Addr.String()+" via "+sn.GW.String())
+	} else {
+		parts = append(parts, "DHCPv4")
+	}
+	if sn.Addr6.IsValid() {
+		parts = append(parts, "static "+sn.Addr6.String()+" via "+sn.GW6.String())
+	}
+	if len(sn.DNS) > 0 {
+		parts = append(parts, fmt.Sprintf("DNS %v", sn.DNS))
+	}
+	if len(sn.NTP) > 0 {
+		parts = append(parts, fmt.Sprintf("NTP %v", sn.NTP))
+	}
+	return strings.Join(parts, ", ")
+}
+
+type daemon struct {
+	o    *Options
+	logf func(string, ...any)
+	ctx  context.Context
+	taps map[string]*TapReport // nil entry: not yet configured
+	// tapErr is the last failure logged per tap port.
+	tapErr map[string]string
+	m      *mgmtPort
+	dhcp   *dhcpRun // nil: not running
+
+	mgmtLink netlink.Link
+	mgmtUp   bool
+
+	loaded      bool // a configuration (or its absence) has been applied
+	lastConfig  []byte
+	lastMissing bool
+}
+
+// configureTaps (re)configures each tap port that is not yet known to be silent, so that an
+// adapter plugged in later is silenced before anything else brings it up, and one whose setup
+// failed is tried again.
+func (d *daemon) configureTaps() {
+	for _, t := range d.o.Taps {
+		// Read back every time: an adapter unplugged and plugged in again is a new interface.
+		if r, err := readTap(t, ""); err == nil && r.Up && d.taps[t] != nil {
+			continue
+		}
+		r, err := ConfigureTap(t)
+		if err != nil {
+			// Said once per new failure, not every poll: an unplugged adapter stays unplugged.
+			if msg := err.Error(); msg != d.tapErr[t] {
+				d.logf("%v", err)
+				d.tapErr[t] = msg
+			}
+			d.taps[t] = nil
+			continue
+		}
+		delete(d.tapErr, t)
+		d.logf("tap port %s: silent, promiscuous, up; offloads %s", t, offloadSummary(r))
+		d.taps[t] = &r
+	}
+}
+
+func offloadSummary(r TapReport) string {
+	if r.OffloadError != "" {
+		return "unknown (" + r.OffloadError + ")"
+	}
+	var on []string
+	for _, o := range r.Offloads {
+		if o.Active {
+			on = append(on, o.Name+" (driver keeps it on)")
+		}
+	}
+	if len(on) == 0 {
+		return "off"
+	}
+	return "off except " + strings.Join(on, ", ")
+}
+
+func (d *daemon) writeLinks() {
+	links := []Link{readLink(d.o.Mgmt, "management")}
+	for _, t := range d.o.Taps {
+		l := readLink(t, "tap")
+		l.Tap = d.taps[t]
+		if l.Present && l.Tap == nil {
+			l.Error = "not configured as a silent tap port (see netconfd's log)"
+		}
+		links = append(links, l)
+	}
+	if err := writeJSON(filepath.Join(d.o.RunDir, LinksFile), links); err != nil {
+		d.logf("%v", err)
+	}
+}

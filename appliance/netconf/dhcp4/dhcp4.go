@@ -1,0 +1,264 @@
+// Package dhcp4 keeps a DHCPv4 lease on the management port (RFC 2131 §4.4): it acquires one,
+// renews it from its server at T1, rebinds by broadcast at T2, gives the address up when the lease
+// expires unrenewed, and releases it on shutdown. The state machine is apart from the wire (an
+// Exchanger: nclient4 in production) and from time (a Clock), so that T1, T2 and expiry are tested
+// to the second without waiting for them; what a lease means for the interface is the Applier's
+// business.
+package dhcp4
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+)
+
+// Lease is a bound DHCPv4 lease, reduced to what the box uses.
+type Lease struct {
+	Addr   netip.Prefix // address and the subnet's prefix length
+	Router netip.Addr   // zero if the server sent none
+	DNS    []netip.Addr
+	NTP    []netip.Addr
+	Server netip.Addr // server identifier
+
+	Start    time.Time     // when the ACK arrived (Clock time)
+	T1, T2   time.Duration // renewal and rebinding times, from Start
+	Lifetime time.Duration
+
+	// Raw is the exchanger's own record of the lease (the ACK), handed back to Renew, Rebind
+	// and Release.
+	Raw any
+}
+
+// Same reports whether two leases configure the box identically (times aside), so that a renewal
+// that changes nothing leaves the interface alone.
+func (l Lease) Same(o Lease) bool {
+	return l.Addr == o.Addr && l.Router == o.Router && slices.Equal(l.DNS, o.DNS) && slices.Equal(l.NTP, o.NTP)
+}
+
+// ErrNAK is returned (wrapped) by an Exchanger when the server refused the request: the address
+// must go at once and the client starts over.
+var ErrNAK = errors.New("DHCPNAK")
+
+// Exchanger speaks DHCPv4. Each call returns when it has an answer or has given up (its own
+// retransmission timeouts, or ctx); start is the Clock time to record as the new lease's Start.
+type Exchanger interface {
+	// Acquire runs DISCOVER/OFFER/REQUEST/ACK.
+	Acquire(ctx context.Context) (Lease, error)
+	// Renew sends REQUEST to the lease's server (RENEWING).
+	Renew(ctx context.Context, l Lease) (Lease, error)
+	// Rebind broadcasts REQUEST to any server (REBINDING).
+	Rebind(ctx context.Context, l Lease) (Lease, error)
+	// Release sends RELEASE to the lease's server.
+	Release(l Lease) error
+}
+
+// Applier makes a lease take effect on the box. Apply gets the previous lease (zero Addr if none)
+// so that it can remove what the new one no longer has, and is called after every renewal, even
+// one that changes nothing but the times (Same tells); Remove undoes a lease entirely.
+type Applier interface {
+	Apply(prev, cur Lease) error
+	Remove(l Lease) error
+}
+
+// Clock is time for the state machine. After must behave like time.After.
+type Clock interface {
+	Now() time.Time
+	After(d time.Duration) <-chan time.Time
+}
+
+type realClock struct{}
+
+func (realClock) Now() time.Time                         { return time.Now() }
+func (realClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+
+// RealClock is the wall clock.
+var RealClock Clock = realClock{}
+
+// Client runs the lease state machine. Zero values of the tuning fields take the defaults.
+type Client struct {
+	Ex    Exchanger
+	Apply Applier
+	Clock Clock
+	Logf  func(format string, args ...any)
+
+	// MinRetry is the shortest wait between two renewal (or rebinding) attempts: RFC 2131
+	// §4.4.5 says half the time remaining, down to 60 s.
+	MinRetry time.Duration
+	// AcquireBackoff bounds the wait between failed acquisitions (doubling from 1 s).
+	AcquireBackoff time.Duration
+
+	// OnState, if set, is told every state change (for the status report and tests).
+	OnState func(State, Lease)
+}
+
+// State is where the client is in RFC 2131's state diagram.
+type State string
+
+const (
+	Init      State = "init"
+	Bound     State = "bound"
+	Renewing  State = "renewing"
+	Rebinding State = "rebinding"
+	Released  State = "released"
+)
+
+func (c *Client) logf(format string, args ...any) {
+	if c.Logf != nil {
+		c.Logf(format, args...)
+	}
+}
+
+func (c *Client) state(s State, l Lease) {
+	if c.OnState != nil {
+		c.OnState(s, l)
+	}
+}
+
+// wait returns false if ctx ended before d passed.
+func (c *Client) wait(ctx context.Context, d time.Duration) bool {
+	if d < 0 {
+		d = 0
+	}
+	select {
+	case <-ctx.Done():
+		return false
+	case <-c.Clock.After(d):
+		return true
+	}
+}
+
+// retryIn is the wait before the next attempt when deadline is the end of the current phase.
+func (c *Client) retryIn(now, deadline time.Time) time.Duration {
+	rest := deadline.Sub(now)
+	if half := rest / 2; half > c.MinRetry {
+		return half
+	}
+	if rest > c.MinRetry {
+		return c.MinRetry
+	}
+	return rest
+}
+
+// Run keeps a lease until ctx ends, then releases it and removes it from the box. It returns nil
+// after a clean shutdown; only an Applier failure on shutdown is an error (a failure while running
+// is logged and retried, since the next lease may apply).
+func (c *Client) Run(ctx context.Context) error {
+	if c.Clock == nil {
+		c.Clock = RealClock
+	}
+	if c.MinRetry == 0 {
+		c.MinRetry = 60 * time.Second
+	}
+	if c.AcquireBackoff == 0 {
+		c.AcquireBackoff = 64 * time.Second
+	}
+	var cur Lease
+	backoff := time.Second
+	for {
+		// INIT: no address.
+		c.state(Init, Lease{})
+		l, err := c.Ex.Acquire(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			c.logf("dhcp4: acquiring a lease: %v (again in %v)", err, backoff)
+			if !c.wait(ctx, backoff) {
+				return nil
+			}
+			backoff = min(2*backoff, c.AcquireBackoff)
+			continue
+		}
+		backoff = time.Second
+		if err := c.Apply.Apply(cur, l); err != nil {
+			c.logf("dhcp4: applying lease %s: %v", l.Addr, err)
+		}
+		cur = l
+		c.logf("dhcp4: bound %s via %s from %s for %v", l.Addr, l.Router, l.Server, l.Lifetime)
+		var ok bool
+		cur, ok = c.keep(ctx, cur)
+		if !ok {
+			// ctx ended while bound.
+			c.state(Released, cur)
+			if err := c.Ex.Release(cur); err != nil {
+				c.logf("dhcp4: releasing %s: %v", cur.Addr, err)
+			}
+			if err := c.Apply.Remove(cur); err != nil {
+				return fmt.Errorf("removing lease %s: %w", cur.Addr, err)
+			}
+			return nil
+		}
+		// The lease expired or was refused: the address is no longer ours.
+		if err := c.Apply.Remove(cur); err != nil {
+			c.logf("dhcp4: removing lease %s: %v", cur.Addr, err)
+		}
+		cur = Lease{}
+	}
+}
+
+// keep holds l through BOUND, RENEWING and REBINDING. It returns the lease last held and ok=true
+// when that lease is gone (expired or NAKed), or ok=false when ctx ended while it was still valid.
+func (c *Client) keep(ctx context.Context, l Lease) (Lease, bool) {
+	for {
+		c.state(Bound, l)
+		t1, t2, end := l.Start.Add(l.T1), l.Start.Add(l.T2), l.Start.Add(l.Lifetime)
+		if !c.wait(ctx, t1.Sub(c.Clock.Now())) {
+			return l, false
+		}
+		next, renewed, gone := c.phase(ctx, Renewing, l, t2)
+		if ctx.Err() != nil {
+			return l, false
+		}
+		if !renewed && !gone {
+			next, renewed, gone = c.phase(ctx, Rebinding, l, end)
+			if ctx.Err() != nil {
+				return l, false
+			}
+		}
+		if gone {
+			return l, true
+		}
+		if !renewed {
+			c.logf("dhcp4: lease %s expired", l.Addr)
+			return l, true
+		}
+		// Applied even when nothing but the times changed: the expiry others read moves on.
+		if err := c.Apply.Apply(l, next); err != nil {
+			c.logf("dhcp4: applying lease %s: %v", next.Addr, err)
+		}
+		l = next
+	}
+}
+
+// phase tries to extend l in state s until deadline. gone: the server refused (NAK).
+func (c *Client) phase(ctx context.Context, s State, l Lease, deadline time.Time) (next Lease, renewed, gone bool) {
+	c.state(s, l)
+	for c.Clock.Now().Before(deadline) {
+		var err error
+		if s == Renewing {
+			next, err = c.Ex.Renew(ctx, l)
+		} else {
+			next, err = c.Ex.Rebind(ctx, l)
+		}
+		if ctx.Err() != nil {
+			return l, false, false
+		}
+		if err == nil {
+			return next, true, false
+		}
+		if errors.Is(err, ErrNAK) {
+			c.logf("dhcp4: %s %s: %v", s, l.Addr, err)
+			return l, false, true
+		}
+		now := c.Clock.Now()
+		wait := c.retryIn(now, deadline)
+		c.logf("dhcp4: %s %s: %v (again in %v)", s, l.Addr, err, wait)
+		if !c.wait(ctx, wait) {
+			return l, false, false
+		}
+	}
+	return l, false, false
+}
