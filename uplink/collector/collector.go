@@ -17,7 +17,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sie-europe/dnssensor/internal/secretfile"
 	"github.com/sie-europe/dnssensor/sensor/nmsg"
+	"github.com/sie-europe/dnssensor/uplink/collector/auth"
 	"github.com/sie-europe/dnssensor/uplink/sielink"
 )
 
@@ -30,7 +32,7 @@ type Options struct {
 	// unless Listen is a loopback address: it exists for tests.
 	CertFile, KeyFile string
 	PlainHTTP         bool
-	// KeysFile maps sensors to API keys (sielink.LoadKeys format,
+	// KeysFile maps sensors to API keys (auth.LoadKeys format,
 	// mode 0600).
 	KeysFile string
 	// Store configures the NMSG files.
@@ -72,7 +74,7 @@ const ShutdownTimeout = 30 * time.Second
 // Run serves until ctx ends, then sends Shutdown to every sensor, waits
 // for their Finished (at most ShutdownTimeout), and seals all files.
 func Run(ctx context.Context, opts Options) error {
-	keys, err := sielink.LoadKeys(opts.KeysFile)
+	keys, err := auth.LoadKeys(opts.KeysFile)
 	if err != nil {
 		return err
 	}
@@ -84,7 +86,7 @@ func Run(ctx context.Context, opts Options) error {
 	if opts.Forward != nil {
 		handler = &storeForward{store: store, fwd: opts.Forward}
 	}
-	srv := &sielink.Server{Keys: keys, Handler: handler, Heartbeat: opts.Heartbeat, Logf: opts.Logf,
+	srv := &sielink.Server{Auth: keys, Handler: handler, Heartbeat: opts.Heartbeat, Logf: opts.Logf,
 		MaxSessionsPerSensor: opts.MaxSessionsPerSensor}
 
 	tln, err := listen(opts)
@@ -256,7 +258,7 @@ func listen(opts Options) (net.Listener, error) {
 		return nil, fmt.Errorf("TLS certificate (-cert): %w", err)
 	}
 	// The private key is held to the keys file's rule: a key others could read must be replaced.
-	keyPEM, err := sielink.ReadSecretFile(opts.KeyFile)
+	keyPEM, err := secretfile.Read(opts.KeyFile)
 	if err != nil {
 		return nil, fmt.Errorf("TLS private key (-key): %w", err)
 	}

@@ -100,7 +100,7 @@ func (cfg *Config) withDefaults() (Config, *url.URL, error) {
 	}
 	c.MaxBackoff = max(c.MaxBackoff, c.MinBackoff)
 	c.FatalBackoff = min(c.FatalBackoff, c.MaxBackoff)
-	if !ValidSensorName(c.Name) {
+	if !validSessionName(c.Name) {
 		return c, nil, fmt.Errorf("sielink: invalid sensor name %q", c.Name)
 	}
 	if c.APIKeyFile == "" {

@@ -88,9 +88,9 @@ func (f HandlerFunc) Deliver(d *Delivery) error { return f(d) }
 // at the root). Set the exported fields before serving; they are not
 // changed afterwards.
 type Server struct {
-	// Keys maps API keys to sensor names. A session is accepted only
-	// when X-API-Key names the sensor of the path.
-	Keys *Keys
+	// Auth maps API keys to sensor names (the collector's auth.Keys). A session is accepted
+	// only when X-API-Key names the sensor of the path; with no Auth, none is.
+	Auth Authenticator
 	// Handler receives the payloads.
 	Handler Handler
 	// Heartbeat is our interval; default 30 s.
@@ -237,13 +237,16 @@ func (srv *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Connection", "close")
 		http.Error(w, msg, code)
 	}
-	if !ok || !ValidSensorName(name) {
+	if !ok || !validSessionName(name) || srv.Auth != nil && !srv.Auth.ValidName(name) {
 		srv.cnt.rejectedOther.Add(1)
 		refuse("not found", http.StatusNotFound)
 		return
 	}
 	key := r.Header.Get("X-API-Key")
-	sensor, ok := srv.Keys.Lookup(key)
+	sensor, ok := "", false
+	if srv.Auth != nil {
+		sensor, ok = srv.Auth.Lookup(key)
+	}
 	switch {
 	case key == "" || !ok:
 		srv.cnt.rejectedAuth.Add(1)

@@ -22,6 +22,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/sie-europe/dnssensor/sensor/nmsg"
+	"github.com/sie-europe/dnssensor/uplink/collector/auth"
 	"github.com/sie-europe/dnssensor/uplink/sielink/sielinktest"
 )
 
@@ -106,7 +107,7 @@ func newEnv(t *testing.T, opt func(*Server)) *env {
 		t.Fatal(err)
 	}
 	e.keyFiles = keyFiles
-	keys, err := LoadKeys(keysFile)
+	keys, err := auth.LoadKeys(keysFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,7 +117,7 @@ func newEnv(t *testing.T, opt func(*Server)) *env {
 	}
 	e.clientTLS = ctls
 	e.srv = &Server{
-		Keys:      keys,
+		Auth:      keys,
 		Heartbeat: envHeartbeat,
 		Logf:      safeLog(t),
 		Handler: HandlerFunc(func(d *Delivery) error {
@@ -282,29 +283,6 @@ func TestKeyFilePermissions(t *testing.T) {
 	}
 	if st := e.srv.Stats(); st.RejectedAuth+st.Accepted != 0 {
 		t.Errorf("a refused key file still reached the server: %+v", st)
-	}
-	keysFile := filepath.Join(e.dir, "keys")
-	os.Chmod(keysFile, 0o644)
-	if _, err := LoadKeys(keysFile); !errors.Is(err, ErrKeyFilePermissions) {
-		t.Errorf("LoadKeys with a 0644 keys file = %v", err)
-	}
-}
-
-func TestParseKeys(t *testing.T) {
-	k, err := ParseKeys([]byte("# comment\ns1 key1\n\ns-2.x key2 # trailing\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if s, ok := k.Lookup("key2"); !ok || s != "s-2.x" || k.Len() != 2 {
-		t.Errorf("Lookup(key2) = %q, %v", s, ok)
-	}
-	if _, ok := k.Lookup("key"); ok {
-		t.Error("prefix of a key accepted")
-	}
-	for _, bad := range []string{"s1", "s1 k1 extra", "../x k1", ".hidden k1", "s1 k1\ns2 k1", "s1 k1\ns1 k2"} {
-		if _, err := ParseKeys([]byte(bad)); err == nil {
-			t.Errorf("ParseKeys(%q) accepted", bad)
-		}
 	}
 }
 
@@ -723,6 +701,64 @@ func TestBackoffBoundedByMax(t *testing.T) {
 	for _, j := range []float64{0, 0.5, 0.999999} {
 		if w := jittered(c.MaxBackoff, j); w > c.MaxBackoff || w < c.MaxBackoff/2 {
 			t.Errorf("jitter %v: wait %v outside [MaxBackoff/2, MaxBackoff]", j, w)
+		}
+	}
+}
+
+// mapAuth is an Authenticator with its own name rule, to show that the server asks it.
+type mapAuth map[string]string
+
+func (m mapAuth) ValidName(name string) bool { return !strings.HasPrefix(name, "no-") }
+func (m mapAuth) Lookup(key string) (string, bool) {
+	s, ok := m[key]
+	return s, ok
+}
+
+// TestSessionPath: a session path names one sensor that the Authenticator accepts as a name,
+// before any key is looked at (404), so a name that walks out of its directory at the collector
+// never reaches a handler; then the key decides (401 unknown, 403 another sensor's).
+func TestSessionPath(t *testing.T) {
+	keys := mapAuth{"k1": "s1", "k2": "s2", "k3": "no-s3", "k4": "../x"}
+	for _, tc := range []struct {
+		path, key string
+		auth      Authenticator
+		want      int
+	}{
+		{"/session/", "k1", keys, http.StatusNotFound},
+		{"/session/..%2Fs1", "k1", keys, http.StatusNotFound},
+		{"/session/..%2Fx", "k4", keys, http.StatusNotFound},
+		{"/session/s1%2F..%2Fs2", "k1", keys, http.StatusNotFound},
+		{"/session/..", "k1", keys, http.StatusNotFound},
+		{"/session/no-s3", "k3", keys, http.StatusNotFound}, // the Authenticator's name rule
+		{"/other/s1", "k1", keys, http.StatusNotFound},
+		{"/session/s1", "", keys, http.StatusUnauthorized},
+		{"/session/s1", "k9", keys, http.StatusUnauthorized},
+		{"/session/s1", "k1", nil, http.StatusUnauthorized}, // no Authenticator: nobody
+		{"/session/s1", "k2", keys, http.StatusForbidden},
+	} {
+		srv := &Server{Auth: tc.auth}
+		req := httptest.NewRequest("GET", "https://collector.test"+tc.path, nil)
+		if tc.key != "" {
+			req.Header.Set("X-API-Key", tc.key)
+		}
+		rec := httptest.NewRecorder()
+		srv.ServeHTTP(rec, req)
+		if rec.Code != tc.want {
+			t.Errorf("%s with key %q: status %d, want %d", tc.path, tc.key, rec.Code, tc.want)
+		}
+		st := srv.Stats()
+		if tc.want == http.StatusNotFound && (st.RejectedOther != 1 || st.RejectedAuth != 0) ||
+			tc.want != http.StatusNotFound && (st.RejectedAuth != 1 || st.RejectedOther != 0) {
+			t.Errorf("%s with key %q: counted as %+v", tc.path, tc.key, st)
+		}
+	}
+}
+
+// TestClientSessionName: the client refuses a name that cannot be one URL path element.
+func TestClientSessionName(t *testing.T) {
+	for _, name := range []string{"", ".", "..", "../x", "a/b", "a b", "a?b"} {
+		if _, err := NewClient(Config{URL: "wss://collector.example.net", Name: name, APIKeyFile: "k"}); err == nil || !strings.Contains(err.Error(), "sensor name") {
+			t.Errorf("NewClient(Name %q) = %v, want an invalid sensor name error", name, err)
 		}
 	}
 }
