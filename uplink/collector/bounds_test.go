@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sie-europe/dnssensor/internal/testenv"
 	"github.com/sie-europe/dnssensor/uplink/sielink"
 	"github.com/sie-europe/dnssensor/uplink/sielink/sielinktest"
 )
@@ -102,7 +103,7 @@ func closedWithin(c net.Conn, d time.Duration) bool {
 // (before: kept alive for ever, 2,000 held ≥ 75 s), idle peers after the header timeout, and no
 // more than MaxUnauthenticated are held at once; a real sensor still connects afterwards.
 func TestUnauthenticatedBounded(t *testing.T) {
-	checkLeaks(t)
+	testenv.CheckLeaks(t)
 	tc := startCollector(t, func(o *Options) { o.MaxUnauthenticated = 20; o.headerTimeout = 2 * time.Second })
 	tlsConf := &tls.Config{RootCAs: x509PoolPEM(tc.certPEM)}
 
@@ -137,7 +138,7 @@ func TestUnauthenticatedBounded(t *testing.T) {
 		defer c.Close()
 		conns = append(conns, c)
 	}
-	waitFor(t, "the gate to fill", func() bool {
+	testenv.WaitFor(t, "the gate to fill", func() bool {
 		s := fetchSnapshot(t, tc.metrics)
 		return s.Unauthenticated == 20 && s.RefusedConns == 30
 	})
@@ -147,7 +148,7 @@ func TestUnauthenticatedBounded(t *testing.T) {
 			t.Fatalf("connection %d still open after %v", i, time.Since(start))
 		}
 	}
-	waitFor(t, "the gate to empty", func() bool { return fetchSnapshot(t, tc.metrics).Unauthenticated == 0 })
+	testenv.WaitFor(t, "the gate to empty", func() bool { return fetchSnapshot(t, tc.metrics).Unauthenticated == 0 })
 
 	conn, err := sielink.Dial(ctxT(t, 30*time.Second), tc.config("alpha"))
 	if err != nil {
@@ -161,7 +162,7 @@ func TestUnauthenticatedBounded(t *testing.T) {
 
 // TestTLSPolicy: TLS 1.3, or TLS 1.2 with an ECDHE AEAD suite; no CBC suites, nothing older.
 func TestTLSPolicy(t *testing.T) {
-	checkLeaks(t)
+	testenv.CheckLeaks(t)
 	tc := startCollector(t, nil)
 	pool := x509PoolPEM(tc.certPEM)
 	for _, c := range []struct {
@@ -205,7 +206,7 @@ func TestTLSKeyFileMode(t *testing.T) {
 // session, and what it sent past the quota stays unconfirmed (in its spool); another sensor is
 // unaffected.
 func TestQuota(t *testing.T) {
-	checkLeaks(t)
+	testenv.CheckLeaks(t)
 	const quota = 64 << 10
 	tc := startCollector(t, func(o *Options) { o.Store.Quota = quota })
 	ctx := ctxT(t, 60*time.Second)
@@ -362,17 +363,6 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 func fetchPrometheus(t *testing.T, addr string) string {

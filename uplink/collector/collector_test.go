@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -19,24 +18,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sie-europe/dnssensor/internal/testenv"
 	"github.com/sie-europe/dnssensor/sensor/nmsg"
 	"github.com/sie-europe/dnssensor/uplink/sielink"
 	"github.com/sie-europe/dnssensor/uplink/sielink/sielinktest"
 )
-
-func checkLeaks(t *testing.T) {
-	before := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(5 * time.Second)
-		for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
-		if n := runtime.NumGoroutine(); n > before {
-			buf := make([]byte, 1<<20)
-			t.Errorf("%d goroutines leaked:\n%s", n-before, buf[:runtime.Stack(buf, true)])
-		}
-	})
-}
 
 // records is what a test sent: the data of every NMSG payload, in order.
 type records [][]byte
@@ -208,7 +194,7 @@ func TestStoreRecovery(t *testing.T) {
 // TestCollectorEndToEnd runs the collector (TLS, keys file, metrics)
 // and two sensors delivering at the same time through the real client.
 func TestCollectorEndToEnd(t *testing.T) {
-	checkLeaks(t)
+	testenv.CheckLeaks(t)
 	dir := t.TempDir()
 	certPEM, keyPEM, err := sielinktest.CertPEM("127.0.0.1")
 	if err != nil {

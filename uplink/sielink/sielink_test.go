@@ -12,7 +12,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,27 +20,11 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/sie-europe/dnssensor/internal/testenv"
 	"github.com/sie-europe/dnssensor/sensor/nmsg"
 	"github.com/sie-europe/dnssensor/uplink/collector/auth"
 	"github.com/sie-europe/dnssensor/uplink/sielink/sielinktest"
 )
-
-// checkLeaks fails the test if goroutines started during it are still
-// running when its other cleanups have run. Call it first.
-func checkLeaks(t *testing.T) {
-	before := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(5 * time.Second)
-		for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
-		if n := runtime.NumGoroutine(); n > before {
-			buf := make([]byte, 1<<20)
-			buf = buf[:runtime.Stack(buf, true)]
-			t.Errorf("%d goroutines leaked:\n%s", n-before, buf)
-		}
-	})
-}
 
 // safeLog forwards to t.Logf until the test ends; goroutines that log
 // late must not panic the test binary.
@@ -166,20 +149,8 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	// Generous for a loaded machine: waitFor returns as soon as cond holds.
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func TestDeliver(t *testing.T) {
-	checkLeaks(t)
+	testenv.CheckLeaks(t)
 	e := newEnv(t, nil)
 	ctx := ctxT(t, 30*time.Second)
 	conn, err := Dial(ctx, e.config("s1"))
@@ -239,14 +210,14 @@ func TestDeliver(t *testing.T) {
 	if err := conn.Send(ctx, sent[0], LossCounter{}); !errors.Is(err, ErrClosed) {
 		t.Errorf("Send after Close = %v", err)
 	}
-	waitFor(t, "Finished at the server", func() bool { return e.srv.Stats().FinishedReceived == 1 && e.srv.Stats().Active == 0 })
+	testenv.WaitFor(t, "Finished at the server", func() bool { return e.srv.Stats().FinishedReceived == 1 && e.srv.Stats().Active == 0 })
 	if ps := conn.Stats().PossiblyLostPayloads; ps != 0 {
 		t.Errorf("clean close reported %d payloads possibly lost", ps)
 	}
 }
 
 func TestRejected(t *testing.T) {
-	checkLeaks(t)
+	testenv.CheckLeaks(t)
 	e := newEnv(t, nil)
 	ctx := ctxT(t, 10*time.Second)
 
@@ -269,7 +240,7 @@ func TestRejected(t *testing.T) {
 }
 
 func TestKeyFilePermissions(t *testing.T) {
-	checkLeaks(t)
+	testenv.CheckLeaks(t)
 	e := newEnv(t, nil)
 	cfg := e.config("s1")
 	if err := os.Chmod(cfg.APIKeyFile, 0o640); err != nil {
@@ -330,7 +301,7 @@ func drain(ctx context.Context, ws *websocket.Conn) {
 }
 
 func TestClientDetectsDeadServer(t *testing.T) {
-	checkLeaks(t)
+	testenv.CheckLeaks(t)
 	cfg, _ := fakeServer(t, 100*time.Millisecond, func(ctx context.Context, ws *websocket.Conn) {
 		drain(ctx, ws) // answers pings, sends nothing: a hung peer
 	})
@@ -350,12 +321,12 @@ func TestClientDetectsDeadServer(t *testing.T) {
 }
 
 func TestServerDetectsDeadClient(t *testing.T) {
-	checkLeaks(t)
+	testenv.CheckLeaks(t)
 	e := newEnv(t, nil)
 	ws := rawClient(t, e, "s1", 100*time.Millisecond)
 	defer ws.CloseNow()
 	start := time.Now()
-	waitFor(t, "heartbeat timeout at the server", func() bool {
+	testenv.WaitFor(t, "heartbeat timeout at the server", func() bool {
 		st := e.srv.Stats()
 		return st.HeartbeatTimeouts == 1 && st.Active == 0
 	})
@@ -393,7 +364,7 @@ func rawClient(t *testing.T, e *env, sensor string, hb time.Duration) *websocket
 }
 
 func TestShutdownAnswered(t *testing.T) {
-	checkLeaks(t)
+	testenv.CheckLeaks(t)
 	e := newEnv(t, nil)
 	conn, err := Dial(ctxT(t, 10*time.Second), e.config("s1"))
 	if err != nil {
@@ -420,7 +391,7 @@ func TestShutdownAnswered(t *testing.T) {
 }
 
 func TestFatalError(t *testing.T) {
-	checkLeaks(t)
+	testenv.CheckLeaks(t)
 	var sessions atomic.Int32
 	cfg, _ := fakeServer(t, time.Second, func(ctx context.Context, ws *websocket.Conn) {
 		sessions.Add(1)
@@ -451,7 +422,7 @@ func TestFatalError(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- cl.Run(ctx) }()
-	waitFor(t, "back-off after FatalError", func() bool { return cl.Status().State == StateBackoff })
+	testenv.WaitFor(t, "back-off after FatalError", func() bool { return cl.Status().State == StateBackoff })
 	time.Sleep(300 * time.Millisecond)
 	st := cl.Status()
 	if st.State != StateBackoff || !strings.Contains(st.LastError, "quota exceeded") || st.Stats.Dials != 1 || sessions.Load() != 2 {
@@ -467,7 +438,7 @@ func TestFatalError(t *testing.T) {
 }
 
 func TestBadInputAtServer(t *testing.T) {
-	checkLeaks(t)
+	testenv.CheckLeaks(t)
 	e := newEnv(t, func(s *Server) { s.MaxMessageSize = 64 << 10 })
 	ws := rawClient(t, e, "s1", time.Second)
 	defer ws.CloseNow()
@@ -503,7 +474,7 @@ func TestBadInputAtServer(t *testing.T) {
 	}
 	ws.Write(ctx, websocket.MessageText, []byte("hi"))
 	ws.Write(ctx, websocket.MessageBinary, data(nm(valid)))
-	waitFor(t, "the valid payload", func() bool { return len(e.received("s1")) == 1 })
+	testenv.WaitFor(t, "the valid payload", func() bool { return len(e.received("s1")) == 1 })
 	if !bytes.Equal(e.received("s1")[0], valid) {
 		t.Error("valid payload altered")
 	}
@@ -517,7 +488,7 @@ func TestBadInputAtServer(t *testing.T) {
 }
 
 func TestBadInputAtClient(t *testing.T) {
-	checkLeaks(t)
+	testenv.CheckLeaks(t)
 	// Not a heartbeat test: with a 1 s heartbeat, draining the 3 MiB message under the race
 	// detector on a loaded machine outlasted the 1.5 s read deadline and ended the connection.
 	cfg, _ := fakeServer(t, envHeartbeat, func(ctx context.Context, ws *websocket.Conn) {
@@ -535,7 +506,7 @@ func TestBadInputAtClient(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	waitFor(t, "the heartbeat after the garbage", func() bool { return conn.Stats().HeartbeatsReceived == 1 || conn.Err() != nil })
+	testenv.WaitFor(t, "the heartbeat after the garbage", func() bool { return conn.Stats().HeartbeatsReceived == 1 || conn.Err() != nil })
 	st := conn.Stats()
 	if st.Malformed != 2 || st.Oversize != 1 || st.Unexpected != 2 || conn.Err() != nil {
 		t.Errorf("client stats %+v, err %v", st, conn.Err())
@@ -557,7 +528,7 @@ func (r *srvResolver) LookupSRV(ctx context.Context, service, proto, name string
 }
 
 func TestSRV(t *testing.T) {
-	checkLeaks(t)
+	testenv.CheckLeaks(t)
 	e := newEnv(t, nil)
 	// Replace the server certificate with one for the URL's name only,
 	// and record the SNI: the client must verify and ask for the URL
@@ -610,7 +581,7 @@ func TestSRV(t *testing.T) {
 }
 
 func TestClientReconnects(t *testing.T) {
-	checkLeaks(t)
+	testenv.CheckLeaks(t)
 	e := newEnv(t, nil)
 	cfg := e.config("s1")
 	cfg.Heartbeat = time.Hour // no automatic Sync: the drop below must find unconfirmed payloads
@@ -634,7 +605,7 @@ func TestClientReconnects(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "delivery", func() bool { return len(e.received("s1")) == 3 })
+	testenv.WaitFor(t, "delivery", func() bool { return len(e.received("s1")) == 3 })
 	e.srv.mu.Lock()
 	for s := range e.srv.sessions {
 		s.ws.CloseNow() // the collector drops the connection
@@ -662,7 +633,7 @@ func TestClientReconnects(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Error(err)
 	}
-	waitFor(t, "clean close", func() bool { return e.srv.Stats().FinishedReceived == 1 })
+	testenv.WaitFor(t, "clean close", func() bool { return e.srv.Stats().FinishedReceived == 1 })
 }
 
 // TestClearTextOnlyOnLoopback: ws:// would send the API key in clear text, so a client refuses it
