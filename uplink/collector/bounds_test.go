@@ -16,6 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/expfmt"
+
 	"github.com/sie-europe/dnssensor/internal/testenv"
 	"github.com/sie-europe/dnssensor/uplink/sielink"
 	"github.com/sie-europe/dnssensor/uplink/sielink/sielinktest"
@@ -155,7 +158,7 @@ func TestUnauthenticatedBounded(t *testing.T) {
 		t.Fatalf("a sensor after the flood: %v", err)
 	}
 	conn.Close()
-	if !strings.Contains(fetchPrometheus(t, tc.metrics), "collector_unauthenticated_refused_total 30\n") {
+	if !strings.Contains(fetchPrometheus(t, tc.metrics), "dnssensor_collector_unauthenticated_refused_total 30\n") {
 		t.Errorf("Prometheus output lacks the refused connections")
 	}
 }
@@ -258,7 +261,7 @@ func TestQuota(t *testing.T) {
 	if err := tc.stop(); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(fetchPrometheusText(st), `collector_sensor_quota_refusals_total{sensor="alpha"}`) {
+	if !strings.Contains(fetchPrometheusText(st), `dnssensor_collector_sensor_quota_refusals_total{sensor="alpha"}`) {
 		t.Errorf("Prometheus output lacks the quota refusals")
 	}
 }
@@ -376,4 +379,17 @@ func fetchPrometheus(t *testing.T, addr string) string {
 	return b.String()
 }
 
-func fetchPrometheusText(s Snapshot) string { return s.Prometheus() }
+// fetchPrometheusText renders s as /metrics does.
+func fetchPrometheusText(s Snapshot) string {
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(&promCollector{snap: func() Snapshot { return s }})
+	mfs, err := reg.Gather()
+	var b strings.Builder
+	if err != nil {
+		fmt.Fprintf(&b, "gather: %v\n", err)
+	}
+	for _, mf := range mfs {
+		expfmt.MetricFamilyToText(&b, mf)
+	}
+	return b.String()
+}

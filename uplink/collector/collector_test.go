@@ -263,7 +263,7 @@ func TestCollectorEndToEnd(t *testing.T) {
 	}
 	wg.Wait()
 
-	resp, err := http.Get("http://" + addrs[1] + "/metrics.json")
+	resp, err := http.Get("http://" + addrs[1] + "/status.json")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -294,7 +294,7 @@ func TestCollectorEndToEnd(t *testing.T) {
 	if len(snap.Sensors) != 2 || snap.Sensors[0].Payloads != 25 || snap.Sensors[0].Records != 500 || snap.Sensors[0].LinkLossPayloads != 12 {
 		t.Errorf("metrics %+v", snap.Sensors)
 	}
-	for _, line := range []string{`collector_sensor_payloads_total{sensor="alpha"} 25`, `collector_sensor_records_total{sensor="beta"} 500`, "collector_sessions_accepted_total 2"} {
+	for _, line := range []string{`dnssensor_collector_sensor_payloads_total{sensor="alpha"} 25`, `dnssensor_collector_sensor_records_total{sensor="beta"} 500`, "dnssensor_collector_sessions_accepted_total 2"} {
 		if !strings.Contains(string(prom), line+"\n") {
 			t.Errorf("Prometheus output lacks %q:\n%s", line, prom)
 		}

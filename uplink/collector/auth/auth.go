@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/sie-europe/dnssensor/internal/secretfile"
@@ -49,6 +50,16 @@ func (k *Keys) Lookup(apiKey string) (sensor string, ok bool) {
 
 // ValidName is ValidSensorName: a session path naming anything else is not found.
 func (k *Keys) ValidName(name string) bool { return ValidSensorName(name) }
+
+// Sensors returns the names of the sensors that have a key, sorted.
+func (k *Keys) Sensors() []string {
+	var out []string
+	for _, s := range k.byHash {
+		out = append(out, s)
+	}
+	slices.Sort(out)
+	return out
+}
 
 // Len returns the number of keys.
 func (k *Keys) Len() int { return len(k.byHash) }
