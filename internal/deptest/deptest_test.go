@@ -59,8 +59,6 @@ func top(rel string) string { return strings.SplitN(rel, "/", 2)[0] }
 var knownViolations = map[string]bool{
 	"uplink/spool -> sensor/dnsqr":  true,
 	"uplink/spool -> sensor/output": true,
-	// collector -selftest-server makes its throwaway certificate and keys with the test helper.
-	"uplink/cmd/collector links uplink/sielink/sielinktest": true,
 }
 
 // TestFolderBoundaries: the sensor reaches the uplink only through the spool's producer API, and the

@@ -16,6 +16,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/expfmt"
+
+	"github.com/sie-europe/dnssensor/internal/testenv"
 	"github.com/sie-europe/dnssensor/uplink/sielink"
 	"github.com/sie-europe/dnssensor/uplink/sielink/sielinktest"
 )
@@ -102,7 +106,7 @@ func closedWithin(c net.Conn, d time.Duration) bool {
 // (before: kept alive for ever, 2,000 held ≥ 75 s), idle peers after the header timeout, and no
 // more than MaxUnauthenticated are held at once; a real sensor still connects afterwards.
 func TestUnauthenticatedBounded(t *testing.T) {
-	checkLeaks(t)
+	testenv.CheckLeaks(t)
 	tc := startCollector(t, func(o *Options) { o.MaxUnauthenticated = 20; o.headerTimeout = 2 * time.Second })
 	tlsConf := &tls.Config{RootCAs: x509PoolPEM(tc.certPEM)}
 
@@ -137,7 +141,7 @@ func TestUnauthenticatedBounded(t *testing.T) {
 		defer c.Close()
 		conns = append(conns, c)
 	}
-	waitFor(t, "the gate to fill", func() bool {
+	testenv.WaitFor(t, "the gate to fill", func() bool {
 		s := fetchSnapshot(t, tc.metrics)
 		return s.Unauthenticated == 20 && s.RefusedConns == 30
 	})
@@ -147,21 +151,21 @@ func TestUnauthenticatedBounded(t *testing.T) {
 			t.Fatalf("connection %d still open after %v", i, time.Since(start))
 		}
 	}
-	waitFor(t, "the gate to empty", func() bool { return fetchSnapshot(t, tc.metrics).Unauthenticated == 0 })
+	testenv.WaitFor(t, "the gate to empty", func() bool { return fetchSnapshot(t, tc.metrics).Unauthenticated == 0 })
 
 	conn, err := sielink.Dial(ctxT(t, 30*time.Second), tc.config("alpha"))
 	if err != nil {
 		t.Fatalf("a sensor after the flood: %v", err)
 	}
 	conn.Close()
-	if !strings.Contains(fetchPrometheus(t, tc.metrics), "collector_unauthenticated_refused_total 30\n") {
+	if !strings.Contains(fetchPrometheus(t, tc.metrics), "dnssensor_collector_unauthenticated_refused_total 30\n") {
 		t.Errorf("Prometheus output lacks the refused connections")
 	}
 }
 
 // TestTLSPolicy: TLS 1.3, or TLS 1.2 with an ECDHE AEAD suite; no CBC suites, nothing older.
 func TestTLSPolicy(t *testing.T) {
-	checkLeaks(t)
+	testenv.CheckLeaks(t)
 	tc := startCollector(t, nil)
 	pool := x509PoolPEM(tc.certPEM)
 	for _, c := range []struct {
@@ -205,7 +209,7 @@ func TestTLSKeyFileMode(t *testing.T) {
 // session, and what it sent past the quota stays unconfirmed (in its spool); another sensor is
 // unaffected.
 func TestQuota(t *testing.T) {
-	checkLeaks(t)
+	testenv.CheckLeaks(t)
 	const quota = 64 << 10
 	tc := startCollector(t, func(o *Options) { o.Store.Quota = quota })
 	ctx := ctxT(t, 60*time.Second)
@@ -257,7 +261,7 @@ func TestQuota(t *testing.T) {
 	if err := tc.stop(); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(fetchPrometheusText(st), `collector_sensor_quota_refusals_total{sensor="alpha"}`) {
+	if !strings.Contains(fetchPrometheusText(st), `dnssensor_collector_sensor_quota_refusals_total{sensor="alpha"}`) {
 		t.Errorf("Prometheus output lacks the quota refusals")
 	}
 }
@@ -364,17 +368,6 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func fetchPrometheus(t *testing.T, addr string) string {
 	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
@@ -386,4 +379,17 @@ func fetchPrometheus(t *testing.T, addr string) string {
 	return b.String()
 }
 
-func fetchPrometheusText(s Snapshot) string { return s.Prometheus() }
+// fetchPrometheusText renders s as /metrics does.
+func fetchPrometheusText(s Snapshot) string {
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(&promCollector{snap: func() Snapshot { return s }})
+	mfs, err := reg.Gather()
+	var b strings.Builder
+	if err != nil {
+		fmt.Fprintf(&b, "gather: %v\n", err)
+	}
+	for _, mf := range mfs {
+		expfmt.MetricFamilyToText(&b, mf)
+	}
+	return b.String()
+}

@@ -4,20 +4,20 @@ import (
 	"cmp"
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log"
 	"net"
 	"net/http"
 	"os"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/sie-europe/dnssensor/internal/secretfile"
 	"github.com/sie-europe/dnssensor/sensor/nmsg"
+	"github.com/sie-europe/dnssensor/uplink/collector/auth"
 	"github.com/sie-europe/dnssensor/uplink/sielink"
 )
 
@@ -30,13 +30,13 @@ type Options struct {
 	// unless Listen is a loopback address: it exists for tests.
 	CertFile, KeyFile string
 	PlainHTTP         bool
-	// KeysFile maps sensors to API keys (sielink.LoadKeys format,
+	// KeysFile maps sensors to API keys (auth.LoadKeys format,
 	// mode 0600).
 	KeysFile string
 	// Store configures the NMSG files.
 	Store StoreOptions
-	// MetricsListen serves /metrics (Prometheus text) and
-	// /metrics.json; it must be a loopback address. Empty disables.
+	// MetricsListen serves the health contract (internal/health: /health.json, /metrics,
+	// /metrics.json) and /status.json (Snapshot); it must be a loopback address. Empty disables.
 	MetricsListen string
 	// Heartbeat is the sielink heartbeat; default 30 s.
 	Heartbeat time.Duration
@@ -72,7 +72,7 @@ const ShutdownTimeout = 30 * time.Second
 // Run serves until ctx ends, then sends Shutdown to every sensor, waits
 // for their Finished (at most ShutdownTimeout), and seals all files.
 func Run(ctx context.Context, opts Options) error {
-	keys, err := sielink.LoadKeys(opts.KeysFile)
+	keys, err := auth.LoadKeys(opts.KeysFile)
 	if err != nil {
 		return err
 	}
@@ -84,7 +84,7 @@ func Run(ctx context.Context, opts Options) error {
 	if opts.Forward != nil {
 		handler = &storeForward{store: store, fwd: opts.Forward}
 	}
-	srv := &sielink.Server{Keys: keys, Handler: handler, Heartbeat: opts.Heartbeat, Logf: opts.Logf,
+	srv := &sielink.Server{Auth: keys, Handler: handler, Heartbeat: opts.Heartbeat, Logf: opts.Logf,
 		MaxSessionsPerSensor: opts.MaxSessionsPerSensor}
 
 	tln, err := listen(opts)
@@ -118,13 +118,23 @@ func Run(ctx context.Context, opts Options) error {
 			return err
 		}
 	}
-	m := &metrics{srv: srv, store: store, gate: ln, quota: opts.Store.Quota}
-	ms := &http.Server{Handler: m, ReadHeaderTimeout: 10 * time.Second}
+	m := &metrics{srv: srv, store: store, gate: ln, quota: opts.Store.Quota, sensors: keys.Sensors()}
 
-	errc := make(chan error, 2)
+	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
+	// The health server runs until Run returns (after the sessions' shutdown, so /status.json
+	// shows it); healthDone (nil without a metrics address) carries its end.
+	var healthDone chan error
 	if mln != nil {
-		go func() { errc <- ms.Serve(mln) }()
+		healthDone = make(chan error, 1)
+		hctx, hcancel := context.WithCancel(context.Background())
+		go func() { healthDone <- m.serveHealth(hctx, mln, ln.Addr().String(), opts.Logf) }()
+		defer func() {
+			hcancel()
+			if healthDone != nil {
+				<-healthDone
+			}
+		}()
 	}
 	if opts.Ready != nil {
 		maddr := ""
@@ -145,13 +155,16 @@ loop:
 			store.Rotate()
 		case serveErr = <-errc:
 			break loop
+		case err := <-healthDone:
+			healthDone = nil // ended: nothing to wait for
+			serveErr = fmt.Errorf("metrics: serving stopped: %v", err)
+			break loop
 		}
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), ShutdownTimeout)
 	defer cancel()
 	srv.Shutdown(sctx)
 	hs.Shutdown(sctx)
-	ms.Close()
 	if err := store.Close(); err != nil {
 		return err
 	}
@@ -256,7 +269,7 @@ func listen(opts Options) (net.Listener, error) {
 		return nil, fmt.Errorf("TLS certificate (-cert): %w", err)
 	}
 	// The private key is held to the keys file's rule: a key others could read must be replaced.
-	keyPEM, err := sielink.ReadSecretFile(opts.KeyFile)
+	keyPEM, err := secretfile.Read(opts.KeyFile)
 	if err != nil {
 		return nil, fmt.Errorf("TLS private key (-key): %w", err)
 	}
@@ -341,13 +354,15 @@ func isLoopback(addr string) bool {
 // metrics serves the counters as Prometheus text (/metrics) and JSON
 // (/metrics.json).
 type metrics struct {
-	srv   *sielink.Server
-	store *Store
-	gate  *connGate
-	quota int64
+	srv     *sielink.Server
+	store   *Store
+	gate    *connGate
+	quota   int64
+	sensors []string // of the keys file, each a check in /health.json
 }
 
-// Snapshot is the JSON form of the collector's metrics.
+// Snapshot is the collector's state in one document (/status.json); /metrics and /metrics.json
+// carry the same counters.
 type Snapshot struct {
 	Server          sielink.ServerStats `json:"server"`
 	Unauthenticated int                 `json:"unauthenticated"`       // connections that are not sessions (yet)
@@ -369,78 +384,4 @@ func (m *metrics) snapshot() Snapshot {
 		snap.Sensors = append(snap.Sensors, SensorSnapshot{SensorStats: s, Files: files[s.Sensor]})
 	}
 	return snap
-}
-
-func (m *metrics) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	snap := m.snapshot()
-	switch r.URL.Path {
-	case "/metrics.json":
-		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		enc.Encode(snap)
-	case "/metrics":
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-		w.Write([]byte(snap.Prometheus()))
-	default:
-		http.NotFound(w, r)
-	}
-}
-
-// Prometheus renders the snapshot in the Prometheus text format.
-func (s Snapshot) Prometheus() string {
-	var b strings.Builder
-	g := func(name, typ, help string, v any) {
-		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s %s\n%s %v\n", name, help, name, typ, name, v)
-	}
-	st := s.Server
-	g("collector_sessions_active", "gauge", "Open sensor sessions.", st.Active)
-	g("collector_sessions_accepted_total", "counter", "Sessions past the handshake.", st.Accepted)
-	g("collector_rejected_auth_total", "counter", "Sessions refused for a missing, unknown or wrong API key.", st.RejectedAuth)
-	g("collector_rejected_other_total", "counter", "Sessions refused for other reasons.", st.RejectedOther)
-	g("collector_handshake_failed_total", "counter", "Sessions without a valid first message.", st.HandshakeFailed)
-	g("collector_heartbeat_timeouts_total", "counter", "Sessions closed because the sensor went silent.", st.HeartbeatTimeouts)
-	g("collector_malformed_total", "counter", "Messages that did not decode.", st.Malformed)
-	g("collector_oversize_total", "counter", "Messages above the size cap.", st.Oversize)
-	g("collector_invalid_containers_total", "counter", "Payloads that are not one valid NMSG container.", st.InvalidContainers)
-	g("collector_handler_errors_total", "counter", "Payloads that could not be stored or forwarded.", st.HandlerErrors)
-	g("collector_store_stalls_total", "counter", "Attempts to store a payload that failed and were retried (disk full); nothing after it is confirmed meanwhile.", st.Stalls)
-	g("collector_sessions_refused_total", "counter", "Sessions refused by the store (sensor over its disk quota).", st.Refused)
-	g("collector_sessions_too_many_total", "counter", "Sessions refused above the per-sensor session cap.", st.TooManySessions)
-	g("collector_bad_heartbeat_total", "counter", "Sessions refused for announcing no heartbeat or one above the maximum.", st.BadHeartbeat)
-	g("collector_unauthenticated_connections", "gauge", "Connections that are not sessions (yet).", s.Unauthenticated)
-	g("collector_unauthenticated_refused_total", "counter", "Connections closed at once because too many were unauthenticated.", s.RefusedConns)
-	g("collector_sensor_quota_bytes", "gauge", "Disk quota per sensor (0: none).", s.Quota)
-
-	sensors := append([]SensorSnapshot(nil), s.Sensors...)
-	sort.Slice(sensors, func(i, j int) bool { return sensors[i].Sensor < sensors[j].Sensor })
-	per := func(name, typ, help string, v func(*SensorSnapshot) any) {
-		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, typ)
-		for i := range sensors {
-			fmt.Fprintf(&b, "%s{sensor=%q} %v\n", name, sensors[i].Sensor, v(&sensors[i]))
-		}
-	}
-	per("collector_sensor_sessions", "gauge", "Open sessions of the sensor.", func(s *SensorSnapshot) any { return s.Sessions })
-	per("collector_sensor_payloads_total", "counter", "NMSG containers received.", func(s *SensorSnapshot) any { return s.Payloads })
-	per("collector_sensor_bytes_total", "counter", "Octets of NMSG containers received.", func(s *SensorSnapshot) any { return s.Bytes })
-	per("collector_sensor_records_total", "counter", "NMSG payloads (records) received.", func(s *SensorSnapshot) any { return s.Records })
-	per("collector_sensor_invalid_total", "counter", "Messages of the sensor dropped as malformed or invalid.", func(s *SensorSnapshot) any { return s.Invalid })
-	per("collector_sensor_last_seen_seconds", "gauge", "Unix time of the last message.", func(s *SensorSnapshot) any { return s.LastSeen.Unix() })
-	per("collector_sensor_link_loss_bytes_total", "counter", "Octets the sensor reported lost (linkLoss).", func(s *SensorSnapshot) any { return s.LinkLossBytes })
-	per("collector_sensor_link_loss_payloads_total", "counter", "Containers the sensor reported lost (linkLoss).", func(s *SensorSnapshot) any { return s.LinkLossPayloads })
-	per("collector_sensor_files_sealed_total", "counter", "NMSG files completed.", func(s *SensorSnapshot) any { return s.Files.FilesSealed })
-	per("collector_sensor_file_bytes_total", "counter", "Octets written to NMSG files.", func(s *SensorSnapshot) any { return s.Files.Bytes })
-	per("collector_sensor_write_errors_total", "counter", "File write, fsync and seal errors.", func(s *SensorSnapshot) any { return s.Files.WriteErrors })
-	per("collector_sensor_store_stalled", "gauge", "1 while the sensor's data cannot be stored (it waits in the sensor's spool).", func(s *SensorSnapshot) any { return b2i(s.Files.Stalled) })
-	per("collector_sensor_pending_seals", "gauge", "Files whose seal failed and is retried.", func(s *SensorSnapshot) any { return s.Files.PendingSeals })
-	per("collector_sensor_disk_bytes", "gauge", "Octets in the sensor's directory, as measured for the quota.", func(s *SensorSnapshot) any { return s.Files.DiskBytes })
-	per("collector_sensor_quota_refusals_total", "counter", "Sessions and payloads refused because the sensor was over its quota.", func(s *SensorSnapshot) any { return s.Files.QuotaRefusals })
-	return b.String()
-}
-
-func b2i(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
 }

@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -19,24 +18,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sie-europe/dnssensor/internal/testenv"
 	"github.com/sie-europe/dnssensor/sensor/nmsg"
 	"github.com/sie-europe/dnssensor/uplink/sielink"
 	"github.com/sie-europe/dnssensor/uplink/sielink/sielinktest"
 )
-
-func checkLeaks(t *testing.T) {
-	before := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(5 * time.Second)
-		for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
-		if n := runtime.NumGoroutine(); n > before {
-			buf := make([]byte, 1<<20)
-			t.Errorf("%d goroutines leaked:\n%s", n-before, buf[:runtime.Stack(buf, true)])
-		}
-	})
-}
 
 // records is what a test sent: the data of every NMSG payload, in order.
 type records [][]byte
@@ -208,7 +194,7 @@ func TestStoreRecovery(t *testing.T) {
 // TestCollectorEndToEnd runs the collector (TLS, keys file, metrics)
 // and two sensors delivering at the same time through the real client.
 func TestCollectorEndToEnd(t *testing.T) {
-	checkLeaks(t)
+	testenv.CheckLeaks(t)
 	dir := t.TempDir()
 	certPEM, keyPEM, err := sielinktest.CertPEM("127.0.0.1")
 	if err != nil {
@@ -277,7 +263,7 @@ func TestCollectorEndToEnd(t *testing.T) {
 	}
 	wg.Wait()
 
-	resp, err := http.Get("http://" + addrs[1] + "/metrics.json")
+	resp, err := http.Get("http://" + addrs[1] + "/status.json")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -308,7 +294,7 @@ func TestCollectorEndToEnd(t *testing.T) {
 	if len(snap.Sensors) != 2 || snap.Sensors[0].Payloads != 25 || snap.Sensors[0].Records != 500 || snap.Sensors[0].LinkLossPayloads != 12 {
 		t.Errorf("metrics %+v", snap.Sensors)
 	}
-	for _, line := range []string{`collector_sensor_payloads_total{sensor="alpha"} 25`, `collector_sensor_records_total{sensor="beta"} 500`, "collector_sessions_accepted_total 2"} {
+	for _, line := range []string{`dnssensor_collector_sensor_payloads_total{sensor="alpha"} 25`, `dnssensor_collector_sensor_records_total{sensor="beta"} 500`, "dnssensor_collector_sessions_accepted_total 2"} {
 		if !strings.Contains(string(prom), line+"\n") {
 			t.Errorf("Prometheus output lacks %q:\n%s", line, prom)
 		}

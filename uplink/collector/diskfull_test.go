@@ -286,7 +286,7 @@ func TestDiskFullEndToEnd(t *testing.T) {
 
 func fetchSnapshot(t *testing.T, addr string) Snapshot {
 	t.Helper()
-	resp, err := http.Get("http://" + addr + "/metrics.json")
+	resp, err := http.Get("http://" + addr + "/status.json")
 	if err != nil {
 		t.Fatal(err)
 	}

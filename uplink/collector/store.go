@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/sie-europe/dnssensor/sensor/nmsg"
+	"github.com/sie-europe/dnssensor/uplink/collector/auth"
 	"github.com/sie-europe/dnssensor/uplink/sielink"
 )
 
@@ -446,7 +447,7 @@ func (sf *sensorFile) compress(c []byte) []byte {
 }
 
 func (s *Store) sensor(name string) (*sensorFile, error) {
-	if !sielink.ValidSensorName(name) {
+	if !auth.ValidSensorName(name) {
 		return nil, fmt.Errorf("collector: invalid sensor name %q", name)
 	}
 	s.mu.Lock()

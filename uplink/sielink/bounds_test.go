@@ -14,12 +14,14 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/sie-europe/dnssensor/internal/testenv"
 )
 
 // TestRefusedConnectionClosed: a request refused for its API key gets no keep-alive, so an
 // unauthenticated peer cannot hold the connection (measured before: 2,000 held for ≥ 75 s).
 func TestRefusedConnectionClosed(t *testing.T) {
-	checkLeaks(t)
+	testenv.CheckLeaks(t)
 	e := newEnv(t, nil)
 	c, err := tls.Dial("tcp", e.addr, e.clientTLS)
 	if err != nil {
@@ -62,7 +64,7 @@ func TestRefusedConnectionClosed(t *testing.T) {
 // TestHeartbeatRequired: a peer announcing heartbeat 0 (never times out) or one above
 // MaxPeerHeartbeat is refused with an alert, at the handshake and later.
 func TestHeartbeatRequired(t *testing.T) {
-	checkLeaks(t)
+	testenv.CheckLeaks(t)
 	e := newEnv(t, nil)
 	for _, hb := range []time.Duration{0, 2 * MaxPeerHeartbeat} {
 		ws := rawClient(t, e, "s1", hb)
@@ -87,7 +89,7 @@ func TestHeartbeatRequired(t *testing.T) {
 	ctx := ctxT(t, 30*time.Second)
 	var buf []byte
 	writeMessage(ctx, ws, &buf, &Message{ProtocolVersion: []uint32{1}, Type: TypeHeartbeat, Heartbeat: 1<<32 - 1})
-	waitFor(t, "the session to end", func() bool { return e.srv.Stats().Active == 0 && e.srv.Stats().BadHeartbeat == 3 })
+	testenv.WaitFor(t, "the session to end", func() bool { return e.srv.Stats().Active == 0 && e.srv.Stats().BadHeartbeat == 3 })
 	if st := e.srv.Stats(); st.Accepted != 1 {
 		t.Errorf("stats %+v", st)
 	}
@@ -96,7 +98,7 @@ func TestHeartbeatRequired(t *testing.T) {
 // TestSessionsPerSensor: a sensor may hold MaxSessionsPerSensor sessions; more are refused
 // (429) while other sensors are unaffected.
 func TestSessionsPerSensor(t *testing.T) {
-	checkLeaks(t)
+	testenv.CheckLeaks(t)
 	e := newEnv(t, func(s *Server) { s.MaxSessionsPerSensor = 2 })
 	ctx := ctxT(t, 30*time.Second)
 	var conns []*Conn
@@ -116,7 +118,7 @@ func TestSessionsPerSensor(t *testing.T) {
 	}
 	other.Close()
 	conns[0].Close()
-	waitFor(t, "the closed session to end", func() bool { return e.srv.Stats().Active == 1 })
+	testenv.WaitFor(t, "the closed session to end", func() bool { return e.srv.Stats().Active == 1 })
 	c, err := Dial(ctx, e.config("s1"))
 	if err != nil {
 		t.Fatalf("session after one ended: %v", err)
@@ -169,7 +171,7 @@ func (h *switchHandler) set(fail error) {
 // so the sensor sees nothing confirmed; once it can, the held payload and the ones behind it are
 // stored exactly once without a reconnect, and their linkLoss is counted once.
 func TestStallConfirmsNothing(t *testing.T) {
-	checkLeaks(t)
+	testenv.CheckLeaks(t)
 	h := &switchHandler{}
 	e := newEnv(t, func(s *Server) { s.Handler = h; s.StallRetry = 20 * time.Millisecond })
 	ctx := ctxT(t, 60*time.Second)
@@ -188,7 +190,7 @@ func TestStallConfirmsNothing(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "retries", func() bool { return h.tries.Load() >= 3 })
+	testenv.WaitFor(t, "retries", func() bool { return h.tries.Load() >= 3 })
 	sctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	if err := conn.Sync(sctx); err == nil {
 		t.Fatal("Sync succeeded while the server could not store")
@@ -227,7 +229,7 @@ func TestStallConfirmsNothing(t *testing.T) {
 // TestLinkLossOnceStored: a payload the Handler fails (the session ends, the sensor resends) or
 // recognises as a duplicate does not add its linkLoss; only the stored one does.
 func TestLinkLossOnceStored(t *testing.T) {
-	checkLeaks(t)
+	testenv.CheckLeaks(t)
 	h := &switchHandler{dupFor: map[string]bool{}}
 	e := newEnv(t, func(s *Server) { s.Handler = h })
 	ctx := ctxT(t, 60*time.Second)
@@ -268,7 +270,7 @@ func TestLinkLossOnceStored(t *testing.T) {
 // TestAdmitRefusal: a session the Handler does not admit (a sensor over its quota) is refused
 // with a FatalError alert carrying the Refusal's reason, which the client returns.
 func TestAdmitRefusal(t *testing.T) {
-	checkLeaks(t)
+	testenv.CheckLeaks(t)
 	h := &switchHandler{admit: &Refusal{Reason: "over disk quota at the collector", Err: errors.New("quota")}}
 	e := newEnv(t, func(s *Server) { s.Handler = h })
 	_, err := Dial(ctxT(t, 30*time.Second), e.config("s1"))
@@ -276,7 +278,7 @@ func TestAdmitRefusal(t *testing.T) {
 	if !errors.As(err, &alert) || alert.Level != AlertFatalError || alert.Message != "over disk quota at the collector" {
 		t.Fatalf("Dial = %v, want the quota alert", err)
 	}
-	waitFor(t, "the refusal counted", func() bool { return e.srv.Stats().Refused == 1 })
+	testenv.WaitFor(t, "the refusal counted", func() bool { return e.srv.Stats().Refused == 1 })
 	if st := e.srv.Stats(); st.Accepted != 0 {
 		t.Errorf("stats %+v", st)
 	}
@@ -286,7 +288,7 @@ func TestAdmitRefusal(t *testing.T) {
 // Shutdown, leaving the payload unconfirmed (in the sensor's spool), instead of holding the
 // shutdown for its whole timeout.
 func TestShutdownWhileStalled(t *testing.T) {
-	checkLeaks(t)
+	testenv.CheckLeaks(t)
 	h := &switchHandler{}
 	h.set(Stall(errors.New("no space left on device")))
 	e := newEnv(t, func(s *Server) { s.Handler = h; s.StallRetry = 20 * time.Millisecond })
@@ -299,7 +301,7 @@ func TestShutdownWhileStalled(t *testing.T) {
 	if err := conn.Send(ctx, container(t, rand.New(rand.NewPCG(1, 1)), 1, 100), LossCounter{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "a stall", func() bool { return e.srv.Stats().Stalls > 0 })
+	testenv.WaitFor(t, "a stall", func() bool { return e.srv.Stats().Stalls > 0 })
 	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := e.srv.Shutdown(sctx); err != nil {

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/sie-europe/dnssensor/internal/logger"
 )
 
 // Resolver looks up SRV records; *net.Resolver implements it. Tests and
@@ -100,7 +102,7 @@ func (cfg *Config) withDefaults() (Config, *url.URL, error) {
 	}
 	c.MaxBackoff = max(c.MaxBackoff, c.MinBackoff)
 	c.FatalBackoff = min(c.FatalBackoff, c.MaxBackoff)
-	if !ValidSensorName(c.Name) {
+	if !validSessionName(c.Name) {
 		return c, nil, fmt.Errorf("sielink: invalid sensor name %q", c.Name)
 	}
 	if c.APIKeyFile == "" {
@@ -324,7 +326,7 @@ func handshake(hctx, ctx context.Context, ws *websocket.Conn, c *Config, cnt *co
 		cfg:  *c,
 		ws:   ws,
 		cnt:  cnt,
-		bad:  rateLog{logf: c.Logf},
+		bad:  logger.NewLimiter(c.Logf, logInterval),
 		done: make(chan struct{}),
 	}
 	conn.peerHB.Store(m.Heartbeat)
@@ -342,7 +344,7 @@ type Conn struct {
 	cfg     Config
 	ws      *websocket.Conn
 	cnt     *counters
-	bad     rateLog
+	bad     *logger.Limiter
 	peerHB  atomic.Uint32
 	closing atomic.Bool
 	ctx     context.Context
@@ -410,11 +412,11 @@ func (c *Conn) readLoop() error {
 		switch {
 		case errors.Is(err, errOversize):
 			c.cnt.oversize.Add(1)
-			c.bad.printf("sielink: %s: discarded a message above %d octets", c.cfg.URL, c.cfg.MaxMessageSize)
+			c.bad.Printf("bad", "sielink: %s: discarded a message above %d octets", c.cfg.URL, c.cfg.MaxMessageSize)
 			continue
 		case errors.Is(err, errTextMessage):
 			c.cnt.malformed.Add(1)
-			c.bad.printf("sielink: %s: discarded a text message", c.cfg.URL)
+			c.bad.Printf("bad", "sielink: %s: discarded a text message", c.cfg.URL)
 			continue
 		case timedOut:
 			return ErrHeartbeatTimeout
@@ -425,7 +427,7 @@ func (c *Conn) readLoop() error {
 		}
 		if err := DecodeMessage(msg, &m); err != nil {
 			c.cnt.malformed.Add(1)
-			c.bad.printf("sielink: %s: %v", c.cfg.URL, err)
+			c.bad.Printf("bad", "sielink: %s: %v", c.cfg.URL, err)
 			continue
 		}
 		if m.Heartbeat != 0 {

@@ -1,59 +1,24 @@
 package sielink
 
 import (
-	"bufio"
 	"bytes"
-	"crypto/sha256"
-	"errors"
 	"fmt"
-	"io"
-	"os"
+	"net/url"
 	"strings"
+
+	"github.com/sie-europe/dnssensor/internal/secretfile"
 )
 
 // ErrKeyFilePermissions is returned for a key file that anyone but its
 // owner could read: an API key that leaked through a world-readable file
 // has to be revoked at SIE, so refusing early is cheaper.
-var ErrKeyFilePermissions = errors.New("sielink: key file must not be accessible by group or others (chmod 0600)")
-
-// maxKeyFile bounds what is read from a key file.
-const maxKeyFile = 1 << 20
-
-// ReadSecretFile reads a file holding a secret (an API key, a TLS private key), refusing one
-// that is not a regular file or that group or others could access.
-func ReadSecretFile(path string) ([]byte, error) { return readSecretFile(path) }
-
-func readSecretFile(path string) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("opening key file: %w", err)
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("key file %s: %w", path, err)
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("key file %s: not a regular file", path)
-	}
-	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return nil, fmt.Errorf("key file %s has mode %04o: %w", path, perm, ErrKeyFilePermissions)
-	}
-	b, err := io.ReadAll(io.LimitReader(f, maxKeyFile+1))
-	if err != nil {
-		return nil, fmt.Errorf("reading key file %s: %w", path, err)
-	}
-	if len(b) > maxKeyFile {
-		return nil, fmt.Errorf("key file %s: larger than %d octets", path, maxKeyFile)
-	}
-	return b, nil
-}
+var ErrKeyFilePermissions = secretfile.ErrPermissions
 
 // ReadAPIKey reads a client's API key: the file's only non-empty line,
 // surrounding white space removed. The file must have mode 0600 (or
 // stricter).
 func ReadAPIKey(path string) (string, error) {
-	b, err := readSecretFile(path)
+	b, err := secretfile.Read(path)
 	if err != nil {
 		return "", err
 	}
@@ -61,108 +26,23 @@ func ReadAPIKey(path string) (string, error) {
 	if key == "" {
 		return "", fmt.Errorf("key file %s: empty", path)
 	}
-	if strings.ContainsAny(key, "\r\n\t ") || !validHeaderValue(key) {
+	if strings.ContainsAny(key, "\r\n\t ") || !secretfile.ValidToken(key) {
 		return "", fmt.Errorf("key file %s: key must be one line of printable characters", path)
 	}
 	return key, nil
 }
 
-func validHeaderValue(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] < 0x21 || s[i] > 0x7e {
-			return false
-		}
-	}
-	return true
+// Authenticator decides who may open a session (the collector's keys file, auth.Keys).
+type Authenticator interface {
+	// ValidName reports whether name may name a sensor at all; a session path with any other
+	// name is not found (404), whatever key it carries.
+	ValidName(name string) bool
+	// Lookup returns the sensor an API key belongs to.
+	Lookup(apiKey string) (sensor string, ok bool)
 }
 
-// ValidSensorName reports whether name may name a sensor: it becomes a
-// URL path element and a directory name at the collector, so it is
-// limited to 1–64 characters of [A-Za-z0-9._-] and may not start with a
-// dot.
-func ValidSensorName(name string) bool {
-	if len(name) == 0 || len(name) > 64 || name[0] == '.' {
-		return false
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return false
-		}
-	}
-	return true
-}
-
-// Keys maps API keys to sensor names. Keys are held as SHA-256 digests,
-// so that a lookup's timing says nothing about how much of a guessed key
-// matched. A Keys is immutable once loaded and safe for concurrent use.
-type Keys struct {
-	byHash map[[32]byte]string
-}
-
-// Lookup returns the sensor an API key belongs to.
-func (k *Keys) Lookup(apiKey string) (sensor string, ok bool) {
-	if k == nil {
-		return "", false
-	}
-	sensor, ok = k.byHash[sha256.Sum256([]byte(apiKey))]
-	return sensor, ok
-}
-
-// Len returns the number of keys.
-func (k *Keys) Len() int { return len(k.byHash) }
-
-// LoadKeys reads a keys file: one "<sensor-name> <api-key>" per line,
-// '#' starts a comment. Each sensor has exactly one key and each key
-// one sensor. The file must have mode 0600 (or stricter).
-func LoadKeys(path string) (*Keys, error) {
-	b, err := readSecretFile(path)
-	if err != nil {
-		return nil, err
-	}
-	k, err := ParseKeys(b)
-	if err != nil {
-		return nil, fmt.Errorf("keys file %s: %w", path, err)
-	}
-	return k, nil
-}
-
-// ParseKeys parses the contents of a keys file (see LoadKeys).
-func ParseKeys(b []byte) (*Keys, error) {
-	k := &Keys{byHash: make(map[[32]byte]string)}
-	sensors := make(map[string]bool)
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for line := 1; sc.Scan(); line++ {
-		text := sc.Text()
-		if i := strings.IndexByte(text, '#'); i >= 0 {
-			text = text[:i]
-		}
-		fs := strings.Fields(text)
-		if len(fs) == 0 {
-			continue
-		}
-		if len(fs) != 2 {
-			return nil, fmt.Errorf("line %d: want \"<sensor-name> <api-key>\"", line)
-		}
-		name, key := fs[0], fs[1]
-		if !ValidSensorName(name) {
-			return nil, fmt.Errorf("line %d: invalid sensor name %q", line, name)
-		}
-		if !validHeaderValue(key) {
-			return nil, fmt.Errorf("line %d: invalid API key", line)
-		}
-		h := sha256.Sum256([]byte(key))
-		if _, dup := k.byHash[h]; dup {
-			return nil, fmt.Errorf("line %d: API key used twice", line)
-		}
-		if sensors[name] {
-			return nil, fmt.Errorf("line %d: sensor %s has a second key", line, name)
-		}
-		k.byHash[h] = name
-		sensors[name] = true
-	}
-	if err := sc.Err(); err != nil {
-		return nil, err
-	}
-	return k, nil
+// validSessionName is what the protocol needs of a session name: one URL path element that
+// travels unescaped. Which names a collector accepts is its own rule (Authenticator.ValidName).
+func validSessionName(name string) bool {
+	return name != "" && name != "." && name != ".." && url.PathEscape(name) == name
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/sie-europe/dnssensor/internal/logger"
 	"github.com/sie-europe/dnssensor/sensor/nmsg"
 )
 
@@ -88,9 +89,9 @@ func (f HandlerFunc) Deliver(d *Delivery) error { return f(d) }
 // at the root). Set the exported fields before serving; they are not
 // changed afterwards.
 type Server struct {
-	// Keys maps API keys to sensor names. A session is accepted only
-	// when X-API-Key names the sensor of the path.
-	Keys *Keys
+	// Auth maps API keys to sensor names (the collector's auth.Keys). A session is accepted
+	// only when X-API-Key names the sensor of the path; with no Auth, none is.
+	Auth Authenticator
 	// Handler receives the payloads.
 	Handler Handler
 	// Heartbeat is our interval; default 30 s.
@@ -117,8 +118,8 @@ type Server struct {
 	closing  bool
 	wg       sync.WaitGroup
 	cnt      serverCounters
-	authLog  rateLog
-	badLog   rateLog
+	// log limits the reports of refused sessions ("auth") and of bad input ("bad").
+	log *logger.Limiter
 }
 
 type serverCounters struct {
@@ -178,8 +179,7 @@ func (srv *Server) init() {
 	srv.once.Do(func() {
 		srv.sessions = make(map[*session]struct{})
 		srv.sensors = make(map[string]*sensorCounters)
-		srv.authLog.logf = srv.Logf
-		srv.badLog.logf = srv.Logf
+		srv.log = logger.NewLimiter(srv.Logf, logInterval)
 	})
 }
 
@@ -237,22 +237,25 @@ func (srv *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Connection", "close")
 		http.Error(w, msg, code)
 	}
-	if !ok || !ValidSensorName(name) {
+	if !ok || !validSessionName(name) || srv.Auth != nil && !srv.Auth.ValidName(name) {
 		srv.cnt.rejectedOther.Add(1)
 		refuse("not found", http.StatusNotFound)
 		return
 	}
 	key := r.Header.Get("X-API-Key")
-	sensor, ok := srv.Keys.Lookup(key)
+	sensor, ok := "", false
+	if srv.Auth != nil {
+		sensor, ok = srv.Auth.Lookup(key)
+	}
 	switch {
 	case key == "" || !ok:
 		srv.cnt.rejectedAuth.Add(1)
-		srv.authLog.printf("sielink: %s: refused session %q: unknown API key", r.RemoteAddr, name)
+		srv.log.Printf("auth", "sielink: %s: refused session %q: unknown API key", r.RemoteAddr, name)
 		refuse("unknown API key", http.StatusUnauthorized)
 		return
 	case sensor != name:
 		srv.cnt.rejectedAuth.Add(1)
-		srv.authLog.printf("sielink: %s: refused session %q: API key belongs to sensor %s", r.RemoteAddr, name, sensor)
+		srv.log.Printf("auth", "sielink: %s: refused session %q: API key belongs to sensor %s", r.RemoteAddr, name, sensor)
 		refuse("API key not valid for this sensor", http.StatusForbidden)
 		return
 	}
@@ -272,7 +275,7 @@ func (srv *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	case tooMany:
 		srv.cnt.tooMany.Add(1)
-		srv.authLog.printf("sielink: %s: refused session %q: %d sessions of this sensor are open", r.RemoteAddr, name, srv.maxSessions())
+		srv.log.Printf("auth", "sielink: %s: refused session %q: %d sessions of this sensor are open", r.RemoteAddr, name, srv.maxSessions())
 		refuse("too many sessions for this sensor", http.StatusTooManyRequests)
 		return
 	}
@@ -310,7 +313,7 @@ func (srv *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		default:
 			srv.cnt.handshakeFailed.Add(1)
 		}
-		srv.badLog.printf("sielink: %s (%s): handshake: %v", r.RemoteAddr, sensor, err)
+		srv.log.Printf("bad", "sielink: %s (%s): handshake: %v", r.RemoteAddr, sensor, err)
 		ws.CloseNow()
 		return
 	}
@@ -642,7 +645,7 @@ func (s *session) invalid(format string, args ...any) {
 	s.sc.mu.Lock()
 	s.sc.s.Invalid++
 	s.sc.mu.Unlock()
-	s.srv.badLog.printf("sielink: %s (%s): "+format, append([]any{s.remote, s.sensor}, args...)...)
+	s.srv.log.Printf("bad", "sielink: %s (%s): "+format, append([]any{s.remote, s.sensor}, args...)...)
 }
 
 func (s *session) data(p *Payload) error {
@@ -705,7 +708,7 @@ func (s *session) deliver(d *Delivery) error {
 		var stall *stallError
 		if !errors.As(err, &stall) {
 			s.srv.cnt.handlerErrors.Add(1)
-			s.srv.badLog.printf("sielink: %s (%s): storing payload: %v", s.remote, s.sensor, err)
+			s.srv.log.Printf("bad", "sielink: %s (%s): storing payload: %v", s.remote, s.sensor, err)
 			reason := "cannot store data"
 			var ref *Refusal
 			if errors.As(err, &ref) {
@@ -715,7 +718,7 @@ func (s *session) deliver(d *Delivery) error {
 			return fmt.Errorf("handler: %w", err)
 		}
 		s.srv.cnt.stalls.Add(1)
-		s.srv.badLog.printf("sielink: %s (%s): storing payload: %v (holding the session until it can be stored)", s.remote, s.sensor, err)
+		s.srv.log.Printf("bad", "sielink: %s (%s): storing payload: %v (holding the session until it can be stored)", s.remote, s.sensor, err)
 		if t == nil {
 			t = time.NewTimer(s.srv.stallRetry())
 			defer t.Stop()

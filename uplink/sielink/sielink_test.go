@@ -12,7 +12,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,26 +20,11 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/sie-europe/dnssensor/internal/testenv"
 	"github.com/sie-europe/dnssensor/sensor/nmsg"
+	"github.com/sie-europe/dnssensor/uplink/collector/auth"
 	"github.com/sie-europe/dnssensor/uplink/sielink/sielinktest"
 )
-
-// checkLeaks fails the test if goroutines started during it are still
-// running when its other cleanups have run. Call it first.
-func checkLeaks(t *testing.T) {
-	before := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(5 * time.Second)
-		for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
-		if n := runtime.NumGoroutine(); n > before {
-			buf := make([]byte, 1<<20)
-			buf = buf[:runtime.Stack(buf, true)]
-			t.Errorf("%d goroutines leaked:\n%s", n-before, buf)
-		}
-	})
-}
 
 // safeLog forwards to t.Logf until the test ends; goroutines that log
 // late must not panic the test binary.
@@ -106,7 +90,7 @@ func newEnv(t *testing.T, opt func(*Server)) *env {
 		t.Fatal(err)
 	}
 	e.keyFiles = keyFiles
-	keys, err := LoadKeys(keysFile)
+	keys, err := auth.LoadKeys(keysFile)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,7 +100,7 @@ func newEnv(t *testing.T, opt func(*Server)) *env {
 	}
 	e.clientTLS = ctls
 	e.srv = &Server{
-		Keys:      keys,
+		Auth:      keys,
 		Heartbeat: envHeartbeat,
 		Logf:      safeLog(t),
 		Handler: HandlerFunc(func(d *Delivery) error {
@@ -165,20 +149,8 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	// Generous for a loaded machine: waitFor returns as soon as cond holds.
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func TestDeliver(t *testing.T) {
-	checkLeaks(t)
+	testenv.CheckLeaks(t)
 	e := newEnv(t, nil)
 	ctx := ctxT(t, 30*time.Second)
 	conn, err := Dial(ctx, e.config("s1"))
@@ -238,14 +210,14 @@ func TestDeliver(t *testing.T) {
 	if err := conn.Send(ctx, sent[0], LossCounter{}); !errors.Is(err, ErrClosed) {
 		t.Errorf("Send after Close = %v", err)
 	}
-	waitFor(t, "Finished at the server", func() bool { return e.srv.Stats().FinishedReceived == 1 && e.srv.Stats().Active == 0 })
+	testenv.WaitFor(t, "Finished at the server", func() bool { return e.srv.Stats().FinishedReceived == 1 && e.srv.Stats().Active == 0 })
 	if ps := conn.Stats().PossiblyLostPayloads; ps != 0 {
 		t.Errorf("clean close reported %d payloads possibly lost", ps)
 	}
 }
 
 func TestRejected(t *testing.T) {
-	checkLeaks(t)
+	testenv.CheckLeaks(t)
 	e := newEnv(t, nil)
 	ctx := ctxT(t, 10*time.Second)
 
@@ -268,7 +240,7 @@ func TestRejected(t *testing.T) {
 }
 
 func TestKeyFilePermissions(t *testing.T) {
-	checkLeaks(t)
+	testenv.CheckLeaks(t)
 	e := newEnv(t, nil)
 	cfg := e.config("s1")
 	if err := os.Chmod(cfg.APIKeyFile, 0o640); err != nil {
@@ -282,29 +254,6 @@ func TestKeyFilePermissions(t *testing.T) {
 	}
 	if st := e.srv.Stats(); st.RejectedAuth+st.Accepted != 0 {
 		t.Errorf("a refused key file still reached the server: %+v", st)
-	}
-	keysFile := filepath.Join(e.dir, "keys")
-	os.Chmod(keysFile, 0o644)
-	if _, err := LoadKeys(keysFile); !errors.Is(err, ErrKeyFilePermissions) {
-		t.Errorf("LoadKeys with a 0644 keys file = %v", err)
-	}
-}
-
-func TestParseKeys(t *testing.T) {
-	k, err := ParseKeys([]byte("# comment\ns1 key1\n\ns-2.x key2 # trailing\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if s, ok := k.Lookup("key2"); !ok || s != "s-2.x" || k.Len() != 2 {
-		t.Errorf("Lookup(key2) = %q, %v", s, ok)
-	}
-	if _, ok := k.Lookup("key"); ok {
-		t.Error("prefix of a key accepted")
-	}
-	for _, bad := range []string{"s1", "s1 k1 extra", "../x k1", ".hidden k1", "s1 k1\ns2 k1", "s1 k1\ns1 k2"} {
-		if _, err := ParseKeys([]byte(bad)); err == nil {
-			t.Errorf("ParseKeys(%q) accepted", bad)
-		}
 	}
 }
 
@@ -352,7 +301,7 @@ func drain(ctx context.Context, ws *websocket.Conn) {
 }
 
 func TestClientDetectsDeadServer(t *testing.T) {
-	checkLeaks(t)
+	testenv.CheckLeaks(t)
 	cfg, _ := fakeServer(t, 100*time.Millisecond, func(ctx context.Context, ws *websocket.Conn) {
 		drain(ctx, ws) // answers pings, sends nothing: a hung peer
 	})
@@ -372,12 +321,12 @@ func TestClientDetectsDeadServer(t *testing.T) {
 }
 
 func TestServerDetectsDeadClient(t *testing.T) {
-	checkLeaks(t)
+	testenv.CheckLeaks(t)
 	e := newEnv(t, nil)
 	ws := rawClient(t, e, "s1", 100*time.Millisecond)
 	defer ws.CloseNow()
 	start := time.Now()
-	waitFor(t, "heartbeat timeout at the server", func() bool {
+	testenv.WaitFor(t, "heartbeat timeout at the server", func() bool {
 		st := e.srv.Stats()
 		return st.HeartbeatTimeouts == 1 && st.Active == 0
 	})
@@ -415,7 +364,7 @@ func rawClient(t *testing.T, e *env, sensor string, hb time.Duration) *websocket
 }
 
 func TestShutdownAnswered(t *testing.T) {
-	checkLeaks(t)
+	testenv.CheckLeaks(t)
 	e := newEnv(t, nil)
 	conn, err := Dial(ctxT(t, 10*time.Second), e.config("s1"))
 	if err != nil {
@@ -442,7 +391,7 @@ func TestShutdownAnswered(t *testing.T) {
 }
 
 func TestFatalError(t *testing.T) {
-	checkLeaks(t)
+	testenv.CheckLeaks(t)
 	var sessions atomic.Int32
 	cfg, _ := fakeServer(t, time.Second, func(ctx context.Context, ws *websocket.Conn) {
 		sessions.Add(1)
@@ -473,7 +422,7 @@ func TestFatalError(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- cl.Run(ctx) }()
-	waitFor(t, "back-off after FatalError", func() bool { return cl.Status().State == StateBackoff })
+	testenv.WaitFor(t, "back-off after FatalError", func() bool { return cl.Status().State == StateBackoff })
 	time.Sleep(300 * time.Millisecond)
 	st := cl.Status()
 	if st.State != StateBackoff || !strings.Contains(st.LastError, "quota exceeded") || st.Stats.Dials != 1 || sessions.Load() != 2 {
@@ -489,7 +438,7 @@ func TestFatalError(t *testing.T) {
 }
 
 func TestBadInputAtServer(t *testing.T) {
-	checkLeaks(t)
+	testenv.CheckLeaks(t)
 	e := newEnv(t, func(s *Server) { s.MaxMessageSize = 64 << 10 })
 	ws := rawClient(t, e, "s1", time.Second)
 	defer ws.CloseNow()
@@ -525,7 +474,7 @@ func TestBadInputAtServer(t *testing.T) {
 	}
 	ws.Write(ctx, websocket.MessageText, []byte("hi"))
 	ws.Write(ctx, websocket.MessageBinary, data(nm(valid)))
-	waitFor(t, "the valid payload", func() bool { return len(e.received("s1")) == 1 })
+	testenv.WaitFor(t, "the valid payload", func() bool { return len(e.received("s1")) == 1 })
 	if !bytes.Equal(e.received("s1")[0], valid) {
 		t.Error("valid payload altered")
 	}
@@ -539,7 +488,7 @@ func TestBadInputAtServer(t *testing.T) {
 }
 
 func TestBadInputAtClient(t *testing.T) {
-	checkLeaks(t)
+	testenv.CheckLeaks(t)
 	// Not a heartbeat test: with a 1 s heartbeat, draining the 3 MiB message under the race
 	// detector on a loaded machine outlasted the 1.5 s read deadline and ended the connection.
 	cfg, _ := fakeServer(t, envHeartbeat, func(ctx context.Context, ws *websocket.Conn) {
@@ -557,7 +506,7 @@ func TestBadInputAtClient(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	waitFor(t, "the heartbeat after the garbage", func() bool { return conn.Stats().HeartbeatsReceived == 1 || conn.Err() != nil })
+	testenv.WaitFor(t, "the heartbeat after the garbage", func() bool { return conn.Stats().HeartbeatsReceived == 1 || conn.Err() != nil })
 	st := conn.Stats()
 	if st.Malformed != 2 || st.Oversize != 1 || st.Unexpected != 2 || conn.Err() != nil {
 		t.Errorf("client stats %+v, err %v", st, conn.Err())
@@ -579,7 +528,7 @@ func (r *srvResolver) LookupSRV(ctx context.Context, service, proto, name string
 }
 
 func TestSRV(t *testing.T) {
-	checkLeaks(t)
+	testenv.CheckLeaks(t)
 	e := newEnv(t, nil)
 	// Replace the server certificate with one for the URL's name only,
 	// and record the SNI: the client must verify and ask for the URL
@@ -632,7 +581,7 @@ func TestSRV(t *testing.T) {
 }
 
 func TestClientReconnects(t *testing.T) {
-	checkLeaks(t)
+	testenv.CheckLeaks(t)
 	e := newEnv(t, nil)
 	cfg := e.config("s1")
 	cfg.Heartbeat = time.Hour // no automatic Sync: the drop below must find unconfirmed payloads
@@ -656,7 +605,7 @@ func TestClientReconnects(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "delivery", func() bool { return len(e.received("s1")) == 3 })
+	testenv.WaitFor(t, "delivery", func() bool { return len(e.received("s1")) == 3 })
 	e.srv.mu.Lock()
 	for s := range e.srv.sessions {
 		s.ws.CloseNow() // the collector drops the connection
@@ -684,7 +633,7 @@ func TestClientReconnects(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Error(err)
 	}
-	waitFor(t, "clean close", func() bool { return e.srv.Stats().FinishedReceived == 1 })
+	testenv.WaitFor(t, "clean close", func() bool { return e.srv.Stats().FinishedReceived == 1 })
 }
 
 // TestClearTextOnlyOnLoopback: ws:// would send the API key in clear text, so a client refuses it
@@ -723,6 +672,64 @@ func TestBackoffBoundedByMax(t *testing.T) {
 	for _, j := range []float64{0, 0.5, 0.999999} {
 		if w := jittered(c.MaxBackoff, j); w > c.MaxBackoff || w < c.MaxBackoff/2 {
 			t.Errorf("jitter %v: wait %v outside [MaxBackoff/2, MaxBackoff]", j, w)
+		}
+	}
+}
+
+// mapAuth is an Authenticator with its own name rule, to show that the server asks it.
+type mapAuth map[string]string
+
+func (m mapAuth) ValidName(name string) bool { return !strings.HasPrefix(name, "no-") }
+func (m mapAuth) Lookup(key string) (string, bool) {
+	s, ok := m[key]
+	return s, ok
+}
+
+// TestSessionPath: a session path names one sensor that the Authenticator accepts as a name,
+// before any key is looked at (404), so a name that walks out of its directory at the collector
+// never reaches a handler; then the key decides (401 unknown, 403 another sensor's).
+func TestSessionPath(t *testing.T) {
+	keys := mapAuth{"k1": "s1", "k2": "s2", "k3": "no-s3", "k4": "../x"}
+	for _, tc := range []struct {
+		path, key string
+		auth      Authenticator
+		want      int
+	}{
+		{"/session/", "k1", keys, http.StatusNotFound},
+		{"/session/..%2Fs1", "k1", keys, http.StatusNotFound},
+		{"/session/..%2Fx", "k4", keys, http.StatusNotFound},
+		{"/session/s1%2F..%2Fs2", "k1", keys, http.StatusNotFound},
+		{"/session/..", "k1", keys, http.StatusNotFound},
+		{"/session/no-s3", "k3", keys, http.StatusNotFound}, // the Authenticator's name rule
+		{"/other/s1", "k1", keys, http.StatusNotFound},
+		{"/session/s1", "", keys, http.StatusUnauthorized},
+		{"/session/s1", "k9", keys, http.StatusUnauthorized},
+		{"/session/s1", "k1", nil, http.StatusUnauthorized}, // no Authenticator: nobody
+		{"/session/s1", "k2", keys, http.StatusForbidden},
+	} {
+		srv := &Server{Auth: tc.auth}
+		req := httptest.NewRequest("GET", "https://collector.test"+tc.path, nil)
+		if tc.key != "" {
+			req.Header.Set("X-API-Key", tc.key)
+		}
+		rec := httptest.NewRecorder()
+		srv.ServeHTTP(rec, req)
+		if rec.Code != tc.want {
+			t.Errorf("%s with key %q: status %d, want %d", tc.path, tc.key, rec.Code, tc.want)
+		}
+		st := srv.Stats()
+		if tc.want == http.StatusNotFound && (st.RejectedOther != 1 || st.RejectedAuth != 0) ||
+			tc.want != http.StatusNotFound && (st.RejectedAuth != 1 || st.RejectedOther != 0) {
+			t.Errorf("%s with key %q: counted as %+v", tc.path, tc.key, st)
+		}
+	}
+}
+
+// TestClientSessionName: the client refuses a name that cannot be one URL path element.
+func TestClientSessionName(t *testing.T) {
+	for _, name := range []string{"", ".", "..", "../x", "a/b", "a b", "a?b"} {
+		if _, err := NewClient(Config{URL: "wss://collector.example.net", Name: name, APIKeyFile: "k"}); err == nil || !strings.Contains(err.Error(), "sensor name") {
+			t.Errorf("NewClient(Name %q) = %v, want an invalid sensor name error", name, err)
 		}
 	}
 }

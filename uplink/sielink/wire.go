@@ -3,13 +3,13 @@ package sielink
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/sie-europe/dnssensor/internal/logger"
 )
 
 const (
@@ -61,36 +61,7 @@ var (
 )
 
 // Logf is the logging function type (log.Printf fits).
-type Logf func(format string, args ...any)
-
-// rateLog logs the first event of a kind and then at most one line per
-// interval, with the number of events it did not log.
-type rateLog struct {
-	logf       Logf
-	mu         sync.Mutex
-	last       time.Time
-	suppressed int
-}
-
-func (r *rateLog) printf(format string, args ...any) {
-	if r.logf == nil {
-		return
-	}
-	r.mu.Lock()
-	now := time.Now()
-	if !r.last.IsZero() && now.Sub(r.last) < logInterval {
-		r.suppressed++
-		r.mu.Unlock()
-		return
-	}
-	n := r.suppressed
-	r.last, r.suppressed = now, 0
-	r.mu.Unlock()
-	if n > 0 {
-		format += fmt.Sprintf(" (%d similar events not logged)", n)
-	}
-	r.logf(format, args...)
-}
+type Logf = logger.Logf
 
 // counter is a monotonic counter that is safe to bump from any
 // goroutine.

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sie-europe/dnssensor/internal/testenv"
 	"github.com/sie-europe/dnssensor/sensor/dnsqr"
 )
 
@@ -67,7 +68,7 @@ func BenchmarkProducerWrite(b *testing.B) {
 			p.Flush()
 			recordsPerSec(b, b.N, b.Elapsed(), "records/s")
 			b.StopTimer()
-			waitFor(b, "drain", func() bool { return len(segFiles(b, o.Dir)) == 0 })
+			testenv.WaitFor(b, "drain", func() bool { return len(segFiles(b, o.Dir)) == 0 })
 			cancel()
 			<-done
 			p.Close()

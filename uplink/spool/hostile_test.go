@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/sie-europe/dnssensor/internal/testenv"
 )
 
 // logBuf collects log lines for tests that check a report is not suppressed.
@@ -127,7 +129,7 @@ func TestCloseWithDiskTierFailing(t *testing.T) {
 	// A first failed spill while running uses up the rate limit of its kind of message.
 	writeN(t, p, 0, 20)
 	p.Flush()
-	waitFor(t, "a failed spill", func() bool { return p.Stats().SpillErrors > 0 })
+	testenv.WaitFor(t, "a failed spill", func() bool { return p.Stats().SpillErrors > 0 })
 	writeN(t, p, 20, 30)
 	err := p.Close()
 	if err == nil || !strings.Contains(err.Error(), "RAM tier") {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/google/renameio/v2"
 
+	"github.com/sie-europe/dnssensor/internal/logger"
 	"github.com/sie-europe/dnssensor/sensor/dnsqr"
 	"github.com/sie-europe/dnssensor/sensor/nmsg"
 )
@@ -91,8 +92,7 @@ type Producer struct {
 	writeDisk func(dir string, seq uint64, data []byte, durable bool) error
 	spillErr  error // why the last spill failed
 
-	logMu   sync.Mutex
-	lastLog map[string]time.Time
+	log *logger.Limiter // by kind: a failing disk would otherwise log on every tick
 
 	statsMu sync.Mutex
 	stats   ProducerStats
@@ -119,12 +119,12 @@ func OpenProducer(opts Options) (*Producer, error) {
 		return nil, err
 	}
 	p := &Producer{
-		opts:    opts,
-		ram:     &tier{id: ram, dir: opts.Dir},
-		meta:    map[uint64]Meta{},
-		lastLog: map[string]time.Time{},
-		kick:    make(chan struct{}, 1),
-		stop:    make(chan struct{}),
+		opts: opts,
+		ram:  &tier{id: ram, dir: opts.Dir},
+		meta: map[uint64]Meta{},
+		log:  logger.NewLimiter(opts.Logf, 10*time.Second),
+		kick: make(chan struct{}, 1),
+		stop: make(chan struct{}),
 
 		writeDisk: writeSegment,
 	}
@@ -594,17 +594,7 @@ func (p *Producer) loop() {
 
 // logf rate-limits by kind: a failing disk would otherwise log on every
 // tick.
-func (p *Producer) logf(kind, format string, args ...any) {
-	p.logMu.Lock()
-	now := time.Now()
-	if t, ok := p.lastLog[kind]; ok && now.Sub(t) < 10*time.Second {
-		p.logMu.Unlock()
-		return
-	}
-	p.lastLog[kind] = now
-	p.logMu.Unlock()
-	p.opts.Logf(format, args...)
-}
+func (p *Producer) logf(kind, format string, args ...any) { p.log.Printf(kind, format, args...) }
 
 func (p *Producer) countQuarantine(size int64, records uint32) {
 	p.statsMu.Lock()

@@ -11,6 +11,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/sie-europe/dnssensor/internal/testenv"
 	"github.com/sie-europe/dnssensor/sensor/dnsqr"
 )
 
@@ -203,7 +204,7 @@ func TestSpillAndBack(t *testing.T) {
 		writeN(t, p, i*10, 10)
 		p.Flush()
 	}
-	waitFor(t, "RAM tier to spill", func() bool { return len(segFiles(t, o.Dir)) == 0 })
+	testenv.WaitFor(t, "RAM tier to spill", func() bool { return len(segFiles(t, o.Dir)) == 0 })
 	if n := len(segFiles(t, o.DiskDir)); n != 10 {
 		t.Fatalf("%d segments on disk, want 10", n)
 	}
@@ -245,17 +246,6 @@ func TestSpillAndBack(t *testing.T) {
 	}
 }
 
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func TestRAMQuotaSpills(t *testing.T) {
 	o := testOpts(t, true)
 	o.RAMQuota = 64 << 10
@@ -265,7 +255,7 @@ func TestRAMQuotaSpills(t *testing.T) {
 		writeN(t, p, i*50, 50)
 		p.Flush()
 	}
-	waitFor(t, "RAM tier under quota", func() bool {
+	testenv.WaitFor(t, "RAM tier under quota", func() bool {
 		var sum int64
 		for _, n := range segFiles(t, o.Dir) {
 			fi, _ := os.Stat(filepath.Join(o.Dir, n))
@@ -289,7 +279,7 @@ func TestDiskQuotaDropsOldest(t *testing.T) {
 	// Learn a segment's size, then allow exactly 4 on disk.
 	writeN(t, p, 0, 20)
 	p.Flush()
-	waitFor(t, "first spill", func() bool { return len(segFiles(t, o.DiskDir)) == 1 })
+	testenv.WaitFor(t, "first spill", func() bool { return len(segFiles(t, o.DiskDir)) == 1 })
 	fi, err := os.Stat(filepath.Join(o.DiskDir, segFiles(t, o.DiskDir)[0]))
 	if err != nil {
 		t.Fatal(err)
@@ -301,7 +291,7 @@ func TestDiskQuotaDropsOldest(t *testing.T) {
 	for i := uint32(1); i < 10; i++ {
 		writeN(t, p, i*20, 20)
 		p.Flush()
-		waitFor(t, "spill", func() bool { return len(segFiles(t, o.Dir)) == 0 })
+		testenv.WaitFor(t, "spill", func() bool { return len(segFiles(t, o.Dir)) == 0 })
 	}
 	p.Close()
 	total += p.Stats().SpilledBytes
@@ -341,7 +331,7 @@ func TestDropSkipsHeldSegment(t *testing.T) {
 	}
 	writeN(t, p, 10, 10)
 	p.Flush()
-	waitFor(t, "drop", func() bool { return p.Stats().Dropped.Segments == 1 })
+	testenv.WaitFor(t, "drop", func() bool { return p.Stats().Dropped.Segments == 1 })
 	// The held segment survives and is not counted as lost.
 	if got := recordIDs(t, s); !slices.Equal(got, seqRange(0, 10)) {
 		t.Errorf("held segment holds %v", got)
@@ -411,7 +401,7 @@ func TestHealthyLinkNoDiskWrites(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 	p.Flush()
-	waitFor(t, "consumer to catch up", func() bool { return len(segFiles(t, o.Dir)) == 0 })
+	testenv.WaitFor(t, "consumer to catch up", func() bool { return len(segFiles(t, o.Dir)) == 0 })
 	cancel()
 	ids := <-done
 	if s := p.Stats(); s.Spilled != 0 {

@@ -369,7 +369,7 @@ func TestEndToEndFaults(t *testing.T) {
 			LinkLossPayloads uint64 `json:"link_loss_payloads"`
 		} `json:"sensors"`
 	}
-	if resp, err := http.Get("http://" + colMetrics + "/metrics.json"); err != nil {
+	if resp, err := http.Get("http://" + colMetrics + "/status.json"); err != nil {
 		t.Errorf("collector metrics: %v", err)
 	} else {
 		json.NewDecoder(resp.Body).Decode(&snap)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sie-europe/dnssensor/sensor/dnsqr"
+	collectorauth "github.com/sie-europe/dnssensor/uplink/collector/auth"
 	"github.com/sie-europe/dnssensor/uplink/sielink"
 	"github.com/sie-europe/dnssensor/uplink/sielink/sielinktest"
 	"github.com/sie-europe/dnssensor/uplink/spool"
@@ -79,12 +80,12 @@ func TestRetryMaxBoundsReconnect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	keys, err := sielink.LoadKeys(keysFile)
+	keys, err := collectorauth.LoadKeys(keysFile)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var received atomic.Int64
-	srv := &sielink.Server{Keys: keys, Heartbeat: time.Second, Logf: t.Logf,
+	srv := &sielink.Server{Auth: keys, Heartbeat: time.Second, Logf: t.Logf,
 		Handler: sielink.HandlerFunc(func(d *sielink.Delivery) error { received.Add(int64(d.Records)); return nil })}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -23,8 +23,8 @@ import (
 	"time"
 
 	"github.com/sie-europe/dnssensor/uplink/collector"
+	"github.com/sie-europe/dnssensor/uplink/collector/auth"
 	"github.com/sie-europe/dnssensor/uplink/sielink"
-	"github.com/sie-europe/dnssensor/uplink/sielink/sielinktest"
 	"github.com/sie-europe/dnssensor/uplink/spool"
 )
 
@@ -104,7 +104,7 @@ func selftestSetup(opts *collector.Options) error {
 	if err != nil {
 		return err
 	}
-	certPEM, keyPEM, err := sielinktest.CertPEM("127.0.0.1", "localhost")
+	certPEM, keyPEM, err := auth.CertPEM("127.0.0.1", "localhost")
 	if err != nil {
 		return err
 	}
@@ -116,7 +116,7 @@ func selftestSetup(opts *collector.Options) error {
 	if err := os.WriteFile(opts.KeyFile, keyPEM, 0o600); err != nil {
 		return err
 	}
-	keysFile, apiKeys, err := sielinktest.WriteKeys(dir, "selftest")
+	keysFile, apiKeys, err := auth.WriteKeys(dir, "selftest")
 	if err != nil {
 		return err
 	}

@@ -1,66 +1,16 @@
-// Package sielinktest provides what sielink tests and the collector's
-// self-test need: throw-away certificates and key files.
+// Package sielinktest provides what sielink tests need: throw-away certificates and key files
+// (made by the collector's auth package, which the collector's self-test uses too).
 package sielinktest
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/hex"
-	"encoding/pem"
-	"fmt"
-	"math/big"
-	"net"
-	"os"
-	"path/filepath"
-	"strings"
-	"time"
+
+	"github.com/sie-europe/dnssensor/uplink/collector/auth"
 )
 
-// CertPEM returns a self-signed ECDSA P-256 certificate valid for a
-// week for hosts (DNS names or IP addresses), and its private key, both
-// PEM-encoded. The certificate is its own CA, so a pool holding it
-// verifies it.
-func CertPEM(hosts ...string) (certPEM, keyPEM []byte, err error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 64))
-	if err != nil {
-		return nil, nil, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: "sielink test " + strings.Join(hosts, ",")},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(7 * 24 * time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	for _, h := range hosts {
-		if ip := net.ParseIP(h); ip != nil {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
-		} else {
-			tmpl.DNSNames = append(tmpl.DNSNames, h)
-		}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, nil, err
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		return nil, nil, err
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), nil
-}
+// CertPEM is auth.CertPEM: a self-signed certificate for hosts that is its own CA, and its key.
+func CertPEM(hosts ...string) (certPEM, keyPEM []byte, err error) { return auth.CertPEM(hosts...) }
 
 // TLS returns a server configuration with a fresh self-signed
 // certificate for hosts and a client configuration trusting only it.
@@ -79,30 +29,10 @@ func TLS(hosts ...string) (server, client *tls.Config, err error) {
 }
 
 // NewAPIKey returns a random API key.
-func NewAPIKey() string {
-	var b [24]byte
-	rand.Read(b[:])
-	return hex.EncodeToString(b[:])
-}
+func NewAPIKey() string { return auth.NewAPIKey() }
 
-// WriteKeys writes, in dir, a keys file "keys" for the server and one
-// API key file "<sensor>.key" per sensor, all mode 0600, and returns
-// the keys file's path and the API key files' paths by sensor.
+// WriteKeys is auth.WriteKeys: a keys file "keys" and one API key file "<sensor>.key" per sensor
+// in dir, all mode 0600.
 func WriteKeys(dir string, sensors ...string) (keysFile string, apiKeyFiles map[string]string, err error) {
-	var sb strings.Builder
-	apiKeyFiles = make(map[string]string)
-	for _, s := range sensors {
-		k := NewAPIKey()
-		fmt.Fprintf(&sb, "%s %s\n", s, k)
-		p := filepath.Join(dir, s+".key")
-		if err := os.WriteFile(p, []byte(k+"\n"), 0o600); err != nil {
-			return "", nil, err
-		}
-		apiKeyFiles[s] = p
-	}
-	keysFile = filepath.Join(dir, "keys")
-	if err := os.WriteFile(keysFile, []byte(sb.String()), 0o600); err != nil {
-		return "", nil, err
-	}
-	return keysFile, apiKeyFiles, nil
+	return auth.WriteKeys(dir, sensors...)
 }
