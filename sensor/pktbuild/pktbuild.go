@@ -8,7 +8,7 @@ import (
 	"encoding/binary"
 	"net/netip"
 
-	"github.com/sie-europe/dnssensor/sensor/privacy"
+	"github.com/sie-europe/dnssensor/internal/inet"
 )
 
 // AppendUDP appends an IPv4 or IPv6 datagram with a UDP header and msg as payload, with correct
@@ -21,7 +21,7 @@ func AppendUDP(b []byte, src, dst netip.AddrPort, msg []byte) []byte {
 	b = binary.BigEndian.AppendUint16(b, uint16(8+len(msg)))
 	b = append(b, 0, 0)
 	b = append(b, msg...)
-	privacy.Recompute(b[start:])
+	checksums(b[start:], src.Addr(), dst.Addr(), 17, 6)
 	return b
 }
 
@@ -39,8 +39,21 @@ func AppendTCP(b []byte, src, dst netip.AddrPort, seq uint32, msg []byte) []byte
 	b = append(b, 0, 0, 0, 0) // checksum, urgent pointer
 	b = binary.BigEndian.AppendUint16(b, uint16(len(msg)))
 	b = append(b, msg...)
-	privacy.Recompute(b[start:])
+	checksums(b[start:], src.Addr(), dst.Addr(), 6, 16)
 	return b
+}
+
+// checksums sets the IPv4 header checksum (there is none in IPv6) and the transport checksum,
+// at offset at of the upper-layer header, of the datagram pkt that appendIP began.
+func checksums(pkt []byte, src, dst netip.Addr, proto uint8, at int) {
+	hl := 40
+	if src.Is4() {
+		hl = 20
+		binary.BigEndian.PutUint16(pkt[10:], inet.Checksum(inet.Sum(0, pkt[:hl], false), false))
+	}
+	l4 := pkt[hl:]
+	acc := inet.Sum(inet.Pseudo(0, src, dst, proto, len(l4)), l4, false)
+	binary.BigEndian.PutUint16(l4[at:], inet.Checksum(acc, proto == 17))
 }
 
 func appendIP(b []byte, src, dst netip.Addr, proto uint8, l4len int) []byte {

@@ -3,6 +3,7 @@ package privacy
 import (
 	"encoding/binary"
 
+	"github.com/sie-europe/dnssensor/internal/inet"
 	"github.com/sie-europe/dnssensor/sensor/decode"
 )
 
@@ -51,11 +52,11 @@ func scrubIP(b []byte, quoted bool) (h hdrScrub, ok bool) {
 		}
 		opts := b[20:hl]
 		if fin := sourceRouteFinal(opts); fin != nil && h.l4 >= 0 {
-			h.oldDst, h.newDst = sum(0, fin, false), sum(0, b[16:20], false)
+			h.oldDst, h.newDst = inet.Sum(0, fin, false), inet.Sum(0, b[16:20], false)
 		}
-		old := sum(0, opts, false)
+		old := inet.Sum(0, opts, false)
 		clear(opts)
-		binary.BigEndian.PutUint16(b[10:], update(binary.BigEndian.Uint16(b[10:]), old, 0))
+		binary.BigEndian.PutUint16(b[10:], inet.Update(binary.BigEndian.Uint16(b[10:]), old, 0))
 		h.changed = true
 		return h, true
 	case 6:
@@ -105,7 +106,7 @@ func scrubIP(b []byte, quoted bool) (h hdrScrub, ok bool) {
 						return h, false
 					}
 					routed = true
-					h.oldDst, h.newDst = sum(0, fin, false), sum(0, b[24:40], false)
+					h.oldDst, h.newDst = inet.Sum(0, fin, false), inet.Sum(0, b[24:40], false)
 				}
 				eh[3] = 0
 				clear(eh[4:])
@@ -228,7 +229,7 @@ func (s *Scrubber) icmp(pkt []byte) bool {
 	if len(inner) == 0 {
 		return true
 	}
-	before := sum(0, inner, false)
+	before := inet.Sum(0, inner, false)
 	ih, ok := scrubIP(inner, true)
 	if !ok {
 		return false
@@ -242,7 +243,7 @@ func (s *Scrubber) icmp(pkt []byte) bool {
 		s.quotedPayload(inner[ih.l4:], ih.proto, iv4)
 	}
 	c := binary.BigEndian.Uint16(icmp[2:])
-	binary.BigEndian.PutUint16(icmp[2:], update(c, before, sum(0, inner, false)))
+	binary.BigEndian.PutUint16(icmp[2:], inet.Update(c, before, inet.Sum(0, inner, false)))
 	return true
 }
 
@@ -280,12 +281,12 @@ func (s *Scrubber) quotedPayload(l4 []byte, proto uint8, v4 bool) {
 	off := len(l4) - len(data)
 	var old uint64
 	if proto == decode.ProtoTCP {
-		old = sum(0, data, off%2 == 1)
+		old = inet.Sum(0, data, off%2 == 1)
 		clear(data)
 	} else {
 		s.scanMessage(data, func(o, n int) {
 			b := data[o : o+n]
-			old = sum(old, b, (off+o)%2 == 1)
+			old = inet.Sum(old, b, (off+o)%2 == 1)
 			clear(b)
 		})
 	}

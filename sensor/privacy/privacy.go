@@ -13,6 +13,7 @@ package privacy
 import (
 	"encoding/binary"
 
+	"github.com/sie-europe/dnssensor/internal/inet"
 	"github.com/sie-europe/dnssensor/sensor/decode"
 	"github.com/sie-europe/dnssensor/sensor/dnsqr"
 	"github.com/sie-europe/dnssensor/sensor/dnswire"
@@ -241,7 +242,7 @@ func (s *Scrubber) zeroL4(first *fragInfo, at, n int, covered bool) {
 			continue
 		}
 		b := f.pkt[f.hdr+lo-f.off : f.hdr+hi-f.off]
-		oldSum = sum(oldSum, b, lo%2 == 1)
+		oldSum = inet.Sum(oldSum, b, lo%2 == 1)
 		clear(b)
 	}
 	if !covered {
@@ -259,7 +260,7 @@ func (s *Scrubber) zeroL4(first *fragInfo, at, n int, covered bool) {
 	if first.udp && c == 0 && first.isV4 {
 		return // absent checksum stays absent
 	}
-	c = update(c, oldSum, 0)
+	c = inet.Update(c, oldSum, 0)
 	if first.udp && c == 0 {
 		c = 0xffff
 	}

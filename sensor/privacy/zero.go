@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"net/netip"
 
+	"github.com/sie-europe/dnssensor/internal/inet"
 	"github.com/sie-europe/dnssensor/sensor/decode"
 )
 
@@ -31,13 +32,13 @@ func zeroAddr(pkt []byte, src bool) bool {
 	default:
 		a = pkt[24:40]
 	}
-	old := sum(0, a, false)
+	old := inet.Sum(0, a, false)
 	if old == 0 {
 		return true
 	}
 	clear(a)
 	if p.Src.Is4() {
-		binary.BigEndian.PutUint16(pkt[10:], update(binary.BigEndian.Uint16(pkt[10:]), old, 0))
+		binary.BigEndian.PutUint16(pkt[10:], inet.Update(binary.BigEndian.Uint16(pkt[10:]), old, 0))
 	}
 	if p.Frag && p.FragOff != 0 {
 		return true // the transport checksum lives in the first fragment
@@ -65,7 +66,7 @@ func patchL4(proto uint8, l4 []byte, v4 bool, old, new uint64) {
 	if proto == decode.ProtoUDP && c == 0 && v4 {
 		return
 	}
-	c = update(c, old, new)
+	c = inet.Update(c, old, new)
 	if proto == decode.ProtoUDP && c == 0 {
 		c = 0xffff
 	}
@@ -108,14 +109,14 @@ func zeroICMP(pkt []byte) bool {
 	// Every field touched below sits inside the ICMP message, so each change is also an ICMP
 	// checksum change; collect old and new sums at their offsets (all even) within the message.
 	var icmpOld, icmpNew uint64
-	old := sum(0, a, false)
+	old := inet.Sum(0, a, false)
 	icmpOld += old
 	clear(a)
 	if inner[0]>>4 == 4 {
 		hc := inner[10:12]
-		icmpOld = sum(icmpOld, hc, false)
-		binary.BigEndian.PutUint16(hc, update(binary.BigEndian.Uint16(hc), old, 0))
-		icmpNew = sum(icmpNew, hc, false)
+		icmpOld = inet.Sum(icmpOld, hc, false)
+		binary.BigEndian.PutUint16(hc, inet.Update(binary.BigEndian.Uint16(hc), old, 0))
+		icmpNew = inet.Sum(icmpNew, hc, false)
 	}
 	if innerHdr%2 == 0 && len(inner) >= innerHdr+8 && (innerProto == decode.ProtoUDP || innerProto == decode.ProtoTCP) {
 		at := innerHdr + 6
@@ -124,12 +125,12 @@ func zeroICMP(pkt []byte) bool {
 		}
 		if len(inner) >= at+2 {
 			cs := inner[at : at+2]
-			icmpOld = sum(icmpOld, cs, false)
+			icmpOld = inet.Sum(icmpOld, cs, false)
 			patchL4(innerProto, inner[innerHdr:], inner[0]>>4 == 4, old, 0)
-			icmpNew = sum(icmpNew, cs, false)
+			icmpNew = inet.Sum(icmpNew, cs, false)
 		}
 	}
 	c := binary.BigEndian.Uint16(icmp[2:])
-	binary.BigEndian.PutUint16(icmp[2:], update(c, icmpOld, icmpNew))
+	binary.BigEndian.PutUint16(icmp[2:], inet.Update(c, icmpOld, icmpNew))
 	return true
 }
