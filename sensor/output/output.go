@@ -5,8 +5,8 @@ import (
 	"bufio"
 	"io"
 
-	"github.com/sie-europe/dnssensor/sensor/dnsqr"
-	"github.com/sie-europe/dnssensor/sensor/nmsg"
+	"github.com/sie-europe/dnssensor/nmsg"
+	"github.com/sie-europe/dnssensor/nmsg/dnsqr"
 )
 
 // Writer is a record sink. Write copies what it needs before returning; Close flushes buffered

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sie-europe/dnssensor/sensor/dnsqr"
+	"github.com/sie-europe/dnssensor/nmsg/dnsqr"
 )
 
 // benchOpts puts the RAM tier on tmpfs when the machine has /dev/shm (as

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sie-europe/dnssensor/sensor/dnsqr"
+	"github.com/sie-europe/dnssensor/nmsg/dnsqr"
 )
 
 // TestCrashChild is the producer process of TestKillProducer: it writes

@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sie-europe/dnssensor/sensor/dnsqr"
-	"github.com/sie-europe/dnssensor/sensor/nmsg"
+	"github.com/sie-europe/dnssensor/nmsg"
+	"github.com/sie-europe/dnssensor/nmsg/dnsqr"
 )
 
 var (

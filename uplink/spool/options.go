@@ -5,7 +5,7 @@ import (
 	"log"
 	"time"
 
-	"github.com/sie-europe/dnssensor/sensor/nmsg"
+	"github.com/sie-europe/dnssensor/nmsg"
 	"github.com/sie-europe/dnssensor/sensor/output"
 )
 

@@ -17,8 +17,8 @@ import (
 
 	"github.com/google/renameio/v2"
 
-	"github.com/sie-europe/dnssensor/sensor/dnsqr"
-	"github.com/sie-europe/dnssensor/sensor/nmsg"
+	"github.com/sie-europe/dnssensor/nmsg"
+	"github.com/sie-europe/dnssensor/nmsg/dnsqr"
 )
 
 // seqBlock is how many sequence numbers one durable reservation covers:
