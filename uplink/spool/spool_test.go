@@ -402,7 +402,7 @@ func TestHealthyLinkNoDiskWrites(t *testing.T) {
 	var n uint32
 	for time.Now().Before(stop) {
 		for i := 0; i < 20; i++ { // 20 records per ms: a busy sensor
-			p.Write(rec(&r, n))
+			write(p, rec(&r, n))
 			n++
 		}
 		if len(segFiles(t, o.DiskDir)) != 0 {
