@@ -54,9 +54,9 @@ type ProducerStats struct {
 }
 
 // Producer writes NMSG payloads into sealed segments. It is safe for
-// concurrent use. WritePayload never touches the disk tier: segments are published to the
-// RAM tier, and a background goroutine moves them to disk only when the
-// consumer falls behind.
+// concurrent use. WritePayload never touches the disk tier: segments are
+// published to the RAM tier, and a background goroutine moves them to
+// disk only when the consumer falls behind.
 type Producer struct {
 	opts Options
 	ram  *tier
