@@ -85,11 +85,11 @@ func Run(ctx context.Context, o *Options, stdout, stderr io.Writer) (err error) 
 	}
 	var sp *spool.Producer
 	if o.Spool.Dir != "" {
-		if sp, err = o.Spool.open(env, o.Zlib, stderr); err != nil {
+		if sp, err = o.Spool.open(o.Zlib, stderr); err != nil {
 			outs.Close()
 			return fmt.Errorf("-spool: %v", err)
 		}
-		outs = append(outs, sp)
+		outs = append(outs, output.NewPayloads(sp, env))
 	}
 	if o.MemoryLimit > 0 {
 		debug.SetMemoryLimit(o.MemoryLimit)

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sie-europe/dnssensor/sensor/dnsqr"
+	"github.com/sie-europe/dnssensor/nmsg/dnsqr"
 	"github.com/sie-europe/dnssensor/sensor/dnstap"
 	"github.com/sie-europe/dnssensor/sensor/internal/conformance"
 	"github.com/sie-europe/dnssensor/sensor/pipeline"

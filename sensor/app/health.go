@@ -14,8 +14,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sie-europe/dnssensor/internal/health"
+	"github.com/sie-europe/dnssensor/nmsg/dnsqr"
 	"github.com/sie-europe/dnssensor/sensor/decode"
-	"github.com/sie-europe/dnssensor/sensor/dnsqr"
 	"github.com/sie-europe/dnssensor/sensor/dnstap"
 	"github.com/sie-europe/dnssensor/sensor/live"
 	"github.com/sie-europe/dnssensor/sensor/pipeline"

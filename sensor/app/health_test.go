@@ -16,8 +16,8 @@ import (
 
 	"github.com/sie-europe/dnssensor/internal/health"
 	"github.com/sie-europe/dnssensor/internal/health/healthtest"
+	"github.com/sie-europe/dnssensor/nmsg/dnsqr"
 	"github.com/sie-europe/dnssensor/sensor/decode"
-	"github.com/sie-europe/dnssensor/sensor/dnsqr"
 	"github.com/sie-europe/dnssensor/sensor/live"
 	"github.com/sie-europe/dnssensor/sensor/pipeline"
 	"github.com/sie-europe/dnssensor/sensor/source"

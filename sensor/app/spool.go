@@ -7,7 +7,6 @@ import (
 	"log"
 	"time"
 
-	"github.com/sie-europe/dnssensor/sensor/output"
 	"github.com/sie-europe/dnssensor/uplink/spool"
 )
 
@@ -49,15 +48,15 @@ func (s *spoolOptions) finish() error {
 	return nil
 }
 
-// open returns the spool producer; it is an output.Writer whose Close seals the last segment
-// and moves the RAM tier to disk.
-func (s *spoolOptions) open(env output.Envelope, zlib bool, stderr io.Writer) (*spool.Producer, error) {
+// open returns the spool producer; records reach it through output.Payloads, whose Close seals the
+// last segment and moves the RAM tier to disk.
+func (s *spoolOptions) open(zlib bool, stderr io.Writer) (*spool.Producer, error) {
 	logger := log.New(stderr, "sensord: ", 0)
 	return spool.OpenProducer(spool.Options{
 		Dir: s.Dir, DiskDir: s.DiskDir,
 		RAMQuota: s.RAMQuota, DiskQuota: s.DiskQuota,
 		SegmentSize: s.SegmentSize, SegmentAge: s.SegmentAge, SpillAge: s.SpillAge,
-		Zlib: zlib, Envelope: env,
+		Zlib: zlib,
 		Logf: logger.Printf,
 	})
 }

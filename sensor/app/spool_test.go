@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sie-europe/dnssensor/sensor/nmsg"
+	"github.com/sie-europe/dnssensor/nmsg"
 	"github.com/sie-europe/dnssensor/uplink/spool"
 )
 

@@ -10,7 +10,7 @@ import (
 
 	pb "github.com/dnstap/golang-dnstap"
 
-	"github.com/sie-europe/dnssensor/sensor/dnsqr"
+	"github.com/sie-europe/dnssensor/nmsg/dnsqr"
 	"github.com/sie-europe/dnssensor/sensor/pipeline"
 )
 

@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sie-europe/dnssensor/nmsg/dnsqr"
 	"github.com/sie-europe/dnssensor/sensor/decode"
-	"github.com/sie-europe/dnssensor/sensor/dnsqr"
 	"github.com/sie-europe/dnssensor/sensor/pipeline"
 	"github.com/sie-europe/dnssensor/sensor/pktbuild"
 )

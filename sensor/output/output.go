@@ -1,12 +1,13 @@
-// Package output writes base:dnsqr records as NMSG containers or as nmsgtool-style JSON lines.
+// Package output writes base:dnsqr records as NMSG containers, as nmsgtool-style JSON lines, or as
+// NMSG payloads to a payload sink (the spool, which takes payloads only).
 package output
 
 import (
 	"bufio"
 	"io"
 
-	"github.com/sie-europe/dnssensor/sensor/dnsqr"
-	"github.com/sie-europe/dnssensor/sensor/nmsg"
+	"github.com/sie-europe/dnssensor/nmsg"
+	"github.com/sie-europe/dnssensor/nmsg/dnsqr"
 )
 
 // Writer is a record sink. Write copies what it needs before returning; Close flushes buffered
@@ -39,16 +40,22 @@ func NewNMSG(w io.Writer, env Envelope, zlib bool) (*NMSG, error) {
 	return &NMSG{w: fw, env: env}, nil
 }
 
-func (o *NMSG) Write(r *dnsqr.Record) error {
-	o.buf = dnsqr.AppendProto(o.buf[:0], r)
+// payload encodes r into buf (reused) and sets p to the base:dnsqr payload carrying it under env.
+func payload(p *nmsg.Payload, buf []byte, env Envelope, r *dnsqr.Record) []byte {
+	buf = dnsqr.AppendProto(buf[:0], r)
 	t := r.Time()
-	o.p = nmsg.Payload{
+	*p = nmsg.Payload{
 		Vid: dnsqr.VendorBase, Msgtype: dnsqr.MsgtypeDnsQR,
-		TimeSec: t / 1e9, TimeNsec: uint32(t % 1e9), Data: o.buf,
-		Source: o.env.Source, HasSource: o.env.HasSource,
-		Operator: o.env.Operator, HasOperator: o.env.HasOperator,
-		Group: o.env.Group, HasGroup: o.env.HasGroup,
+		TimeSec: t / 1e9, TimeNsec: uint32(t % 1e9), Data: buf,
+		Source: env.Source, HasSource: env.HasSource,
+		Operator: env.Operator, HasOperator: env.HasOperator,
+		Group: env.Group, HasGroup: env.HasGroup,
 	}
+	return buf
+}
+
+func (o *NMSG) Write(r *dnsqr.Record) error {
+	o.buf = payload(&o.p, o.buf, o.env, r)
 	return o.w.Write(&o.p)
 }
 
@@ -57,6 +64,35 @@ func (o *NMSG) Close() error { return o.w.Close() }
 
 // Stats returns the container writer's counters.
 func (o *NMSG) Stats() nmsg.WriterStats { return o.w.Stats() }
+
+// PayloadSink takes NMSG payloads, copying each before WritePayload returns; *spool.Producer is
+// one. Close ends the sink (the spool's seals the last segment and moves the RAM tier to disk).
+type PayloadSink interface {
+	WritePayload(p *nmsg.Payload) error
+	Close() error
+}
+
+// Payloads is the record adapter of a payload sink: the spool carries any NMSG payload and knows
+// nothing of base:dnsqr, so the sensor encodes its records here, as the NMSG writer does.
+type Payloads struct {
+	sink PayloadSink
+	env  Envelope
+	buf  []byte
+	p    nmsg.Payload
+}
+
+// NewPayloads writes records to sink under env.
+func NewPayloads(sink PayloadSink, env Envelope) *Payloads {
+	return &Payloads{sink: sink, env: env}
+}
+
+func (o *Payloads) Write(r *dnsqr.Record) error {
+	o.buf = payload(&o.p, o.buf, o.env, r)
+	return o.sink.WritePayload(&o.p)
+}
+
+// Close closes the sink.
+func (o *Payloads) Close() error { return o.sink.Close() }
 
 // JSON writes one nmsgtool -J line per record.
 type JSON struct {

@@ -9,9 +9,9 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/sie-europe/dnssensor/nmsg"
+	"github.com/sie-europe/dnssensor/nmsg/dnsqr"
 	"github.com/sie-europe/dnssensor/sensor/decode"
-	"github.com/sie-europe/dnssensor/sensor/dnsqr"
-	"github.com/sie-europe/dnssensor/sensor/nmsg"
 )
 
 // benchFrames builds a resolver's upstream traffic: n transactions over IPv4 and IPv6 to a few

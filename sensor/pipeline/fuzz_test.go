@@ -7,8 +7,8 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/sie-europe/dnssensor/nmsg/dnsqr"
 	"github.com/sie-europe/dnssensor/sensor/decode"
-	"github.com/sie-europe/dnssensor/sensor/dnsqr"
 )
 
 // FuzzPipeline feeds a sequence of raw IP datagrams (each prefixed by a two-octet length) through

@@ -4,8 +4,8 @@ import (
 	"encoding/binary"
 	"net/netip"
 
+	"github.com/sie-europe/dnssensor/nmsg/dnsqr"
 	"github.com/sie-europe/dnssensor/sensor/decode"
-	"github.com/sie-europe/dnssensor/sensor/dnsqr"
 	"github.com/sie-europe/dnssensor/sensor/dnswire"
 )
 

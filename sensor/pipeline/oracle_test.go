@@ -17,9 +17,9 @@ import (
 	"github.com/gopacket/gopacket/pcapgo"
 	"github.com/miekg/dns"
 
+	"github.com/sie-europe/dnssensor/nmsg/dnsqr"
 	"github.com/sie-europe/dnssensor/sensor/decode"
 	"github.com/sie-europe/dnssensor/sensor/defrag"
-	"github.com/sie-europe/dnssensor/sensor/dnsqr"
 	"github.com/sie-europe/dnssensor/sensor/tcpdns"
 )
 

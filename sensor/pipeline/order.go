@@ -1,6 +1,6 @@
 package pipeline
 
-import "github.com/sie-europe/dnssensor/sensor/dnsqr"
+import "github.com/sie-europe/dnssensor/nmsg/dnsqr"
 
 // outQueue keeps the C reference's record order while responses are held (Config.Hold) and
 // unsolicited records are kept. The C reference emits an unsolicited response when it arrives;

@@ -11,10 +11,10 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/sie-europe/dnssensor/nmsg/dnsqr"
 	"github.com/sie-europe/dnssensor/sensor/budget"
 	"github.com/sie-europe/dnssensor/sensor/decode"
 	"github.com/sie-europe/dnssensor/sensor/defrag"
-	"github.com/sie-europe/dnssensor/sensor/dnsqr"
 	"github.com/sie-europe/dnssensor/sensor/dnswire"
 	"github.com/sie-europe/dnssensor/sensor/pktbuild"
 	"github.com/sie-europe/dnssensor/sensor/privacy"

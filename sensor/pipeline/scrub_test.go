@@ -8,8 +8,8 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/sie-europe/dnssensor/nmsg/dnsqr"
 	"github.com/sie-europe/dnssensor/sensor/decode"
-	"github.com/sie-europe/dnssensor/sensor/dnsqr"
 )
 
 // The crafted privacy cases for the octets around and beside the DNS message: IP options, IPv6

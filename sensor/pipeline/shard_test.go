@@ -8,8 +8,8 @@ import (
 	"testing"
 
 	"github.com/sie-europe/dnssensor/internal/testenv"
+	"github.com/sie-europe/dnssensor/nmsg/dnsqr"
 	"github.com/sie-europe/dnssensor/sensor/decode"
-	"github.com/sie-europe/dnssensor/sensor/dnsqr"
 	"github.com/sie-europe/dnssensor/sensor/source"
 )
 

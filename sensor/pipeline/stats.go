@@ -4,9 +4,9 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/sie-europe/dnssensor/nmsg/dnsqr"
 	"github.com/sie-europe/dnssensor/sensor/decode"
 	"github.com/sie-europe/dnssensor/sensor/defrag"
-	"github.com/sie-europe/dnssensor/sensor/dnsqr"
 	"github.com/sie-europe/dnssensor/sensor/privacy"
 	"github.com/sie-europe/dnssensor/sensor/tcpdns"
 )

@@ -4,8 +4,8 @@ import (
 	"encoding/binary"
 
 	"github.com/sie-europe/dnssensor/internal/inet"
+	"github.com/sie-europe/dnssensor/nmsg/dnsqr"
 	"github.com/sie-europe/dnssensor/sensor/decode"
-	"github.com/sie-europe/dnssensor/sensor/dnsqr"
 )
 
 // Verdict is the C reference's UDP checksum verdict for a response: ABSENT for a zero checksum,

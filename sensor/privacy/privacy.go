@@ -14,8 +14,8 @@ import (
 	"encoding/binary"
 
 	"github.com/sie-europe/dnssensor/internal/inet"
+	"github.com/sie-europe/dnssensor/nmsg/dnsqr"
 	"github.com/sie-europe/dnssensor/sensor/decode"
-	"github.com/sie-europe/dnssensor/sensor/dnsqr"
 	"github.com/sie-europe/dnssensor/sensor/dnswire"
 )
 

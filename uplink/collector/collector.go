@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/sie-europe/dnssensor/internal/secretfile"
-	"github.com/sie-europe/dnssensor/sensor/nmsg"
+	"github.com/sie-europe/dnssensor/nmsg"
 	"github.com/sie-europe/dnssensor/uplink/collector/auth"
 	"github.com/sie-europe/dnssensor/uplink/sielink"
 )

@@ -19,7 +19,7 @@ import (
 	"time"
 
 	"github.com/sie-europe/dnssensor/internal/testenv"
-	"github.com/sie-europe/dnssensor/sensor/nmsg"
+	"github.com/sie-europe/dnssensor/nmsg"
 	"github.com/sie-europe/dnssensor/uplink/sielink"
 	"github.com/sie-europe/dnssensor/uplink/sielink/sielinktest"
 )

@@ -18,7 +18,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/sie-europe/dnssensor/sensor/nmsg"
+	"github.com/sie-europe/dnssensor/nmsg"
 )
 
 // Config configures a Sender.

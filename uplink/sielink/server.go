@@ -14,7 +14,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/sie-europe/dnssensor/internal/logger"
-	"github.com/sie-europe/dnssensor/sensor/nmsg"
+	"github.com/sie-europe/dnssensor/nmsg"
 )
 
 // Delivery is one payload received from a sensor.

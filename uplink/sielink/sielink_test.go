@@ -21,7 +21,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/sie-europe/dnssensor/internal/testenv"
-	"github.com/sie-europe/dnssensor/sensor/nmsg"
+	"github.com/sie-europe/dnssensor/nmsg"
 	"github.com/sie-europe/dnssensor/uplink/collector/auth"
 	"github.com/sie-europe/dnssensor/uplink/sielink/sielinktest"
 )

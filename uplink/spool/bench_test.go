@@ -8,7 +8,8 @@ import (
 	"time"
 
 	"github.com/sie-europe/dnssensor/internal/testenv"
-	"github.com/sie-europe/dnssensor/sensor/dnsqr"
+	"github.com/sie-europe/dnssensor/nmsg"
+	"github.com/sie-europe/dnssensor/nmsg/dnsqr"
 )
 
 // benchOpts puts the RAM tier on tmpfs when the machine has /dev/shm (as
@@ -32,7 +33,7 @@ func recordsPerSec(b *testing.B, n int, d time.Duration, unit string) {
 	b.ReportMetric(float64(n)/d.Seconds(), unit)
 }
 
-// BenchmarkProducerWrite: records through Write into sealed RAM segments
+// BenchmarkProducerWrite: base:dnsqr payloads through WritePayload into sealed RAM segments
 // while a consumer acks them (a healthy link). ~300-octet records.
 func BenchmarkProducerWrite(b *testing.B) {
 	for _, zlib := range []bool{false, true} {
@@ -53,15 +54,16 @@ func BenchmarkProducerWrite(b *testing.B) {
 					c.Ack(s)
 				}
 			}()
-			recs := make([]dnsqr.Record, 1024)
-			for i := range recs {
-				rec(&recs[i], uint32(i))
+			pls := make([]nmsg.Payload, 1024)
+			var r dnsqr.Record
+			for i := range pls {
+				payload(&pls[i], rec(&r, uint32(i)))
 			}
 			b.ReportAllocs()
-			b.SetBytes(int64(len(dnsqr.AppendProto(nil, &recs[0]))))
+			b.SetBytes(int64(len(pls[0].Data)))
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
-				if err := p.Write(&recs[i%len(recs)]); err != nil {
+				if err := p.WritePayload(&pls[i%len(pls)]); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -84,7 +86,7 @@ func fill(b *testing.B, o Options, n int) {
 	p := mustProducer(b, o)
 	var r dnsqr.Record
 	for i := 0; i < n; i++ {
-		p.Write(rec(&r, uint32(i)))
+		write(p, rec(&r, uint32(i)))
 	}
 	p.mu.Lock()
 	p.sealLocked()

@@ -13,7 +13,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/sie-europe/dnssensor/sensor/nmsg"
+	"github.com/sie-europe/dnssensor/nmsg"
 )
 
 // ConsumerStats counts what a Consumer did since Open.

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sie-europe/dnssensor/sensor/dnsqr"
+	"github.com/sie-europe/dnssensor/nmsg/dnsqr"
 )
 
 // TestCrashChild is the producer process of TestKillProducer: it writes
@@ -35,7 +35,7 @@ func TestCrashChild(t *testing.T) {
 	fmt.Println("ready")
 	var r dnsqr.Record
 	for i := uint32(0); i < 1<<20; i++ {
-		if err := p.Write(rec(&r, uint32(round)<<20|i)); err != nil {
+		if err := write(p, rec(&r, uint32(round)<<20|i)); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(4)
 		}

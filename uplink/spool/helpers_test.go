@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sie-europe/dnssensor/sensor/dnsqr"
-	"github.com/sie-europe/dnssensor/sensor/nmsg"
+	"github.com/sie-europe/dnssensor/nmsg"
+	"github.com/sie-europe/dnssensor/nmsg/dnsqr"
 )
 
 var (
@@ -31,6 +31,23 @@ func rec(r *dnsqr.Record, n uint32) *dnsqr.Record {
 		ResponsePackets: append(r.ResponsePackets[:0], rpkt), ResponseTimes: append(r.ResponseTimes[:0], t+5e6),
 	}
 	return r
+}
+
+// payload sets pl to r as the base:dnsqr payload that sensord's adapter (sensor/output) makes; the
+// spool takes any payload and these tests use records to check what comes out.
+func payload(pl *nmsg.Payload, r *dnsqr.Record) *nmsg.Payload {
+	t := r.Time()
+	*pl = nmsg.Payload{
+		Vid: dnsqr.VendorBase, Msgtype: dnsqr.MsgtypeDnsQR,
+		TimeSec: t / 1e9, TimeNsec: uint32(t % 1e9), Data: dnsqr.AppendProto(pl.Data[:0], r),
+	}
+	return pl
+}
+
+// write spools r.
+func write(p *Producer, r *dnsqr.Record) error {
+	var pl nmsg.Payload
+	return p.WritePayload(payload(&pl, r))
 }
 
 func recID(r *dnsqr.Record) uint32 { return uint32(r.ResponsePort)<<16 | uint32(r.ID) }
@@ -73,7 +90,7 @@ func writeN(t testing.TB, p *Producer, from, n uint32) {
 	t.Helper()
 	var r dnsqr.Record
 	for i := from; i < from+n; i++ {
-		if err := p.Write(rec(&r, i)); err != nil {
+		if err := write(p, rec(&r, i)); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -5,8 +5,7 @@ import (
 	"log"
 	"time"
 
-	"github.com/sie-europe/dnssensor/sensor/nmsg"
-	"github.com/sie-europe/dnssensor/sensor/output"
+	"github.com/sie-europe/dnssensor/nmsg"
 )
 
 // Defaults. The RAM tier holds at most about SegmentAge + SpillAge of
@@ -47,8 +46,6 @@ type Options struct {
 	SegmentAge  time.Duration
 	// Zlib compresses each NMSG container.
 	Zlib bool
-	// Envelope is stamped on every NMSG payload.
-	Envelope output.Envelope
 
 	// PollInterval is how often a waiting consumer looks for new
 	// segments.

@@ -18,8 +18,7 @@ import (
 	"github.com/google/renameio/v2"
 
 	"github.com/sie-europe/dnssensor/internal/logger"
-	"github.com/sie-europe/dnssensor/sensor/dnsqr"
-	"github.com/sie-europe/dnssensor/sensor/nmsg"
+	"github.com/sie-europe/dnssensor/nmsg"
 )
 
 // seqBlock is how many sequence numbers one durable reservation covers:
@@ -55,10 +54,10 @@ type ProducerStats struct {
 	RejectedWrite    uint64 // records lost because the RAM tier could not be written
 }
 
-// Producer writes records into sealed segments. It is safe for concurrent
-// use. Write never touches the disk tier: segments are published to the
-// RAM tier, and a background goroutine moves them to disk only when the
-// consumer falls behind.
+// Producer writes NMSG payloads into sealed segments. It is safe for
+// concurrent use. WritePayload never touches the disk tier: segments are
+// published to the RAM tier, and a background goroutine moves them to
+// disk only when the consumer falls behind.
 type Producer struct {
 	opts Options
 	ram  *tier
@@ -69,8 +68,6 @@ type Producer struct {
 	mu         sync.Mutex // guards the current segment and sequence
 	buf        []byte     // header space followed by the body
 	fw         *nmsg.FileWriter
-	enc        []byte
-	pl         nmsg.Payload
 	records    uint32
 	first      int64
 	last       int64
@@ -299,50 +296,30 @@ func (p *Producer) reserve() error {
 	return nil
 }
 
-// Write adds r to the current segment, sealing it first when r would push
-// it past the size bound or when it is older than the age bound. r is
-// encoded before Write returns, so the caller may reuse it. An error
-// means r was not spooled; it is counted as Rejected in the ledger.
-func (p *Producer) Write(r *dnsqr.Record) error {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed {
-		return ErrClosed
-	}
-	p.enc = dnsqr.AppendProto(p.enc[:0], r)
-	t := r.Time()
-	env := p.opts.Envelope
-	p.pl = nmsg.Payload{
-		Vid: dnsqr.VendorBase, Msgtype: dnsqr.MsgtypeDnsQR,
-		TimeSec: t / 1e9, TimeNsec: uint32(t % 1e9), Data: p.enc,
-		Source: env.Source, HasSource: env.HasSource,
-		Operator: env.Operator, HasOperator: env.HasOperator,
-		Group: env.Group, HasGroup: env.HasGroup,
-	}
-	return p.writeLocked(t)
-}
-
-// WritePayload spools an NMSG payload as it is (any vendor and type, its own envelope): the SOC
-// collector forwards what its sensors sent through a spool of its own. pl is copied before
-// WritePayload returns.
+// WritePayload adds pl to the current segment, sealing it first when pl
+// would push it past the size bound or when it is older than the age
+// bound. The spool takes payloads of any vendor and type with their own
+// envelope: sensord's records arrive through sensor/output's adapter, and
+// the SOC collector forwards what its sensors sent through a spool of its
+// own. pl is copied before WritePayload returns, so the caller may reuse
+// it. An error means pl was not spooled; it is counted as Rejected in the
+// ledger.
 func (p *Producer) WritePayload(pl *nmsg.Payload) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
 		return ErrClosed
 	}
-	p.enc = append(p.enc[:0], pl.Data...)
-	p.pl = *pl
-	p.pl.Data = p.enc
-	return p.writeLocked(pl.TimeSec*1e9 + int64(pl.TimeNsec))
+	return p.writeLocked(pl, pl.TimeSec*1e9+int64(pl.TimeNsec))
 }
 
-// writeLocked adds p.pl, captured at t, to the current segment.
-func (p *Producer) writeLocked(t int64) error {
-	size := nmsg.PayloadSize(&p.pl) + payloadOverhead
+// writeLocked adds pl, captured at t, to the current segment. The
+// container writer copies pl before it returns.
+func (p *Producer) writeLocked(pl *nmsg.Payload, t int64) error {
+	size := nmsg.PayloadSize(pl) + payloadOverhead
 	if nmsgHeaderSize+size > p.opts.containerSize() {
-		p.reject(uint64(len(p.enc)), &p.stats.RejectedTooLarge)
-		return fmt.Errorf("spool: record of %d octets: %w", len(p.enc), nmsg.ErrTooLarge)
+		p.reject(uint64(len(pl.Data)), &p.stats.RejectedTooLarge)
+		return fmt.Errorf("spool: record of %d octets: %w", len(pl.Data), nmsg.ErrTooLarge)
 	}
 	now := p.opts.now()
 	if p.records > 0 && (len(p.buf)+p.pend+size > p.opts.SegmentSize || now.Sub(p.opened) >= p.opts.SegmentAge) {
@@ -353,9 +330,9 @@ func (p *Producer) writeLocked(t int64) error {
 		p.first, p.last = t, t
 		p.pend = nmsgHeaderSize
 	}
-	if err := p.fw.Write(&p.pl); err != nil {
+	if err := p.fw.Write(pl); err != nil {
 		// Writes into memory cannot fail but for size, checked above.
-		p.reject(uint64(len(p.enc)), &p.stats.RejectedWrite)
+		p.reject(uint64(len(pl.Data)), &p.stats.RejectedWrite)
 		return fmt.Errorf("spool: %w", err)
 	}
 	if c := p.fw.Stats().Containers; c != p.contBase {

@@ -12,7 +12,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/sie-europe/dnssensor/internal/testenv"
-	"github.com/sie-europe/dnssensor/sensor/dnsqr"
+	"github.com/sie-europe/dnssensor/nmsg/dnsqr"
 )
 
 func TestPublishConsumeOrder(t *testing.T) {
@@ -392,7 +392,7 @@ func TestHealthyLinkNoDiskWrites(t *testing.T) {
 	var n uint32
 	for time.Now().Before(stop) {
 		for i := 0; i < 20; i++ { // 20 records per ms: a busy sensor
-			p.Write(rec(&r, n))
+			write(p, rec(&r, n))
 			n++
 		}
 		if len(segFiles(t, o.DiskDir)) != 0 {

@@ -11,7 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sie-europe/dnssensor/sensor/dnsqr"
+	"github.com/sie-europe/dnssensor/nmsg/dnsqr"
+	"github.com/sie-europe/dnssensor/sensor/output"
 	"github.com/sie-europe/dnssensor/uplink/collector"
 	"github.com/sie-europe/dnssensor/uplink/sielink/sielinktest"
 	"github.com/sie-europe/dnssensor/uplink/spool"
@@ -25,6 +26,8 @@ func fillSpool(b *testing.B, ram, disk string, n int) int64 {
 	if err != nil {
 		b.Fatal(err)
 	}
+	// Records reach the spool as sensord sends them, through its payload adapter.
+	w := output.NewPayloads(p, output.Envelope{})
 	q := make([]byte, 60)
 	r := make([]byte, 180)
 	for i := range q {
@@ -40,11 +43,11 @@ func fillSpool(b *testing.B, ram, disk string, n int) int64 {
 	for i := 0; i < n; i++ {
 		rec.ID, rec.QueryPort = uint16(i), uint16(1024+i%60000)
 		rec.QueryTimes[0], rec.ResponseTimes[0] = int64(1e18)+int64(i)*1e5, int64(1e18)+int64(i)*1e5+2e6
-		if err := p.Write(rec); err != nil {
+		if err := w.Write(rec); err != nil {
 			b.Fatal(err)
 		}
 	}
-	if err := p.Close(); err != nil {
+	if err := w.Close(); err != nil {
 		b.Fatal(err)
 	}
 	var size int64

@@ -24,7 +24,7 @@ import (
 	"github.com/gopacket/gopacket/pcapgo"
 	"github.com/miekg/dns"
 
-	"github.com/sie-europe/dnssensor/sensor/nmsg"
+	"github.com/sie-europe/dnssensor/nmsg"
 	"github.com/sie-europe/dnssensor/sensor/pktbuild"
 	"github.com/sie-europe/dnssensor/uplink/sielink/sielinktest"
 	"github.com/sie-europe/dnssensor/uplink/spool"

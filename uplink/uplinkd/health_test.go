@@ -20,7 +20,8 @@ import (
 	"github.com/sie-europe/dnssensor/internal/health"
 	"github.com/sie-europe/dnssensor/internal/health/healthtest"
 	"github.com/sie-europe/dnssensor/internal/testenv"
-	"github.com/sie-europe/dnssensor/sensor/dnsqr"
+	"github.com/sie-europe/dnssensor/nmsg/dnsqr"
+	"github.com/sie-europe/dnssensor/sensor/output"
 	"github.com/sie-europe/dnssensor/uplink/spool"
 )
 
@@ -31,6 +32,8 @@ func spoolFreshRecords(t *testing.T, ram, disk string, n int) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Records reach the spool as sensord sends them, through its payload adapter.
+	w := output.NewPayloads(p, output.Envelope{})
 	rec := &dnsqr.Record{Type: dnsqr.UDPQueryResponse, QueryIP: netip.MustParseAddr("198.51.100.2"),
 		ResponseIP: netip.MustParseAddr("192.0.2.10"), Proto: 17, ResponsePort: 53,
 		HasQuestion: true, Qname: []byte("\x07example\x03com\x00"), Qtype: 1, Qclass: 1, HasRcode: true,
@@ -38,11 +41,11 @@ func spoolFreshRecords(t *testing.T, ram, disk string, n int) {
 	for i := 0; i < n; i++ {
 		rec.ID, rec.QueryPort = uint16(i), uint16(1024+i)
 		rec.QueryTimes[0], rec.ResponseTimes[0] = time.Now().UnixNano(), time.Now().UnixNano()+2e6
-		if err := p.Write(rec); err != nil {
+		if err := w.Write(rec); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := p.Close(); err != nil {
+	if err := w.Close(); err != nil {
 		t.Fatal(err)
 	}
 }

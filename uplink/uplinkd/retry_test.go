@@ -12,7 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sie-europe/dnssensor/sensor/dnsqr"
+	"github.com/sie-europe/dnssensor/nmsg/dnsqr"
+	"github.com/sie-europe/dnssensor/sensor/output"
 	collectorauth "github.com/sie-europe/dnssensor/uplink/collector/auth"
 	"github.com/sie-europe/dnssensor/uplink/sielink"
 	"github.com/sie-europe/dnssensor/uplink/sielink/sielinktest"
@@ -46,16 +47,18 @@ func spoolRecords(t *testing.T, ram, disk string, n int) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Records reach the spool as sensord sends them, through its payload adapter.
+	w := output.NewPayloads(p, output.Envelope{})
 	rec := &dnsqr.Record{Type: dnsqr.UDPQueryResponse, QueryIP: resolver, ResponseIP: auth, Proto: 17, ResponsePort: 53,
 		HasQuestion: true, Qname: []byte("\x07example\x03com\x00"), Qtype: 1, Qclass: 1,
 		QueryPackets: [][]byte{make([]byte, 40)}, QueryTimes: []int64{0}}
 	for i := 0; i < n; i++ {
 		rec.ID, rec.QueryPort, rec.QueryTimes[0] = uint16(i), uint16(1024+i), int64(1e18)+int64(i)*1e6
-		if err := p.Write(rec); err != nil {
+		if err := w.Write(rec); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := p.Close(); err != nil {
+	if err := w.Close(); err != nil {
 		t.Fatal(err)
 	}
 }

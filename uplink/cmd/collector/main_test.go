@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sie-europe/dnssensor/sensor/nmsg"
+	"github.com/sie-europe/dnssensor/nmsg"
 	"github.com/sie-europe/dnssensor/uplink/sielink"
 	"github.com/sie-europe/dnssensor/uplink/sielink/sielinktest"
 	"github.com/sie-europe/dnssensor/uplink/spool"

@@ -154,7 +154,11 @@ type field struct {
 	data []byte
 }
 
-// nextField decodes the field at the start of b and returns the rest.
+// nextField decodes the field at the start of b and returns the rest. It reads varints with
+// encoding/binary rather than protowire (which sielink and dnsqr use): binary.Uvarint inlines and
+// protowire.ConsumeVarint does not, and every container, payload and fragment field passes here
+// (BenchmarkParse, best of 12 on 2 cores: protowire took 2226 ns per 64-payload container, 106 ns
+// per payload and 94 ns per fragment against 1640, 84 and 74 ns here).
 func nextField(b []byte) (f field, rest []byte, err error) {
 	key, n := binary.Uvarint(b)
 	if n <= 0 {
