@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -105,7 +106,7 @@ func (s *Server) auth(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		src := sourceKey(r.RemoteAddr)
 		if wait := s.Limiter.Blocked(src); wait > 0 {
-			w.Header().Set("Retry-After", strings.TrimSuffix((wait + time.Second - 1).Truncate(time.Second).String(), "s"))
+			w.Header().Set("Retry-After", strconv.Itoa(int((wait+time.Second-1)/time.Second)))
 			http.Error(w, "too many failed logins from your address; try again later", http.StatusTooManyRequests)
 			return
 		}
