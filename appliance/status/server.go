@@ -46,7 +46,7 @@ type Server struct {
 	Timeout time.Duration
 	Now     func() time.Time
 	Logf    func(format string, args ...any)
-	// Limiter refuses logins from an address after repeated failures; nil: NewLimiter(time.Now).
+	// Limiter refuses logins from an address after repeated failures; nil: NewLimiter(s.Now).
 	Limiter *Limiter
 
 	once    sync.Once
@@ -73,7 +73,7 @@ func (s *Server) init() {
 		s.xsrfKey = make([]byte, 32)
 		rand.Read(s.xsrfKey)
 		if s.Limiter == nil {
-			s.Limiter = NewLimiter(time.Now)
+			s.Limiter = NewLimiter(s.now)
 		}
 	})
 }
