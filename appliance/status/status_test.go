@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -480,5 +481,40 @@ func TestMainRefusesBadFlags(t *testing.T) {
 		if code := Main(context.Background(), c.args, io.Discard, &stderr); code != 2 || !strings.Contains(stderr.String(), c.want) {
 			t.Errorf("%q: exit %d, %q; want 2 naming %s", c.args, code, stderr.String(), c.want)
 		}
+	}
+}
+
+// TestHungDaemon: a daemon that accepts and never answers costs the page its timeout, not the
+// page itself; it shows as not running.
+func TestHungDaemon(t *testing.T) {
+	fx := newFixture(t)
+	sock := filepath.Join(socketDir(t), "hung.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // held open, unanswered, until the test ends
+		}
+	}()
+	fx.srv.Daemons[1].Socket = sock
+	fx.srv.Timeout = 300 * time.Millisecond
+	p := fx.page(t)
+	for _, d := range p.Daemons {
+		if d.Name == "uplinkd" && d.State != "not running" {
+			t.Errorf("hung uplinkd: %s", d.State)
+		}
+	}
+	if s := stage(t, p, stageInput); s.State != OK {
+		t.Errorf("tap ports %s with sensord answering", s.State)
+	}
+	if s := stage(t, p, stageUplink); s.State != Fail {
+		t.Errorf("uplink %s with uplinkd hung", s.State)
 	}
 }
