@@ -1,0 +1,156 @@
+package status
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/sie-europe/dnssensor/internal/health"
+)
+
+// knownDaemons are the daemons whose checks the chain places; one left out of -daemons shows as
+// "not configured".
+var knownDaemons = []string{"sensord", "uplinkd"}
+
+// Main runs statusd with args until ctx ends and returns the exit status: 2 for a bad flag, 1
+// when serving fails.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("statusd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	listen := fs.String("listen", "", "comma-separated `ADDRESSES` (host:port) of the management port to serve on, e.g. 198.51.100.10:8080,[2001:db8::10]:8080; never a tap port (they have no address)")
+	allowAny := fs.Bool("listen-unspecified-exposes-every-port", false, "allow 0.0.0.0 or [::] in -listen: the page is then reachable on every interface with an address, not just the management port")
+	daemons := fs.String("daemons", "sensord,uplinkd", "comma-separated daemons to read, each on /run/NAME/health.sock or NAME=SOCKET; a known daemon left out shows as not configured")
+	optional := fs.String("optional", "netconfd", "comma-separated daemons (NAME or NAME=SOCKET) shown only when their socket answers")
+	pwFile := fs.String("password-file", "/etc/gokr-pw.txt", "`FILE` holding the device password (gokrazy's); its first line is the password")
+	timeout := fs.Duration("timeout", 2*time.Second, "how long to wait for a daemon's answer")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "statusd: unexpected arguments %q\n", fs.Args())
+		return 2
+	}
+	fail := func(format string, a ...any) int {
+		fmt.Fprintf(stderr, "statusd: "+format+"\n", a...)
+		return 2
+	}
+	addrs, err := ListenAddrs(*listen, *allowAny)
+	if err != nil {
+		return fail("%v", err)
+	}
+	pw, err := ReadPassword(*pwFile)
+	if err != nil {
+		return fail("-password-file: %v", err)
+	}
+	ds, err := parseDaemons(*daemons, false)
+	if err != nil {
+		return fail("-daemons: %v", err)
+	}
+	opt, err := parseDaemons(*optional, true)
+	if err != nil {
+		return fail("-optional: %v", err)
+	}
+	s := &Server{Daemons: append(ds, opt...), Known: knownDaemons, Password: pw, Timeout: *timeout,
+		Logf: func(format string, a ...any) { fmt.Fprintf(stderr, format+"\n", a...) }}
+	var lns []net.Listener
+	for _, a := range addrs {
+		ln, err := net.Listen("tcp", a)
+		if err != nil {
+			for _, l := range lns {
+				l.Close()
+			}
+			fmt.Fprintf(stderr, "statusd: -listen: %v\n", err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "statusd: serving on http://%s/\n", ln.Addr())
+		lns = append(lns, ln)
+	}
+	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
+	errc := make(chan error, len(lns))
+	for _, ln := range lns {
+		go func() { errc <- srv.Serve(ln) }()
+	}
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errc:
+	}
+	shut, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	srv.Shutdown(shut)
+	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
+		fmt.Fprintf(stderr, "statusd: %v\n", serveErr)
+		return 1
+	}
+	return 0
+}
+
+// ListenAddrs checks -listen: each a host:port with a literal address; the unspecified addresses
+// only with allowAny, since they would serve the page on every port with an address.
+func ListenAddrs(list string, allowAny bool) ([]string, error) {
+	var out []string
+	for _, a := range strings.Split(list, ",") {
+		a = strings.TrimSpace(a)
+		if a == "" {
+			continue
+		}
+		host, _, err := net.SplitHostPort(a)
+		if err != nil {
+			return nil, fmt.Errorf("-listen %q: %v (want ADDRESS:PORT of the management port)", a, err)
+		}
+		ip, err := netip.ParseAddr(host)
+		if host == "" || err == nil && ip.IsUnspecified() {
+			if !allowAny {
+				return nil, fmt.Errorf("-listen %q: listens on every interface, not only the management port; give the management port's address, or add -listen-unspecified-exposes-every-port if that is what you want", a)
+			}
+		} else if err != nil {
+			return nil, fmt.Errorf("-listen %q: %q is not an IP address (a name could resolve to any interface's)", a, host)
+		}
+		out = append(out, a)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("-listen: no address given; give the management port's address, e.g. -listen 198.51.100.10:8080")
+	}
+	return out, nil
+}
+
+// ReadPassword reads the device password: the file's first line, without its line ending.
+func ReadPassword(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	line = strings.TrimRight(line, "\r")
+	if line == "" {
+		return nil, fmt.Errorf("%s: empty; the page will not run without a password", path)
+	}
+	return []byte(line), nil
+}
+
+func parseDaemons(list string, optional bool) ([]Daemon, error) {
+	var out []Daemon
+	for _, d := range strings.Split(list, ",") {
+		d = strings.TrimSpace(d)
+		if d == "" {
+			continue
+		}
+		name, sock, ok := strings.Cut(d, "=")
+		if !ok {
+			sock = health.SocketPath(name)
+		}
+		if name == "" || strings.ContainsAny(name, "/ ") || sock == "" {
+			return nil, fmt.Errorf("%q: want NAME or NAME=SOCKET", d)
+		}
+		out = append(out, Daemon{Name: name, Socket: sock, Optional: optional})
+	}
+	return out, nil
+}
