@@ -83,3 +83,21 @@ func Checksum(acc uint64, udp bool) uint16 {
 	}
 	return c
 }
+
+// Reference is RFC 1071's textbook loop, 16 bits at a time, over the concatenation of parts (each
+// but the last of even length). Slow; tests check packets with it, independently of Sum.
+func Reference(parts ...[]byte) uint16 {
+	var s uint32
+	for _, b := range parts {
+		for i := 0; i+1 < len(b); i += 2 {
+			s += uint32(binary.BigEndian.Uint16(b[i:]))
+		}
+		if len(b)%2 == 1 {
+			s += uint32(b[len(b)-1]) << 8
+		}
+	}
+	for s>>16 != 0 {
+		s = s&0xffff + s>>16
+	}
+	return uint16(s)
+}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/sie-europe/dnssensor/internal/inet"
 	"github.com/sie-europe/dnssensor/sensor/internal/conformance"
 )
 
@@ -228,19 +229,5 @@ func checksumsValid(pkt []byte) (ipOK, udpOK bool) {
 	ph = append(ph, 0, 17)
 	ph = binary.BigEndian.AppendUint16(ph, uint16(len(udp)))
 	ph = append(ph, udp...)
-	return onesSum(pkt[:hl]) == 0xffff, onesSum(ph) == 0xffff
-}
-
-func onesSum(b []byte) uint16 {
-	var s uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		s += uint32(b[len(b)-1]) << 8
-	}
-	for s>>16 != 0 {
-		s = s&0xffff + s>>16
-	}
-	return uint16(s)
+	return inet.Reference(pkt[:hl]) == 0xffff, inet.Reference(ph) == 0xffff
 }

@@ -96,27 +96,7 @@ func TestHostileClientTrafficEndToEnd(t *testing.T) {
 
 // icmpAbout builds a port-unreachable error from the quoted packet's destination to its source.
 func icmpAbout(from, to netip.Addr, quoted []byte) []byte {
-	body := []byte{3, 3, 0, 0, 0, 0, 0, 0}
-	proto := uint8(1)
-	if from.Is6() {
-		body[0], body[1], proto = 1, 4, 58
-	}
-	body = append(body, quoted...)
-	var pkt []byte
-	if from.Is4() {
-		pkt = []byte{0x45, 0, 0, 0, 0, 0, 0, 0, 64, proto, 0, 0}
-		binary.BigEndian.PutUint16(pkt[2:], uint16(20+len(body)))
-		pkt = append(append(pkt, from.AsSlice()...), to.AsSlice()...)
-		binary.BigEndian.PutUint16(pkt[10:], ^onesSum(pkt))
-		binary.BigEndian.PutUint16(body[2:], ^onesSum(body))
-	} else {
-		pkt = []byte{0x60, 0, 0, 0, 0, 0, proto, 64}
-		binary.BigEndian.PutUint16(pkt[4:], uint16(len(body)))
-		pkt = append(append(pkt, from.AsSlice()...), to.AsSlice()...)
-		ph := append(append(append([]byte{}, from.AsSlice()...), to.AsSlice()...), 0, 0, byte(len(body)>>8), byte(len(body)), 0, 0, 0, 58)
-		binary.BigEndian.PutUint16(body[2:], ^onesSum(append(ph, body...)))
-	}
-	return append(pkt, body...)
+	return pktbuild.AppendICMPUnreachable(nil, from, to, quoted)
 }
 
 // rawPcap writes packets as a LINKTYPE_RAW capture, 1 ms apart.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/sie-europe/dnssensor/internal/inet"
 	"github.com/sie-europe/dnssensor/nmsg/dnsqr"
 	"github.com/sie-europe/dnssensor/sensor/decode"
 	"github.com/sie-europe/dnssensor/sensor/pktbuild"
@@ -226,23 +227,8 @@ func udpChecksumValid(pkt []byte) bool {
 	if decode.DecodeIP(pkt, &p) != decode.OK {
 		return false
 	}
-	var s uint32
-	add := func(b []byte) {
-		for i := 0; i+1 < len(b); i += 2 {
-			s += uint32(binary.BigEndian.Uint16(b[i:]))
-		}
-		if len(b)%2 == 1 {
-			s += uint32(b[len(b)-1]) << 8
-		}
-	}
-	add(p.Src.AsSlice())
-	add(p.Dst.AsSlice())
-	s += 17 + uint32(len(p.L4))
-	add(p.L4)
-	for s>>16 != 0 {
-		s = s&0xffff + s>>16
-	}
-	return s == 0xffff
+	ph := binary.BigEndian.AppendUint16([]byte{0, 17}, uint16(len(p.L4)))
+	return inet.Reference(p.Src.AsSlice(), p.Dst.AsSlice(), ph, p.L4) == 0xffff
 }
 
 func TestZeroResolverEverywhere(t *testing.T) {
@@ -296,41 +282,7 @@ func icmpUnreach(from, to netip.Addr, quoted []byte) []byte {
 	if len(quoted) > 200 {
 		quoted = quoted[:200]
 	}
-	body := []byte{3, 3, 0, 0, 0, 0, 0, 0}
-	proto := uint8(1)
-	if from.Is6() {
-		body[0], body[1], proto = 1, 4, 58
-	}
-	body = append(body, quoted...)
-	var pkt []byte
-	if from.Is4() {
-		pkt = []byte{0x45, 0, 0, 0, 0, 0, 0, 0, 64, proto, 0, 0}
-		binary.BigEndian.PutUint16(pkt[2:], uint16(20+len(body)))
-		pkt = append(append(pkt, from.AsSlice()...), to.AsSlice()...)
-		binary.BigEndian.PutUint16(pkt[10:], ^sum16(pkt))
-		binary.BigEndian.PutUint16(body[2:], ^sum16(body))
-	} else {
-		pkt = []byte{0x60, 0, 0, 0, 0, 0, proto, 64}
-		binary.BigEndian.PutUint16(pkt[4:], uint16(len(body)))
-		pkt = append(append(pkt, from.AsSlice()...), to.AsSlice()...)
-		ph := append(append(append([]byte{}, from.AsSlice()...), to.AsSlice()...), 0, 0, byte(len(body)>>8), byte(len(body)), 0, 0, 0, 58)
-		binary.BigEndian.PutUint16(body[2:], ^sum16(append(ph, body...)))
-	}
-	return append(pkt, body...)
-}
-
-func sum16(b []byte) uint16 {
-	var s uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		s += uint32(b[len(b)-1]) << 8
-	}
-	for s>>16 != 0 {
-		s = s&0xffff + s>>16
-	}
-	return uint16(s)
+	return pktbuild.AppendICMPUnreachable(nil, from, to, quoted)
 }
 
 func TestAuthorityMode(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/sie-europe/dnssensor/internal/inet"
 	"github.com/sie-europe/dnssensor/nmsg/dnsqr"
 	"github.com/sie-europe/dnssensor/sensor/decode"
 )
@@ -24,7 +25,7 @@ func withIPv4Options(pkt, opts []byte) []byte {
 	b[0] = 0x40 | byte((hl+len(opts))/4)
 	binary.BigEndian.PutUint16(b[2:], uint16(len(b)))
 	b[10], b[11] = 0, 0
-	binary.BigEndian.PutUint16(b[10:], ^sum16(b[:hl+len(opts)]))
+	binary.BigEndian.PutUint16(b[10:], ^inet.Reference(b[:hl+len(opts)]))
 	return b
 }
 
@@ -72,7 +73,7 @@ func ipv4HeaderValid(pkt []byte) bool {
 	if pkt[0]>>4 != 4 {
 		return true
 	}
-	return sum16(pkt[:int(pkt[0]&0xf)*4]) == 0xffff
+	return inet.Reference(pkt[:int(pkt[0]&0xf)*4]) == 0xffff
 }
 
 // fragment cuts a whole datagram's upper layer into IP fragments of at most n octets of data
@@ -97,7 +98,7 @@ func fragment(t *testing.T, pkt []byte, n int) [][]byte {
 			binary.BigEndian.PutUint16(f[4:], 0x4242)
 			binary.BigEndian.PutUint16(f[6:], fo)
 			f[10], f[11] = 0, 0
-			binary.BigEndian.PutUint16(f[10:], ^sum16(f[:hl]))
+			binary.BigEndian.PutUint16(f[10:], ^inet.Reference(f[:hl]))
 		} else {
 			// The Fragment header goes last among the extension headers: it takes over the
 			// upper-layer protocol number from whichever header named it.
@@ -194,7 +195,7 @@ func checkStored(t *testing.T, name string, r *dnsqr.Record) {
 			t.Errorf("%s: ICMP packet's IPv4 header checksum invalid", name)
 		}
 		if d.Src.Is4() {
-			if sum16(d.L4) != 0xffff {
+			if inet.Reference(d.L4) != 0xffff {
 				t.Errorf("%s: ICMP checksum invalid", name)
 			}
 			if !ipv4HeaderValid(d.Payload) {
@@ -202,7 +203,7 @@ func checkStored(t *testing.T, name string, r *dnsqr.Record) {
 			}
 		} else {
 			ph := append(append(append([]byte{}, d.Src.AsSlice()...), d.Dst.AsSlice()...), 0, 0, byte(len(d.L4)>>8), byte(len(d.L4)), 0, 0, 0, 58)
-			if sum16(append(ph, d.L4...)) != 0xffff {
+			if inet.Reference(append(ph, d.L4...)) != 0xffff {
 				t.Errorf("%s: ICMPv6 checksum invalid", name)
 			}
 		}
@@ -213,7 +214,7 @@ func checkStored(t *testing.T, name string, r *dnsqr.Record) {
 func udpValid(d *decode.Packet) bool {
 	u := d.L4[:binary.BigEndian.Uint16(d.L4[4:])]
 	ph := append(append(append([]byte{}, d.Src.AsSlice()...), d.Dst.AsSlice()...), 0, 17, byte(len(u)>>8), byte(len(u)))
-	return sum16(append(ph, u...)) == 0xffff
+	return inet.Reference(append(ph, u...)) == 0xffff
 }
 
 // headerCases are client addresses in IP options and IPv6 extension headers of stored packets.
@@ -248,7 +249,7 @@ func headerCases(t *testing.T) []leakCase {
 		if f.res.Is4() {
 			binary.BigEndian.PutUint16(beyond[2:], uint16(len(beyond)))
 			beyond[10], beyond[11] = 0, 0
-			binary.BigEndian.PutUint16(beyond[10:], ^sum16(beyond[:20]))
+			binary.BigEndian.PutUint16(beyond[10:], ^inet.Reference(beyond[:20]))
 		} else {
 			binary.BigEndian.PutUint16(beyond[4:], uint16(len(beyond)-40))
 		}
@@ -259,7 +260,7 @@ func headerCases(t *testing.T) []leakCase {
 			o := l4Offset(t, pkt)
 			pkt[o+6], pkt[o+7] = 0, 0
 			ph := append(append(append([]byte{}, f.res.AsSlice()...), final.AsSlice()...), 0, 17, pkt[o+4], pkt[o+5])
-			binary.BigEndian.PutUint16(pkt[o+6:], ^sum16(append(ph, pkt[o:]...)))
+			binary.BigEndian.PutUint16(pkt[o+6:], ^inet.Reference(append(ph, pkt[o:]...)))
 			return pkt
 		}
 		if f.res.Is4() {

@@ -56,6 +56,30 @@ func checksums(pkt []byte, src, dst netip.Addr, proto uint8, at int) {
 	binary.BigEndian.PutUint16(l4[at:], inet.Checksum(acc, proto == 17))
 }
 
+// AppendICMPUnreachable appends an ICMP (IPv4: type 3 code 3) or ICMPv6 (type 1 code 4) port
+// unreachable error from "from" to "to" that quotes the datagram quoted, with valid checksums.
+func AppendICMPUnreachable(b []byte, from, to netip.Addr, quoted []byte) []byte {
+	start := len(b)
+	proto, typ, code := uint8(1), byte(3), byte(3)
+	if from.Is6() {
+		proto, typ, code = 58, 1, 4
+	}
+	b = appendIP(b, from, to, proto, 8+len(quoted))
+	hl := len(b) - start
+	b = append(b, typ, code, 0, 0, 0, 0, 0, 0)
+	b = append(b, quoted...)
+	pkt := b[start:]
+	icmp := pkt[hl:]
+	acc := inet.Sum(0, icmp, false)
+	if from.Is4() {
+		binary.BigEndian.PutUint16(pkt[10:], inet.Checksum(inet.Sum(0, pkt[:hl], false), false))
+	} else {
+		acc = inet.Pseudo(acc, from, to, proto, len(icmp)) // ICMPv6 covers a pseudo-header
+	}
+	binary.BigEndian.PutUint16(icmp[2:], inet.Checksum(acc, false))
+	return b
+}
+
 func appendIP(b []byte, src, dst netip.Addr, proto uint8, l4len int) []byte {
 	if src.Is4() {
 		b = append(b, 0x45, 0)
