@@ -2,7 +2,6 @@ package collector
 
 import (
 	"encoding/json"
-	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -12,22 +11,14 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/sie-europe/dnssensor/internal/health"
+	"github.com/sie-europe/dnssensor/internal/health/healthtest"
 	"github.com/sie-europe/dnssensor/internal/testenv"
 	"github.com/sie-europe/dnssensor/uplink/sielink"
 )
 
 func getDoc(t *testing.T, addr, path string) (int, []byte) {
 	t.Helper()
-	resp, err := http.Get("http://" + addr + path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp.StatusCode, b
+	return healthtest.Get(t, http.DefaultClient, "http://"+addr+path)
 }
 
 func healthReport(t *testing.T, addr string) (int, *health.Report) {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -94,16 +93,7 @@ func waitHealth(t *testing.T, sock string, what string, cond func(*health.Report
 
 func getBody(t *testing.T, sock, path string) (int, []byte) {
 	t.Helper()
-	resp, err := health.Client(sock).Get("http://unix" + path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp.StatusCode, b
+	return healthtest.Get(t, health.Client(sock), "http://unix"+path)
 }
 
 // TestHealthContract: uplinkd delivering to an NMSG/UDP receiver is healthy (200), its counters
