@@ -264,15 +264,18 @@ func walkDNS(msg []byte, unaccounted func([]byte), opt func(rd []byte, parsed bo
 	// (other types are skipped by RDLENGTH: their data is DNS data, kept as sent). It returns the
 	// offset after the record, or false when the record does not parse, after reporting an OPT
 	// record that miekg/dns refuses (its options run over, say) with its RDATA taken to the end.
-	record := func(off int) (int, bool) {
+	// A record that does not parse is unaccounted from bad on: its start, or for an OPT record whose
+	// fixed part is whole, its RDATA. The fixed part (payload size, extended RCODE, version, flags,
+	// RDLENGTH) is the sender's own EDNS header, which the sensor keeps when it zeroes the options.
+	record := func(off int) (next int, ok bool, bad int) {
 		_, at, err := dns.UnpackDomainName(msg, off)
 		if err != nil || at+10 > len(msg) {
-			return 0, false
+			return 0, false, off
 		}
 		typ, rdlen := binary.BigEndian.Uint16(msg[at:]), int(binary.BigEndian.Uint16(msg[at+8:]))
 		end := at + 10 + rdlen
 		if typ != dns.TypeOPT {
-			return end, end <= len(msg)
+			return end, end <= len(msg), off
 		}
 		if end <= len(msg) {
 			// miekg/dns also judges known options' contents (an Extended DNS Error of one
@@ -280,16 +283,16 @@ func walkDNS(msg []byte, unaccounted func([]byte), opt func(rd []byte, parsed bo
 			// record's end, so options that fill the RDATA exactly are accounted for.
 			if _, next, err := dns.UnpackRR(msg, off); (err == nil && next == end) || tlvExact(msg[at+10:end]) {
 				opt(msg[at+10:end], true)
-				return end, true
+				return end, true, off
 			}
 		}
 		opt(msg[at+10:], false)
-		return 0, false
+		return 0, false, at + 10
 	}
 	for i := 0; i < n && off < len(msg); i++ {
-		next, ok := record(off)
+		next, ok, bad := record(off)
 		if !ok {
-			unaccounted(msg[off:])
+			unaccounted(msg[bad:])
 			return
 		}
 		off = next
@@ -300,7 +303,7 @@ func walkDNS(msg []byte, unaccounted func([]byte), opt func(rd []byte, parsed bo
 	unaccounted(msg[off:])
 	// What trails the counted records may itself look like records, an OPT among them.
 	for j := 0; j < 64 && off < len(msg); j++ {
-		next, ok := record(off)
+		next, ok, _ := record(off)
 		if !ok {
 			return
 		}
