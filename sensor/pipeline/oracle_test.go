@@ -205,28 +205,13 @@ func (o *oracle) collectECS(msg []byte) {
 			if code == 8 && off+7 <= len(rd) {
 				n := min((int(rd[off+6])+7)/8, 16)
 				a := rd[min(off+8, len(rd)):min(off+8+n, len(rd))]
-				// A needle needs three non-zero octets to stand apart from DNS structure: two
-				// fuzzing runs found "addresses" of two or fewer that the input's own structure
-				// supplied (00 0b 00: an RDLENGTH; 00 29 10: an OPT type and class, spilled into
-				// by an ECS option overrunning its record) matching the same structure in a stored
-				// packet. Shorter needles are still required to be zero at their own place (check).
-				if len(a) >= 3 && nonZero(a) >= 3 {
+				if len(a) >= 3 && !allZero(a) {
 					o.secrets = append(o.secrets, bytes.Clone(a))
 				}
 			}
 			off += 4 + l
 		}
 	})
-}
-
-func nonZero(b []byte) int {
-	n := 0
-	for _, c := range b {
-		if c != 0 {
-			n++
-		}
-	}
-	return n
 }
 
 func allZero(b []byte) bool {
