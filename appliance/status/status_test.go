@@ -83,7 +83,7 @@ func startFake(t *testing.T, dir, name string, build func(f *fakeDaemon) []*heal
 }
 
 // sensordTree and uplinkdTree have the shape and names of the real daemons' trees
-// (sensor/app/health.go, uplink/uplinkd/health.go).
+// (sensor/internal/app/health.go, uplink/internal/uplinkd/health.go).
 func sensordTree(f *fakeDaemon) []*health.Node {
 	n := func(name string, ch ...*health.Node) *health.Node { return health.NewNode(name, f.probe(name), ch...) }
 	port := func(p string) *health.Node {

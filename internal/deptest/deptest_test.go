@@ -59,9 +59,9 @@ var knownViolations = map[string]bool{}
 
 // TestFolderBoundaries: the sensor reaches the uplink only through the spool's producer API, the
 // uplink reads nothing of the sensor (the NMSG format both share is nmsg/, which depends on
-// neither), and device daemons stay apart. The rules bind production code: tests may cross them
-// (uplinkd's end-to-end tests build DNS packets and records as sensord does, with sensor/pktbuild
-// and sensor/output), since a test's imports never reach a binary.
+// neither), and device daemons stay apart. Implementation packages live under each folder's
+// internal/, so the compiler already keeps tests from crossing; tests that need the other side
+// run its programs (uplinkd's end-to-end tests build sensord) or share internal/pktbuild.
 func TestFolderBoundaries(t *testing.T) {
 	allowed := func(from, to string) bool {
 		switch {

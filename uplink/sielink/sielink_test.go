@@ -22,7 +22,7 @@ import (
 
 	"github.com/sie-europe/dnssensor/internal/testenv"
 	"github.com/sie-europe/dnssensor/nmsg"
-	"github.com/sie-europe/dnssensor/uplink/collector/auth"
+	"github.com/sie-europe/dnssensor/uplink/internal/collector/auth"
 	"github.com/sie-europe/dnssensor/uplink/sielink/sielinktest"
 )
 

@@ -33,14 +33,10 @@ func rec(r *dnsqr.Record, n uint32) *dnsqr.Record {
 	return r
 }
 
-// payload sets pl to r as the base:dnsqr payload that sensord's adapter (sensor/output) makes; the
+// payload sets pl to r as the base:dnsqr payload that sensord's adapter (sensor/internal/output) makes; the
 // spool takes any payload and these tests use records to check what comes out.
 func payload(pl *nmsg.Payload, r *dnsqr.Record) *nmsg.Payload {
-	t := r.Time()
-	*pl = nmsg.Payload{
-		Vid: dnsqr.VendorBase, Msgtype: dnsqr.MsgtypeDnsQR,
-		TimeSec: t / 1e9, TimeNsec: uint32(t % 1e9), Data: dnsqr.AppendProto(pl.Data[:0], r),
-	}
+	dnsqr.Payload(pl, pl.Data, r)
 	return pl
 }
 

@@ -299,7 +299,7 @@ func (p *Producer) reserve() error {
 // WritePayload adds pl to the current segment, sealing it first when pl
 // would push it past the size bound or when it is older than the age
 // bound. The spool takes payloads of any vendor and type with their own
-// envelope: sensord's records arrive through sensor/output's adapter, and
+// envelope: sensord's records arrive through sensor/internal/output's adapter, and
 // the SOC collector forwards what its sensors sent through a spool of its
 // own. pl is copied before WritePayload returns, so the caller may reuse
 // it. An error means pl was not spooled; it is counted as Rejected in the

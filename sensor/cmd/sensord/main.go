@@ -8,7 +8,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/sie-europe/dnssensor/sensor/app"
+	"github.com/sie-europe/dnssensor/sensor/internal/app"
 )
 
 func main() {

@@ -22,8 +22,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/sie-europe/dnssensor/uplink/collector"
-	"github.com/sie-europe/dnssensor/uplink/collector/auth"
+	"github.com/sie-europe/dnssensor/uplink/internal/collector"
+	"github.com/sie-europe/dnssensor/uplink/internal/collector/auth"
 	"github.com/sie-europe/dnssensor/uplink/sielink"
 	"github.com/sie-europe/dnssensor/uplink/spool"
 )

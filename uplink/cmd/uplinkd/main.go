@@ -13,7 +13,7 @@ import (
 	"syscall"
 
 	"github.com/sie-europe/dnssensor/internal/health"
-	"github.com/sie-europe/dnssensor/uplink/uplinkd"
+	"github.com/sie-europe/dnssensor/uplink/internal/uplinkd"
 )
 
 func main() {

@@ -6,7 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 
-	"github.com/sie-europe/dnssensor/uplink/collector/auth"
+	"github.com/sie-europe/dnssensor/uplink/internal/collector/auth"
 )
 
 // CertPEM is auth.CertPEM: a self-signed certificate for hosts that is its own CA, and its key.
