@@ -30,6 +30,7 @@ type Options struct {
 	ResolvConf string
 	Hostname   string
 	Poll       time.Duration // how often ports are re-checked and links.json rewritten
+	Health     string        // unix socket of the health contract; empty: off
 }
 
 // ParseFlags reads netconfd's command line.
@@ -45,6 +46,7 @@ func ParseFlags(args []string, stderr io.Writer) (*Options, error) {
 	fs.StringVar(&o.ResolvConf, "resolv-conf", "/tmp/resolv.conf", "also write resolv.conf here, for the system resolver (the image links /etc/resolv.conf to /tmp/resolv.conf); empty: only in -run-dir")
 	fs.StringVar(&o.Hostname, "hostname", "", "host name sent to the DHCP server (default: the system's)")
 	fs.DurationVar(&o.Poll, "poll", 5*time.Second, "how often ports are re-checked and links.json rewritten")
+	fs.StringVar(&o.Health, "health", "", "serve /health.json, /metrics and /metrics.json on this unix `SOCKET` (the appliance: /run/netconfd/health.sock); empty: off")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -106,12 +108,21 @@ func Run(ctx context.Context, o *Options, logf func(string, ...any)) error {
 	if err := os.MkdirAll(o.RunDir, 0o755); err != nil {
 		return err
 	}
-	d := &daemon{o: o, logf: logf, taps: map[string]*TapReport{}, tapErr: map[string]string{}, ctx: ctx}
+	d := &daemon{o: o, logf: logf, taps: map[string]*TapReport{}, tapErr: map[string]string{}, ctx: ctx,
+		hs: &healthState{txAtSilence: map[string]uint64{}}}
 	// Tap ports first: they are silent from the moment they come up, whatever the management
 	// side does next.
 	d.configureTaps()
 
-	d.m = &mgmtPort{iface: o.Mgmt, runDir: o.RunDir, resolvConf: o.ResolvConf, logf: logf}
+	hctx, stopHealth := context.WithCancel(ctx)
+	waitHealth, err := serveHealth(hctx, o, d.hs, logf)
+	if err != nil {
+		stopHealth()
+		return err
+	}
+	defer func() { stopHealth(); waitHealth() }()
+
+	d.m = &mgmtPort{iface: o.Mgmt, runDir: o.RunDir, resolvConf: o.ResolvConf, logf: logf, onPublish: d.hs.setAddr}
 	if err := d.m.setConfigError(""); err != nil {
 		return err
 	}
@@ -323,6 +334,7 @@ type daemon struct {
 	tapErr map[string]string
 	m      *mgmtPort
 	dhcp   *dhcpRun // nil: not running
+	hs     *healthState
 
 	mgmtLink netlink.Link
 	mgmtUp   bool
@@ -383,6 +395,7 @@ func (d *daemon) writeLinks() {
 		}
 		links = append(links, l)
 	}
+	d.hs.setLinks(links)
 	if err := writeJSON(filepath.Join(d.o.RunDir, LinksFile), links); err != nil {
 		d.logf("%v", err)
 	}

@@ -62,6 +62,8 @@ type mgmtPort struct {
 	runDir     string
 	resolvConf string // a second copy of resolv.conf, if set
 	logf       func(string, ...any)
+	// onPublish, if set, sees every addressing published (the health tree).
+	onPublish func(Addressing)
 
 	mu     sync.Mutex
 	lease  *dhcp4.Lease
@@ -263,6 +265,9 @@ func (m *mgmtPort) publish() error {
 		if err := writeFile(m.resolvConf, rc.Bytes()); err != nil {
 			return err
 		}
+	}
+	if m.onPublish != nil {
+		m.onPublish(a)
 	}
 	return writeJSON(filepath.Join(m.runDir, LeaseFile), a)
 }
