@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/sie-europe/dnssensor/appliance/config"
-	"github.com/sie-europe/dnssensor/appliance/netconf/dhcp4"
+	"github.com/sie-europe/dnssensor/appliance/netconf/dhcpc"
 	"github.com/sie-europe/dnssensor/hardware"
 	"github.com/vishvananda/netlink"
 )
@@ -188,17 +188,17 @@ func Run(ctx context.Context, o *Options, logf func(string, ...any)) error {
 type dhcpRun struct {
 	stop func()
 	done chan error
-	nc   *dhcp4.NClient
+	nc   *dhcpc.NClient4
 }
 
 func (d *daemon) startDHCP() error {
-	nc, err := dhcp4.NewNClient(d.o.Mgmt, d.o.Hostname, nil)
+	nc, err := dhcpc.NewNClient4(d.o.Mgmt, d.o.Hostname, nil)
 	if err != nil {
 		return err
 	}
 	ctx, stop := context.WithCancel(d.ctx)
 	r := &dhcpRun{stop: stop, done: make(chan error, 1), nc: nc}
-	c := &dhcp4.Client{Ex: nc, Apply: d.m, Logf: d.logf, OnState: d.m.setDHCPState}
+	c := &dhcpc.Client{Ex: nc, Apply: d.m, Logf: d.logf, OnState: d.m.setDHCPState}
 	go func() { r.done <- c.Run(ctx) }()
 	d.dhcp = r
 	return nil

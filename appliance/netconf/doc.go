@@ -8,7 +8,7 @@
 // rewrite frames (GRO, LRO, VLAN tag stripping) are turned off, since the capture must see frames
 // as they were on the wire.
 //
-// The management port gets its address by DHCPv4 (package dhcp4) and netconfd publishes what
+// The management port gets its address by DHCPv4 (package dhcpc) and netconfd publishes what
 // the other daemons need in its run directory: resolv.conf (DNS servers, for uplinkd), ntp.json
 // (for the time daemon), lease.json and links.json (for the status page). Every file is replaced
 // atomically.

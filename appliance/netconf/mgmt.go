@@ -16,7 +16,7 @@ import (
 
 	"github.com/google/renameio/v2"
 	"github.com/sie-europe/dnssensor/appliance/config"
-	"github.com/sie-europe/dnssensor/appliance/netconf/dhcp4"
+	"github.com/sie-europe/dnssensor/appliance/netconf/dhcpc"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -55,7 +55,7 @@ type Addressing struct {
 }
 
 // mgmtPort applies addressing to the management interface through netlink and publishes it in
-// runDir. It is the dhcp4.Applier of the DHCP client and the applier of static configuration;
+// runDir. It is the dhcpc.Applier of the DHCP client and the applier of static configuration;
 // static values override the lease's.
 type mgmtPort struct {
 	iface      string
@@ -66,17 +66,17 @@ type mgmtPort struct {
 	onPublish func(Addressing)
 
 	mu     sync.Mutex
-	lease  *dhcp4.Lease
+	lease  *dhcpc.Lease
 	static *config.StaticNet
 	ra     []netip.Addr // DNS servers from router advertisements
 	cfgErr string
 	// dhcpState is where the DHCP client is (renewing and rebinding say the server is not
 	// answering, before the address is lost).
-	dhcpState dhcp4.State
+	dhcpState dhcpc.State
 }
 
 // setDHCPState is the DHCP client's OnState.
-func (m *mgmtPort) setDHCPState(s dhcp4.State, _ dhcp4.Lease) {
+func (m *mgmtPort) setDHCPState(s dhcpc.State, _ dhcpc.Lease) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if s == m.dhcpState {
@@ -109,8 +109,8 @@ func (m *mgmtPort) link() (netlink.Link, error) {
 	return l, nil
 }
 
-// Apply implements dhcp4.Applier.
-func (m *mgmtPort) Apply(prev, cur dhcp4.Lease) error {
+// Apply implements dhcpc.Applier.
+func (m *mgmtPort) Apply(prev, cur dhcpc.Lease) error {
 	// A renewal that changes nothing but the times leaves the interface alone.
 	if !prev.Addr.IsValid() || !prev.Same(cur) {
 		if err := m.set(prev.Addr, prev.Router, cur.Addr, cur.Router, unix.RTPROT_DHCP); err != nil {
@@ -122,12 +122,12 @@ func (m *mgmtPort) Apply(prev, cur dhcp4.Lease) error {
 	m.lease = &cur
 	// A lease being applied is bound: published so in the same write, since the client says
 	// so only after Apply returns (a reader in between saw "init" beside a bound address).
-	m.dhcpState = dhcp4.Bound
+	m.dhcpState = dhcpc.Bound
 	return m.publish()
 }
 
-// Remove implements dhcp4.Applier.
-func (m *mgmtPort) Remove(l dhcp4.Lease) error {
+// Remove implements dhcpc.Applier.
+func (m *mgmtPort) Remove(l dhcpc.Lease) error {
 	if err := m.set(l.Addr, l.Router, netip.Prefix{}, netip.Addr{}, 0); err != nil {
 		return err
 	}

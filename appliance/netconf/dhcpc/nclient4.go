@@ -1,4 +1,4 @@
-package dhcp4
+package dhcpc
 
 import (
 	"context"
@@ -14,18 +14,18 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// NClient is the Exchanger on the wire: insomniacslk/dhcp's nclient4 on a raw socket bound to the
+// NClient4 is the Exchanger on the wire: insomniacslk/dhcp's nclient4 on a raw socket bound to the
 // interface, which works before the interface has an address.
-type NClient struct {
+type NClient4 struct {
 	c        *nclient4.Client
 	iface    string
 	hostname string
 	clock    Clock
 }
 
-// NewNClient opens the raw socket on iface. hostname (option 12) is sent in every request so that
+// NewNClient4 opens the raw socket on iface. hostname (option 12) is sent in every request so that
 // the network's DHCP server can register the box under its name; empty sends none.
-func NewNClient(iface, hostname string, clock Clock) (*NClient, error) {
+func NewNClient4(iface, hostname string, clock Clock) (*NClient4, error) {
 	c, err := nclient4.New(iface, nclient4.WithTimeout(2*time.Second), nclient4.WithRetry(4))
 	if err != nil {
 		return nil, fmt.Errorf("dhcp4 on %s: %w", iface, err)
@@ -33,13 +33,13 @@ func NewNClient(iface, hostname string, clock Clock) (*NClient, error) {
 	if clock == nil {
 		clock = RealClock
 	}
-	return &NClient{c: c, iface: iface, hostname: hostname, clock: clock}, nil
+	return &NClient4{c: c, iface: iface, hostname: hostname, clock: clock}, nil
 }
 
 // Close closes the socket.
-func (n *NClient) Close() error { return n.c.Close() }
+func (n *NClient4) Close() error { return n.c.Close() }
 
-func (n *NClient) mods() []dhcpv4.Modifier {
+func (n *NClient4) mods() []dhcpv4.Modifier {
 	m := []dhcpv4.Modifier{dhcpv4.WithRequestedOptions(
 		dhcpv4.OptionSubnetMask, dhcpv4.OptionRouter, dhcpv4.OptionDomainNameServer,
 		dhcpv4.OptionNTPServers, dhcpv4.OptionIPAddressLeaseTime,
@@ -51,7 +51,7 @@ func (n *NClient) mods() []dhcpv4.Modifier {
 }
 
 // Acquire implements Exchanger.
-func (n *NClient) Acquire(ctx context.Context) (Lease, error) {
+func (n *NClient4) Acquire(ctx context.Context) (Lease, error) {
 	l, err := n.c.Request(ctx, n.mods()...)
 	if err != nil {
 		var nak *nclient4.ErrNak
@@ -70,7 +70,7 @@ func (n *NClient) Acquire(ctx context.Context) (Lease, error) {
 // interface, not to the leased address, because a server broadcasts its DHCPNAK (RFC 2131
 // §4.3.2), and a socket bound to one address does not receive broadcasts (seen with dnsmasq: the
 // NAK of a renewal was never read, and the stale address was kept until T2).
-func (n *NClient) unicast(ctx context.Context, l Lease) (*nclient4.Client, error) {
+func (n *NClient4) unicast(ctx context.Context, l Lease) (*nclient4.Client, error) {
 	lc := net.ListenConfig{Control: func(network, address string, c syscall.RawConn) error {
 		var serr error
 		if err := c.Control(func(fd uintptr) { serr = unix.BindToDevice(int(fd), n.iface) }); err != nil {
@@ -92,7 +92,7 @@ func (n *NClient) unicast(ctx context.Context, l Lease) (*nclient4.Client, error
 }
 
 // Renew implements Exchanger: REQUEST unicast to the server that granted the lease.
-func (n *NClient) Renew(ctx context.Context, l Lease) (Lease, error) {
+func (n *NClient4) Renew(ctx context.Context, l Lease) (Lease, error) {
 	c, err := n.unicast(ctx, l)
 	if err != nil {
 		return Lease{}, err
@@ -102,11 +102,11 @@ func (n *NClient) Renew(ctx context.Context, l Lease) (Lease, error) {
 }
 
 // Rebind implements Exchanger: the same REQUEST, broadcast to any server.
-func (n *NClient) Rebind(ctx context.Context, l Lease) (Lease, error) {
+func (n *NClient4) Rebind(ctx context.Context, l Lease) (Lease, error) {
 	return n.extend(ctx, n.c, l, &net.UDPAddr{IP: net.IPv4bcast, Port: nclient4.ServerPort})
 }
 
-func (n *NClient) extend(ctx context.Context, c *nclient4.Client, l Lease, to *net.UDPAddr) (Lease, error) {
+func (n *NClient4) extend(ctx context.Context, c *nclient4.Client, l Lease, to *net.UDPAddr) (Lease, error) {
 	raw, ok := l.Raw.(*nclient4.Lease)
 	if !ok {
 		return Lease{}, fmt.Errorf("lease %s has no ACK to renew", l.Addr)
@@ -126,7 +126,7 @@ func (n *NClient) extend(ctx context.Context, c *nclient4.Client, l Lease, to *n
 }
 
 // Release implements Exchanger.
-func (n *NClient) Release(l Lease) error {
+func (n *NClient4) Release(l Lease) error {
 	raw, ok := l.Raw.(*nclient4.Lease)
 	if !ok {
 		return fmt.Errorf("lease %s has no ACK to release", l.Addr)

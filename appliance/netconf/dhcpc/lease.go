@@ -1,10 +1,11 @@
-// Package dhcp4 keeps a DHCPv4 lease on the management port (RFC 2131 §4.4): it acquires one,
-// renews it from its server at T1, rebinds by broadcast at T2, gives the address up when the lease
-// expires unrenewed, and releases it on shutdown. The state machine is apart from the wire (an
-// Exchanger: nclient4 in production) and from time (a Clock), so that T1, T2 and expiry are tested
+// Package dhcpc keeps a DHCP lease on the management port, for IPv4 (RFC 2131 §4.4) and IPv6
+// (RFC 8415 §18): it acquires one, renews it from its server at T1, rebinds from any server at
+// T2, gives the address up when the lease expires unrenewed, and releases it on shutdown. Both
+// protocols share this one state machine; it is apart from the wire (an Exchanger: NClient4 on
+// nclient4, NClient6 on nclient6) and from time (a Clock), so that T1, T2 and expiry are tested
 // to the second without waiting for them; what a lease means for the interface is the Applier's
 // business.
-package dhcp4
+package dhcpc
 
 import (
 	"context"
@@ -15,13 +16,15 @@ import (
 	"time"
 )
 
-// Lease is a bound DHCPv4 lease, reduced to what the box uses.
+// Lease is a bound lease, reduced to what the box uses.
 type Lease struct {
-	Addr   netip.Prefix // address and the subnet's prefix length
-	Router netip.Addr   // zero if the server sent none
+	// Addr is the address with the subnet's prefix length (DHCPv4), or with /128 (DHCPv6, whose
+	// on-link prefix comes from router advertisements).
+	Addr   netip.Prefix
+	Router netip.Addr // DHCPv4 only; zero if the server sent none
 	DNS    []netip.Addr
 	NTP    []netip.Addr
-	Server netip.Addr // server identifier
+	Server netip.Addr // DHCPv4: server identifier; DHCPv6: the address the reply came from
 
 	Start    time.Time     // when the ACK arrived (Clock time)
 	T1, T2   time.Duration // renewal and rebinding times, from Start
@@ -38,11 +41,11 @@ func (l Lease) Same(o Lease) bool {
 	return l.Addr == o.Addr && l.Router == o.Router && slices.Equal(l.DNS, o.DNS) && slices.Equal(l.NTP, o.NTP)
 }
 
-// ErrNAK is returned (wrapped) by an Exchanger when the server refused the request: the address
-// must go at once and the client starts over.
+// ErrNAK is returned (wrapped) by an Exchanger when the server refused the request (DHCPNAK, or a
+// DHCPv6 NoBinding status): the address must go at once and the client starts over.
 var ErrNAK = errors.New("DHCPNAK")
 
-// Exchanger speaks DHCPv4. Each call returns when it has an answer or has given up (its own
+// Exchanger speaks DHCP. Each call returns when it has an answer or has given up (its own
 // retransmission timeouts, or ctx); start is the Clock time to record as the new lease's Start.
 type Exchanger interface {
 	// Acquire runs DISCOVER/OFFER/REQUEST/ACK.
@@ -83,6 +86,8 @@ type Client struct {
 	Apply Applier
 	Clock Clock
 	Logf  func(format string, args ...any)
+	// Proto names the protocol in log lines: "dhcp4" (the default) or "dhcp6".
+	Proto string
 
 	// MinRetry is the shortest wait between two renewal (or rebinding) attempts: RFC 2131
 	// §4.4.5 says half the time remaining, down to 60 s.
@@ -107,7 +112,11 @@ const (
 
 func (c *Client) logf(format string, args ...any) {
 	if c.Logf != nil {
-		c.Logf(format, args...)
+		proto := c.Proto
+		if proto == "" {
+			proto = "dhcp4"
+		}
+		c.Logf(proto+": "+format, args...)
 	}
 }
 
@@ -165,7 +174,7 @@ func (c *Client) Run(ctx context.Context) error {
 			return nil
 		}
 		if err != nil {
-			c.logf("dhcp4: acquiring a lease: %v (again in %v)", err, backoff)
+			c.logf("acquiring a lease: %v (again in %v)", err, backoff)
 			if !c.wait(ctx, backoff) {
 				return nil
 			}
@@ -174,17 +183,21 @@ func (c *Client) Run(ctx context.Context) error {
 		}
 		backoff = time.Second
 		if err := c.Apply.Apply(cur, l); err != nil {
-			c.logf("dhcp4: applying lease %s: %v", l.Addr, err)
+			c.logf("applying lease %s: %v", l.Addr, err)
 		}
 		cur = l
-		c.logf("dhcp4: bound %s via %s from %s for %v", l.Addr, l.Router, l.Server, l.Lifetime)
+		if l.Router.IsValid() {
+			c.logf("bound %s via %s from %s for %v", l.Addr, l.Router, l.Server, l.Lifetime)
+		} else {
+			c.logf("bound %s from %s for %v", l.Addr, l.Server, l.Lifetime)
+		}
 		var ok bool
 		cur, ok = c.keep(ctx, cur)
 		if !ok {
 			// ctx ended while bound.
 			c.state(Released, cur)
 			if err := c.Ex.Release(cur); err != nil {
-				c.logf("dhcp4: releasing %s: %v", cur.Addr, err)
+				c.logf("releasing %s: %v", cur.Addr, err)
 			}
 			if err := c.Apply.Remove(cur); err != nil {
 				return fmt.Errorf("removing lease %s: %w", cur.Addr, err)
@@ -193,7 +206,7 @@ func (c *Client) Run(ctx context.Context) error {
 		}
 		// The lease expired or was refused: the address is no longer ours.
 		if err := c.Apply.Remove(cur); err != nil {
-			c.logf("dhcp4: removing lease %s: %v", cur.Addr, err)
+			c.logf("removing lease %s: %v", cur.Addr, err)
 		}
 		cur = Lease{}
 	}
@@ -222,12 +235,12 @@ func (c *Client) keep(ctx context.Context, l Lease) (Lease, bool) {
 			return l, true
 		}
 		if !renewed {
-			c.logf("dhcp4: lease %s expired", l.Addr)
+			c.logf("lease %s expired", l.Addr)
 			return l, true
 		}
 		// Applied even when nothing but the times changed: the expiry others read moves on.
 		if err := c.Apply.Apply(l, next); err != nil {
-			c.logf("dhcp4: applying lease %s: %v", next.Addr, err)
+			c.logf("applying lease %s: %v", next.Addr, err)
 		}
 		l = next
 	}
@@ -250,12 +263,12 @@ func (c *Client) phase(ctx context.Context, s State, l Lease, deadline time.Time
 			return next, true, false
 		}
 		if errors.Is(err, ErrNAK) {
-			c.logf("dhcp4: %s %s: %v", s, l.Addr, err)
+			c.logf("%s %s: %v", s, l.Addr, err)
 			return l, false, true
 		}
 		now := c.Clock.Now()
 		wait := c.retryIn(now, deadline)
-		c.logf("dhcp4: %s %s: %v (again in %v)", s, l.Addr, err, wait)
+		c.logf("%s %s: %v (again in %v)", s, l.Addr, err, wait)
 		if !c.wait(ctx, wait) {
 			return l, false, false
 		}
