@@ -109,7 +109,7 @@ func Run(ctx context.Context, o *Options, logf func(string, ...any)) error {
 		return err
 	}
 	d := &daemon{o: o, logf: logf, taps: map[string]*TapReport{}, tapErr: map[string]string{}, ctx: ctx,
-		hs: &healthState{txAtSilence: map[string]uint64{}}}
+		hs: &healthState{txAtSilence: map[string]uint64{}}, managed6: make(chan struct{}, 1)}
 	// Tap ports first: they are silent from the moment they come up, whatever the management
 	// side does next.
 	d.configureTaps()
@@ -138,6 +138,7 @@ func Run(ctx context.Context, o *Options, logf func(string, ...any)) error {
 	}
 	d.mgmtLink = link
 	defer d.stopDHCP()
+	defer d.stopDHCP6()
 	if err := d.reload(); err != nil {
 		return err
 	}
@@ -151,6 +152,11 @@ func Run(ctx context.Context, o *Options, logf func(string, ...any)) error {
 			if err := d.m.setRA(ra.current(time.Now())); err != nil {
 				logf("%v", err)
 			}
+		}, func() {
+			select {
+			case d.managed6 <- struct{}{}:
+			default:
+			}
 		})
 		if err != nil {
 			logf("%v (IPv6 DNS servers from routers are not used)", err)
@@ -161,17 +167,30 @@ func Run(ctx context.Context, o *Options, logf func(string, ...any)) error {
 	defer t.Stop()
 	for {
 		d.writeLinks()
-		var dhcpDone chan error
+		var dhcpDone, dhcp6Done chan error
 		if d.dhcp != nil {
 			dhcpDone = d.dhcp.done
 		}
+		if d.dhcp6 != nil {
+			dhcp6Done = d.dhcp6.done
+		}
 		select {
 		case <-ctx.Done():
-			return d.stopDHCP()
+			return errors.Join(d.stopDHCP(), d.stopDHCP6())
 		case err := <-dhcpDone:
 			d.dhcp = nil
 			return fmt.Errorf("dhcp4 client ended: %v", err)
+		case err := <-dhcp6Done:
+			d.dhcp6 = nil
+			return fmt.Errorf("dhcp6 client ended: %v", err)
+		case <-d.managed6:
+			if !d.want6 {
+				logf("management port %s: a router says addresses are managed: DHCPv6", o.Mgmt)
+			}
+			d.want6 = true
+			d.maybeStartDHCP6()
 		case <-t.C:
+			d.maybeStartDHCP6()
 			d.configureTaps()
 			// Servers whose announced lifetime has ended go.
 			if err := d.m.setRA(ra.current(time.Now())); err != nil {
@@ -186,9 +205,9 @@ func Run(ctx context.Context, o *Options, logf func(string, ...any)) error {
 
 // dhcpRun is a running DHCPv4 client.
 type dhcpRun struct {
-	stop func()
-	done chan error
-	nc   *dhcpc.NClient4
+	stop  func()
+	done  chan error
+	close func() error
 }
 
 func (d *daemon) startDHCP() error {
@@ -197,11 +216,47 @@ func (d *daemon) startDHCP() error {
 		return err
 	}
 	ctx, stop := context.WithCancel(d.ctx)
-	r := &dhcpRun{stop: stop, done: make(chan error, 1), nc: nc}
+	r := &dhcpRun{stop: stop, done: make(chan error, 1), close: nc.Close}
 	c := &dhcpc.Client{Ex: nc, Apply: d.m, Logf: d.logf, OnState: d.m.setDHCPState}
 	go func() { r.done <- c.Run(ctx) }()
 	d.dhcp = r
 	return nil
+}
+
+// maybeStartDHCP6 starts the DHCPv6 client once a router has said addresses are managed, unless a
+// static IPv6 address is configured. Opening its socket fails while the port's link-local
+// address is still tentative: it is tried again at the next poll, and said once.
+func (d *daemon) maybeStartDHCP6() {
+	if !d.want6 || d.static6 || d.dhcp6 != nil {
+		return
+	}
+	nc, err := dhcpc.NewNClient6(d.o.Mgmt, nil)
+	if err != nil {
+		if msg := err.Error(); msg != d.dhcp6Err {
+			d.logf("%v (trying again)", err)
+			d.dhcp6Err = msg
+		}
+		return
+	}
+	d.dhcp6Err = ""
+	ctx, stop := context.WithCancel(d.ctx)
+	r := &dhcpRun{stop: stop, done: make(chan error, 1), close: nc.Close}
+	c := &dhcpc.Client{Ex: nc, Apply: v6Applier{d.m}, Logf: d.logf, Proto: "dhcp6"}
+	go func() { r.done <- c.Run(ctx) }()
+	d.dhcp6 = r
+}
+
+// stopDHCP6 stops the DHCPv6 client, which releases its lease and removes the address.
+func (d *daemon) stopDHCP6() error {
+	r := d.dhcp6
+	if r == nil {
+		return nil
+	}
+	d.dhcp6 = nil
+	r.stop()
+	err := <-r.done
+	r.close()
+	return err
 }
 
 // stopDHCP stops the client, which releases its lease and removes the address.
@@ -213,7 +268,7 @@ func (d *daemon) stopDHCP() error {
 	d.dhcp = nil
 	r.stop()
 	err := <-r.done
-	r.nc.Close()
+	r.close()
 	return err
 }
 
@@ -256,6 +311,12 @@ func (d *daemon) reload() error {
 	}
 	if err := mgmtIPv6(d.o.Mgmt, sn == nil || !sn.Addr6.IsValid()); err != nil {
 		d.logf("%v", err)
+	}
+	d.static6 = sn != nil && sn.Addr6.IsValid()
+	if d.static6 {
+		if err := d.stopDHCP6(); err != nil {
+			d.logf("stopping DHCPv6 for the static configuration: %v", err)
+		}
 	}
 	if !d.mgmtUp {
 		// Up only now, so that the kernel's first router solicitation already follows the
@@ -335,6 +396,14 @@ type daemon struct {
 	m      *mgmtPort
 	dhcp   *dhcpRun // nil: not running
 	hs     *healthState
+
+	// DHCPv6: wanted once a router advertisement had the M flag (managed6 says so from the
+	// RA reader), unless a static IPv6 address is configured.
+	managed6 chan struct{}
+	want6    bool
+	static6  bool
+	dhcp6    *dhcpRun
+	dhcp6Err string // the last failure to start, said once
 
 	mgmtLink netlink.Link
 	mgmtUp   bool

@@ -58,7 +58,7 @@ func dnsmasqStoppable(t *testing.T, ns, iface, leases string, args ...string) (*
 		}
 	}
 	t.Cleanup(stop)
-	testenv.WaitFor(t, "dnsmasq to start", func() bool { return strings.Contains(log.String(), "DHCP, IP range") })
+	testenv.WaitFor(t, "dnsmasq to start", func() bool { return strings.Contains(log.String(), "IP range") })
 	return &log, stop
 }
 

@@ -43,7 +43,9 @@ type Addressing struct {
 	State     string       `json:"state,omitempty"`
 	Addr      netip.Prefix `json:"addr,omitzero"`
 	Router    netip.Addr   `json:"router,omitzero"`
-	Addr6     netip.Prefix `json:"addr6,omitzero"` // static only so far
+	Addr6     netip.Prefix `json:"addr6,omitzero"`     // static, or a DHCPv6 lease's /128 (SLAAC addresses are the kernel's: see `ip addr`)
+	Source6   string       `json:"source6,omitempty"`  // of Addr6: "dhcp6" or "static"
+	Expires6  string       `json:"expires6,omitempty"` // of the DHCPv6 lease, RFC 3339
 	Router6   netip.Addr   `json:"router6,omitzero"`
 	DNS       []netip.Addr `json:"dns"`
 	NTP       []netip.Addr `json:"ntp"`
@@ -67,6 +69,7 @@ type mgmtPort struct {
 
 	mu     sync.Mutex
 	lease  *dhcpc.Lease
+	lease6 *dhcpc.Lease // DHCPv6
 	static *config.StaticNet
 	ra     []netip.Addr // DNS servers from router advertisements
 	cfgErr string
@@ -135,6 +138,44 @@ func (m *mgmtPort) Remove(l dhcpc.Lease) error {
 	defer m.mu.Unlock()
 	m.lease = nil
 	return m.publish()
+}
+
+// v6Applier applies DHCPv6 leases: the /128 address with the lease's lifetimes given to the
+// kernel too, so that it removes the address itself when the lease runs out even if netconfd is
+// not there to; the on-link prefix and the default route come from router advertisements.
+type v6Applier struct{ m *mgmtPort }
+
+// Apply implements dhcpc.Applier. Every renewal replaces the address, to move its lifetimes on.
+func (v v6Applier) Apply(prev, cur dhcpc.Lease) error {
+	link, err := v.m.link()
+	if err != nil {
+		return err
+	}
+	pref := int(min(cur.T2, cur.Lifetime) / time.Second)
+	a := &netlink.Addr{IPNet: ipnet(cur.Addr), ValidLft: int(cur.Lifetime / time.Second), PreferedLft: pref}
+	if err := netlink.AddrReplace(link, a); err != nil {
+		return fmt.Errorf("management port %s: address %s: %w", v.m.iface, cur.Addr, err)
+	}
+	if prev.Addr.IsValid() && prev.Addr != cur.Addr {
+		if err := netlink.AddrDel(link, &netlink.Addr{IPNet: ipnet(prev.Addr)}); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+			return fmt.Errorf("management port %s: removing address %s: %w", v.m.iface, prev.Addr, err)
+		}
+	}
+	v.m.mu.Lock()
+	defer v.m.mu.Unlock()
+	v.m.lease6 = &cur
+	return v.m.publish()
+}
+
+// Remove implements dhcpc.Applier.
+func (v v6Applier) Remove(l dhcpc.Lease) error {
+	if err := v.m.set(l.Addr, netip.Addr{}, netip.Prefix{}, netip.Addr{}, 0); err != nil {
+		return err
+	}
+	v.m.mu.Lock()
+	defer v.m.mu.Unlock()
+	v.m.lease6 = nil
+	return v.m.publish()
 }
 
 // setStatic moves the interface from the static addressing in force to sn (nil: none).
@@ -231,15 +272,30 @@ func (m *mgmtPort) publish() error {
 		src = "dhcp4"
 	}
 	dnsSrc, ntpSrc := src, src
+	if l := m.lease6; l != nil {
+		a.Addr6, a.Source6 = l.Addr, "dhcp6"
+		a.Expires6 = l.Start.Add(l.Lifetime).UTC().Format(time.RFC3339)
+		if len(l.DNS) > 0 {
+			a.DNS = append(a.DNS, l.DNS...)
+			dnsSrc = strings.TrimPrefix(dnsSrc+", dhcp6", ", ")
+		}
+		if len(l.NTP) > 0 {
+			a.NTP = append(a.NTP, l.NTP...)
+			ntpSrc = strings.TrimPrefix(ntpSrc+", dhcp6", ", ")
+		}
+	}
 	if len(m.ra) > 0 {
 		a.DNS = append(a.DNS, m.ra...)
 		dnsSrc = strings.TrimPrefix(dnsSrc+", router advertisements", ", ")
 	}
 	if s := m.static; s != nil {
 		if s.Addr.IsValid() {
-			a = Addressing{Interface: m.iface, ConfigError: m.cfgErr, DNS: a.DNS, NTP: a.NTP, Source: "static", Addr: s.Addr, Router: s.GW}
+			a = Addressing{Interface: m.iface, ConfigError: m.cfgErr, DNS: a.DNS, NTP: a.NTP, Source: "static", Addr: s.Addr, Router: s.GW,
+				Addr6: a.Addr6, Source6: a.Source6, Expires6: a.Expires6}
 		}
-		a.Addr6, a.Router6 = s.Addr6, s.GW6
+		if s.Addr6.IsValid() {
+			a.Addr6, a.Router6, a.Source6, a.Expires6 = s.Addr6, s.GW6, "static", ""
+		}
 		if len(s.DNS) > 0 {
 			a.DNS, dnsSrc = s.DNS, "static"
 		}

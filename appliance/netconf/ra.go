@@ -19,9 +19,10 @@ import (
 
 // IPv6 on the management port is the kernel's SLAAC: it solicits routers, forms addresses from
 // the prefixes they advertise and installs the default route. What it does not do is use the
-// DNS servers that routers announce (RDNSS, RFC 8106): it hands them to user space. netconfd
-// reads router advertisements itself for that, so that an IPv6-only management network still
-// gives uplinkd a resolver.
+// DNS servers that routers announce (RDNSS, RFC 8106), or ask DHCPv6 for an address when a
+// router says addresses are managed (the M flag): it hands both to user space. netconfd reads
+// router advertisements itself for that, so that an IPv6-only management network still gives
+// uplinkd a resolver, and a DHCPv6-managed one an address.
 
 // mgmtIPv6 sets the management port's IPv6 behaviour: SLAAC, unless a static IPv6 address is
 // configured (then the address is the operator's and router advertisements are ignored).
@@ -132,9 +133,14 @@ func parseRA(b []byte) ([]rdnssOption, error) {
 	return out, nil
 }
 
+// raManaged reports the M flag of a router advertisement that parseRA accepted: addresses are
+// available by DHCPv6 (RFC 4861 §4.2).
+func raManaged(b []byte) bool { return b[5]&0x80 != 0 }
+
 // listenRA reads router advertisements on iface until ctx ends, recording their DNS servers in
-// r; changed is called (from this goroutine) after each advertisement that carried any.
-func listenRA(ctx context.Context, iface string, r *rdnss, logf func(string, ...any), changed func()) error {
+// r; changed is called (from this goroutine) after each advertisement that carried any, and
+// managed after each one with the M flag.
+func listenRA(ctx context.Context, iface string, r *rdnss, logf func(string, ...any), changed, managed func()) error {
 	lc := net.ListenConfig{Control: func(network, address string, c syscall.RawConn) error {
 		var serr error
 		if err := c.Control(func(fd uintptr) { serr = unix.BindToDevice(int(fd), iface) }); err != nil {
@@ -190,6 +196,9 @@ func listenRA(ctx context.Context, iface string, r *rdnss, logf func(string, ...
 		if len(opts) > 0 {
 			r.update(time.Now(), opts)
 			changed()
+		}
+		if raManaged(buf[:n]) {
+			managed()
 		}
 	}
 }

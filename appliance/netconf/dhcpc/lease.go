@@ -41,6 +41,18 @@ func (l Lease) Same(o Lease) bool {
 	return l.Addr == o.Addr && l.Router == o.Router && slices.Equal(l.DNS, o.DNS) && slices.Equal(l.NTP, o.NTP)
 }
 
+// describe names the lease's router and server, where there are.
+func (l Lease) describe() string {
+	s := ""
+	if l.Router.IsValid() {
+		s += " via " + l.Router.String()
+	}
+	if l.Server.IsValid() {
+		s += " from " + l.Server.String()
+	}
+	return s
+}
+
 // ErrNAK is returned (wrapped) by an Exchanger when the server refused the request (DHCPNAK, or a
 // DHCPv6 NoBinding status): the address must go at once and the client starts over.
 var ErrNAK = errors.New("DHCPNAK")
@@ -186,11 +198,7 @@ func (c *Client) Run(ctx context.Context) error {
 			c.logf("applying lease %s: %v", l.Addr, err)
 		}
 		cur = l
-		if l.Router.IsValid() {
-			c.logf("bound %s via %s from %s for %v", l.Addr, l.Router, l.Server, l.Lifetime)
-		} else {
-			c.logf("bound %s from %s for %v", l.Addr, l.Server, l.Lifetime)
-		}
+		c.logf("bound %s%s for %v", l.Addr, l.describe(), l.Lifetime)
 		var ok bool
 		cur, ok = c.keep(ctx, cur)
 		if !ok {
