@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sie-europe/dnssensor/internal/testenv"
 	"github.com/sie-europe/dnssensor/nmsg"
 	"github.com/sie-europe/dnssensor/nmsg/dnsqr"
 )
@@ -120,16 +121,28 @@ func recordIDs(t testing.TB, s *Segment) []uint32 {
 	return ids
 }
 
-// drain takes and acks every segment available now, returning the
+// drain takes and acks every segment the spool holds, returning the
 // record ids and sequence numbers in delivery order.
 func drain(t testing.TB, c *Consumer) (ids []uint32, seqs []uint64) {
 	t.Helper()
+	// It ends when the spool holds no segment any more (Depth reads the files), not after a quiet
+	// spell: on a loaded machine a consumer's poll can take longer than any fixed gap (200 ms of
+	// quiet, two poll intervals, made TestSpillAndBack fail at random). A segment that stays but
+	// is never handed out ends the drain after testenv.Patience, and the caller's check fails.
+	deadline := time.Now().Add(testenv.Patience)
 	for {
+		d, err := c.Depth()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Segments == 0 || time.Now().After(deadline) {
+			return ids, seqs
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 		s, err := c.Next(ctx)
 		cancel()
 		if errors.Is(err, context.DeadlineExceeded) {
-			return ids, seqs
+			continue
 		}
 		if err != nil {
 			t.Fatal(err)
