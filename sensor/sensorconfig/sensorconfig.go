@@ -4,9 +4,13 @@
 // provisioning at first boot refuse exactly what sensord would refuse.
 package sensorconfig
 
-import "github.com/sie-europe/dnssensor/sensor/internal/app"
+import (
+	"strings"
 
-// FieldError is one wrong key and what to do about it. Key is "" for a problem of the whole
+	"github.com/sie-europe/dnssensor/sensor/internal/app"
+)
+
+// FieldError is one wrong key and what to do about it (Msg without the key). Key is "" for a problem of the whole
 // object or of the command line.
 type FieldError struct {
 	Key string
@@ -19,7 +23,14 @@ type FieldError struct {
 func Check(data []byte, args []string) []FieldError {
 	var out []FieldError
 	for _, e := range app.CheckConfig(data, args) {
-		out = append(out, FieldError{Key: e.Key, Msg: e.Msg})
+		msg := e.Msg
+		if e.Key != "" {
+			// The key is shown beside the message; sensord's own wording starts with it.
+			for _, p := range []string{"-" + e.Key + ": ", e.Key + ": ", `key "` + e.Key + `": `} {
+				msg = strings.TrimPrefix(msg, p)
+			}
+		}
+		out = append(out, FieldError{Key: e.Key, Msg: msg})
 	}
 	return out
 }

@@ -9,8 +9,8 @@ import (
 	"github.com/sie-europe/dnssensor/uplink/internal/uplinkd"
 )
 
-// FieldError is one wrong key ("destinations[0].url") and what to do about it. Key is "" for a
-// problem of the whole file (not JSON, an unknown key).
+// FieldError is one wrong key ("destinations[0].url") and what to do about it (Msg without the
+// key). Key is "" for a problem of the whole file (not JSON, an unknown key).
 type FieldError struct {
 	Key string
 	Msg string
@@ -22,9 +22,11 @@ func Check(data []byte) []FieldError {
 	var out []FieldError
 	for _, err := range uplinkd.CheckAll(data) {
 		msg := err.Error()
-		key, _, ok := strings.Cut(msg, ": ")
+		key, rest, ok := strings.Cut(msg, ": ")
 		if !ok || strings.ContainsAny(key, " \"") {
 			key = ""
+		} else {
+			msg = rest
 		}
 		out = append(out, FieldError{Key: key, Msg: msg})
 	}
