@@ -528,7 +528,7 @@ type configFlags struct {
 func registerConfigFlags(fs *flag.FlagSet) *configFlags {
 	return &configFlags{
 		perm:          fs.String("perm", "/perm", "`DIR` of the box configuration (dnssensor.json and the daemons' files under it); empty: no configuration page"),
-		provision:     fs.Bool("provision", true, "at start, apply dnssensor.json from the boot partition (and remove it) when it checks out"),
+		provision:     fs.Bool("provision", false, "at start, apply dnssensor.json from the boot partition (and remove it) when it checks out; the image sets it (off by default, so statusd run by hand never mounts a workstation's partition 1)"),
 		bootDevice:    fs.String("boot-device", "", "the boot partition's block `DEVICE` (default: partition 1 of the root file system's disk, from /proc/cmdline)"),
 		gokrazySocket: fs.String("gokrazy-socket", "/run/gokrazy-http.sock", "gokrazy's HTTP API `SOCKET`, used to (re)start a daemon whose configuration changed; empty: none is restarted"),
 	}

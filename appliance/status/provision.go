@@ -49,6 +49,17 @@ type Provisioner struct {
 	Console io.Writer
 	Logf    func(format string, args ...any)
 	Now     func() time.Time
+	// Mount mounts the partition dev on dir; nil: the kernel's vfat (KernelMount).
+	Mount func(dev, dir string) (unmount func() error, err error)
+}
+
+// KernelMount mounts a FAT partition with the kernel's vfat, without suid, devices or programs,
+// and readable by root only (the file may hold an API key).
+func KernelMount(dev, dir string) (func() error, error) {
+	if err := unix.Mount(dev, dir, "vfat", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "umask=077"); err != nil {
+		return nil, err
+	}
+	return func() error { return unix.Unmount(dir, 0) }, nil
 }
 
 // Run provisions once. It returns nil when there is nothing to provision (no file).
@@ -81,11 +92,16 @@ func (p *Provisioner) Run() *ProvisionResult {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return report("provisioning: %v", err)
 	}
-	if err := unix.Mount(dev, dir, "vfat", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "umask=077"); err != nil {
+	mount := p.Mount
+	if mount == nil {
+		mount = KernelMount
+	}
+	unmount, err := mount(dev, dir)
+	if err != nil {
 		return report("provisioning: mounting the boot partition %s: %v", dev, err)
 	}
 	defer func() {
-		if err := unix.Unmount(dir, 0); err != nil {
+		if err := unmount(); err != nil {
 			p.logf("statusd: provisioning: unmounting %s: %v", dir, err)
 		}
 	}()
