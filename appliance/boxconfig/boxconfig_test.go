@@ -2,6 +2,7 @@ package boxconfig
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -128,5 +129,44 @@ func TestApplySplits(t *testing.T) {
 	os.Remove(l.SensorFile())
 	if changed, err := Reconcile(l); err != nil || strings.Join(changed, ",") != "sensord" {
 		t.Errorf("Reconcile: %q %v", changed, err)
+	}
+}
+
+// TestSensordArgsMatchImages: the sensor section is judged with sensord's command line in the
+// images; a flag added there must be added to SensordArgs, or the page would accept a key the
+// command line silently overrides.
+func TestSensordArgsMatchImages(t *testing.T) {
+	imgs, _ := filepath.Glob("../../images/*.json")
+	if len(imgs) == 0 {
+		t.Fatal("no images/*.json")
+	}
+	want := map[string]bool{}
+	for i := 0; i < len(SensordArgs); i += 2 {
+		want[SensordArgs[i]] = true
+	}
+	for _, img := range imgs {
+		data, err := os.ReadFile(img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var cfg struct {
+			Programs []struct {
+				Package string   `json:"package"`
+				Flags   []string `json:"flags"`
+			} `json:"programs"`
+		}
+		if err := json.Unmarshal(data, &cfg); err != nil {
+			t.Fatalf("%s: %v", img, err)
+		}
+		for _, p := range cfg.Programs {
+			if !strings.HasSuffix(p.Package, "/sensord") {
+				continue
+			}
+			for _, f := range p.Flags {
+				if strings.HasPrefix(f, "-") && f != "-config" && !want[f] {
+					t.Errorf("%s: sensord's %s is not in boxconfig.SensordArgs", img, f)
+				}
+			}
+		}
 	}
 }
