@@ -86,6 +86,7 @@ func (s *Server) configRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /config", s.serveConfig)
 	mux.Handle("POST /config", s.xsrf(http.HandlerFunc(s.postConfig)))
 	mux.Handle("POST /config/resolver", s.xsrf(http.HandlerFunc(s.postResolver)))
+	mux.Handle("POST /config/revert", s.xsrf(http.HandlerFunc(s.postRevert)))
 }
 
 func (s *Server) serveConfig(w http.ResponseWriter, r *http.Request) {
@@ -140,6 +141,24 @@ func (s *Server) postResolver(w http.ResponseWriter, r *http.Request) {
 	}
 	b.Sensor["resolver"] = a.Unmap().String()
 	delete(b.Sensor, "authoritative")
+	s.change(w, r, b, nil)
+}
+
+// postRevert puts the previous box file back (checked again, like any change); the one replaced
+// becomes the previous, so a second click undoes the first.
+func (s *Server) postRevert(w http.ResponseWriter, r *http.Request) {
+	s.Config.mu.Lock()
+	defer s.Config.mu.Unlock()
+	data, err := os.ReadFile(s.Config.Layout.PrevFile())
+	if err != nil {
+		http.Error(w, "no previous configuration to go back to", http.StatusConflict)
+		return
+	}
+	b, err := boxconfig.Parse(data)
+	if err != nil {
+		http.Error(w, "the previous configuration does not read: "+err.Error(), http.StatusConflict)
+		return
+	}
 	s.change(w, r, b, nil)
 }
 

@@ -198,7 +198,7 @@ func TestConfigXSRF(t *testing.T) {
 	fx, ts, rs := configFixture(t)
 	before := snapshotDir(t, fx.srv.Config.Layout.Perm)
 	good := url.Values{"sensor.resolver": {"192.0.2.99"}}
-	for _, path := range []string{"/config", "/config/resolver"} {
+	for _, path := range []string{"/config", "/config/resolver", "/config/revert"} {
 		for _, tok := range []string{"", "00" + fx.srv.xsrfToken()[2:]} {
 			form := url.Values{"addr": {"192.0.2.99"}}
 			for k, v := range good {
@@ -262,10 +262,22 @@ func TestConfigApplied(t *testing.T) {
 	if got := rs.list(); got != "uplinkd,sensord" {
 		t.Errorf("restarted %q, want uplinkd,sensord (netconfd re-reads its file)", got)
 	}
+	// One click goes back: the previous resolver, and uplinkd's old file (the key is its file's).
+	code, _ = postForm(t, ts.URL+"/config/revert", url.Values{"xsrftoken": {fx.srv.xsrfToken()}}, "")
+	if sensor, _ := os.ReadFile(l.SensorFile()); code != http.StatusOK || !strings.Contains(string(sensor), `"resolver": "192.0.2.53"`) {
+		t.Errorf("revert: %d, sensord's file %s", code, sensor)
+	}
+	code, _ = postForm(t, ts.URL+"/config/revert", url.Values{"xsrftoken": {fx.srv.xsrfToken()}}, "")
+	if sensor, _ := os.ReadFile(l.SensorFile()); code != http.StatusOK || !strings.Contains(string(sensor), "192.0.2.54") {
+		t.Errorf("revert of the revert: %d, sensord's file %s", code, sensor)
+	}
+	rs.mu.Lock()
+	rs.d = nil
+	rs.mu.Unlock()
 	// The same form again changes nothing and restarts nothing.
 	form.Del("uplink.destinations[0].api_key")
 	code, body = postForm(t, ts.URL+"/config", form, "")
-	if code != http.StatusOK || !strings.Contains(body, "nothing changed") || rs.list() != "uplinkd,sensord" {
+	if code != http.StatusOK || !strings.Contains(body, "nothing changed") || rs.list() != "" {
 		t.Errorf("unchanged form: %d, restarts %q", code, rs.list())
 	}
 }

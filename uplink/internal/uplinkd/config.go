@@ -20,6 +20,7 @@ import (
 	"net/url"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -105,7 +106,8 @@ func ParseConfig(data []byte, name string) (*Config, error) {
 		return nil, fmt.Errorf("%s: %v", name, err)
 	}
 	if err := c.check(); err != nil {
-		return nil, fmt.Errorf("%s: %v", name, err)
+		// One line per problem, each naming the file.
+		return nil, fmt.Errorf("%s: %s", name, strings.ReplaceAll(err.Error(), "\n", "\n"+name+": "))
 	}
 	return &c, nil
 }
