@@ -191,6 +191,10 @@ func (s *Server) change(w http.ResponseWriter, r *http.Request, b *boxconfig.Box
 // sensord reloads its own when it runs, and is started when it does not (exit 125, "not
 // configured", leaves it stopped); netconfd re-reads its file every few seconds.
 func (s *Server) restartChanged(ctx context.Context, changed []string) string {
+	return s.restartWith(ctx, changed, s.Config.Restart)
+}
+
+func (s *Server) restartWith(ctx context.Context, changed []string, restart func(context.Context, string) error) string {
 	if len(changed) == 0 {
 		return "nothing changed"
 	}
@@ -206,11 +210,11 @@ func (s *Server) restartChanged(ctx context.Context, changed []string) string {
 				continue
 			}
 		}
-		if s.Config.Restart == nil {
+		if restart == nil {
 			notes = append(notes, d+" must be restarted")
 			continue
 		}
-		if err := s.Config.Restart(ctx, d); err != nil {
+		if err := restart(ctx, d); err != nil {
 			s.logf("statusd: restarting %s: %v", d, err)
 			notes = append(notes, fmt.Sprintf("restarting %s failed: %v", d, err))
 			continue
@@ -587,7 +591,28 @@ func (cf *configFlags) setup(ctx context.Context, s *Server, ds []Daemon) {
 		}
 	}
 	if len(changed) > 0 {
-		s.logf("statusd: configuration at start: %s", s.restartChanged(ctx, dedup(changed)))
+		// gokrazy starts its services and its HTTP API side by side: at boot the API may not
+		// answer yet, so the start-time restarts are retried for a while, in the background.
+		go func() {
+			restart := c.Restart
+			if restart != nil {
+				restart = func(ctx context.Context, d string) error {
+					var err error
+					for range 30 {
+						if err = c.Restart(ctx, d); err == nil {
+							return nil
+						}
+						select {
+						case <-ctx.Done():
+							return err
+						case <-time.After(2 * time.Second):
+						}
+					}
+					return err
+				}
+			}
+			s.logf("statusd: configuration at start: %s", s.restartWith(ctx, dedup(changed), restart))
+		}()
 	}
 }
 
