@@ -367,3 +367,15 @@ func TestGokrazyRestart(t *testing.T) {
 		t.Error("a refused restart is not an error")
 	}
 }
+
+// TestProvisionedShown: what the provisioning at start did, a refusal with its lines, is on the
+// configuration page.
+func TestProvisionedShown(t *testing.T) {
+	fx, ts, _ := configFixture(t)
+	fx.srv.Config.Provisioned = &ProvisionResult{Summary: "provisioning: dnssensor.json on the boot partition was refused",
+		Errors: []string{`sensor.rd: "2" is not 0, 1 or any`}}
+	_, page := get(t, ts.URL+"/config", testPassword, "")
+	if !strings.Contains(page, `id="provisioned"`) || !strings.Contains(page, "sensor.rd: &#34;2&#34; is not 0, 1 or any") {
+		t.Errorf("page does not show the provisioning's outcome:\n%s", page)
+	}
+}
