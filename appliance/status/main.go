@@ -31,6 +31,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	optional := fs.String("optional", "netconfd", "comma-separated daemons (NAME or NAME=SOCKET) shown only when their socket answers")
 	pwFile := fs.String("password-file", "/etc/gokr-pw.txt", "`FILE` holding the device password (gokrazy's); its first line is the password")
 	timeout := fs.Duration("timeout", 2*time.Second, "how long to wait for a daemon's answer")
+	cf := registerConfigFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -60,6 +61,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	s := &Server{Daemons: append(ds, opt...), Known: knownDaemons, Password: pw, Timeout: *timeout,
 		Logf: func(format string, a ...any) { fmt.Fprintf(stderr, format+"\n", a...) }}
+	cf.setup(ctx, s, ds)
 	var lns []net.Listener
 	for _, a := range addrs {
 		ln, err := net.Listen("tcp", a)

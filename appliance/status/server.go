@@ -48,6 +48,8 @@ type Server struct {
 	Logf    func(format string, args ...any)
 	// Limiter refuses logins from an address after repeated failures; nil: NewLimiter(s.Now).
 	Limiter *Limiter
+	// Config is the configuration page (config.go); nil: none.
+	Config *Config
 
 	once    sync.Once
 	xsrfKey []byte
@@ -87,6 +89,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /status.json", s.servePage)
 	mux.Handle("GET /assets/", http.FileServerFS(assets))
 	mux.Handle("POST /refresh", s.xsrf(http.HandlerFunc(s.refresh)))
+	s.configRoutes(mux)
 	return s.auth(securityHeaders(mux))
 }
 

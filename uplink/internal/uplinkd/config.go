@@ -20,6 +20,7 @@ import (
 	"net/url"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -105,17 +106,26 @@ func ParseConfig(data []byte, name string) (*Config, error) {
 		return nil, fmt.Errorf("%s: %v", name, err)
 	}
 	if err := c.check(); err != nil {
-		return nil, fmt.Errorf("%s: %v", name, err)
+		// One line per problem, each naming the file.
+		return nil, fmt.Errorf("%s: %s", name, strings.ReplaceAll(err.Error(), "\n", "\n"+name+": "))
 	}
 	return &c, nil
 }
 
 func (c *Config) check() error {
+	return errors.Join(c.checkAll()...)
+}
+
+// checkAll returns every problem of c, one per key, each message starting with the key: the
+// status page shows each next to its field, and a file with several mistakes is fixed in one go.
+func (c *Config) checkAll() []error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	if c.Spool.Dir == "" && c.Spool.DiskDir == "" {
-		return fmt.Errorf("spool.dir: set the spool directory sensord writes to (its -spool)")
+		bad("spool.dir: set the spool directory sensord writes to (its -spool)")
 	}
 	if len(c.Destinations) == 0 {
-		return fmt.Errorf("destinations: configure at least one (type \"sielink\" or \"nmsg-udp\")")
+		bad("destinations: configure at least one (type \"sielink\" or \"nmsg-udp\")")
 	}
 	names := map[string]bool{}
 	for i := range c.Destinations {
@@ -124,32 +134,31 @@ func (c *Config) check() error {
 			d.Name = fmt.Sprintf("%s%d", d.Type, i)
 		}
 		if names[d.Name] {
-			return fmt.Errorf("destinations[%d].name: %q used twice", i, d.Name)
+			bad("destinations[%d].name: %q used twice", i, d.Name)
 		}
 		names[d.Name] = true
 		switch d.Type {
 		case "sielink":
 			u, err := url.Parse(d.URL)
 			if err != nil || (u.Scheme != "wss" && u.Scheme != "ws") || u.Host == "" {
-				return fmt.Errorf("destinations[%d].url: want wss://host[:port], got %q", i, d.URL)
-			}
-			// ws:// would send the API key and the data in clear text: only for a collector
-			// on this host (tests).
-			if u.Scheme == "ws" && !isLoopback(u.Hostname()) {
-				return fmt.Errorf("destinations[%d].url: %q is not encrypted: use wss:// (ws:// only to 127.0.0.1, ::1 or localhost)", i, d.URL)
+				bad("destinations[%d].url: want wss://host[:port], got %q", i, d.URL)
+			} else if u.Scheme == "ws" && !isLoopback(u.Hostname()) {
+				// ws:// would send the API key and the data in clear text: only for a collector
+				// on this host (tests).
+				bad("destinations[%d].url: %q is not encrypted: use wss:// (ws:// only to 127.0.0.1, ::1 or localhost)", i, d.URL)
 			}
 			if d.Sensor == "" {
-				return fmt.Errorf("destinations[%d].sensor: set the sensor's session name", i)
+				bad("destinations[%d].sensor: set the sensor's session name", i)
 			}
 			if d.APIKeyFile == "" {
-				return fmt.Errorf("destinations[%d].api_key_file: set the file holding the API key (mode 0600)", i)
+				bad("destinations[%d].api_key_file: set the file holding the API key (mode 0600)", i)
 			}
 		case "nmsg-udp":
 			if d.Addr == "" {
-				return fmt.Errorf("destinations[%d].addr: set host:port of the NMSG receiver", i)
+				bad("destinations[%d].addr: set host:port of the NMSG receiver", i)
 			}
 		default:
-			return fmt.Errorf("destinations[%d].type: %q is not \"sielink\" or \"nmsg-udp\"", i, d.Type)
+			bad("destinations[%d].type: %q is not \"sielink\" or \"nmsg-udp\"", i, d.Type)
 		}
 	}
 	if c.Metrics == "" {
@@ -158,11 +167,11 @@ func (c *Config) check() error {
 	// The metrics reveal the destinations, their errors and the spool's state, with no
 	// authentication: they are for the status page on this host.
 	if host, port, err := net.SplitHostPort(c.Metrics); err != nil {
-		return fmt.Errorf("metrics: want host:port on loopback, e.g. 127.0.0.1:9410, got %q", c.Metrics)
+		bad("metrics: want host:port on loopback, e.g. 127.0.0.1:9410, got %q", c.Metrics)
 	} else if _, err := strconv.ParseUint(port, 10, 16); err != nil {
-		return fmt.Errorf("metrics: bad port in %q, want e.g. 127.0.0.1:9410", c.Metrics)
+		bad("metrics: bad port in %q, want e.g. 127.0.0.1:9410", c.Metrics)
 	} else if !isLoopback(host) {
-		return fmt.Errorf("metrics: %q is not a loopback address: listen on 127.0.0.1, ::1 or localhost (the metrics are unauthenticated)", c.Metrics)
+		bad("metrics: %q is not a loopback address: listen on 127.0.0.1, ::1 or localhost (the metrics are unauthenticated)", c.Metrics)
 	}
 	if c.RetryMax.Duration == 0 {
 		c.RetryMax.Duration = 30 * time.Second
@@ -172,12 +181,31 @@ func (c *Config) check() error {
 	}
 	c.dirWait = DirWait
 	if c.RetryMax.Duration < 0 {
-		return fmt.Errorf("retry_max: want a positive duration like \"30s\", got %v", c.RetryMax)
+		bad("retry_max: want a positive duration like \"30s\", got %v", c.RetryMax)
 	}
 	if c.ShutdownGrace.Duration < 0 {
-		return fmt.Errorf("shutdown_grace: want a positive duration like \"20s\", got %v", c.ShutdownGrace)
+		bad("shutdown_grace: want a positive duration like \"20s\", got %v", c.ShutdownGrace)
 	}
-	return nil
+	return errs
+}
+
+// CheckAll parses and checks a config as ParseConfig does, returning each problem on its own, every
+// message starting with the key at fault. A file that does not decode (bad JSON, an unknown key, a
+// value of the wrong type) gets one error: the decoder stops there.
+func CheckAll(data []byte) []error {
+	var c Config
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return []error{err}
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return []error{fmt.Errorf("data after the configuration's closing brace (offset %d): remove it, one JSON object per file", dec.InputOffset())}
+	}
+	if err := checkDuplicateKeys(data); err != nil {
+		return []error{err}
+	}
+	return c.checkAll()
 }
 
 // DirWait is how long New waits for a missing spool directory to appear: at boot, uplinkd may

@@ -128,3 +128,23 @@ func TestSpoolDirWaitedFor(t *testing.T) {
 		t.Errorf("CheckDirs after the wait = %v, want an error naming spool.dir", err)
 	}
 }
+
+// TestCheckAllEveryKey: a configuration with every key wrong gets one message per key, each
+// starting with it, so the status page can show each next to its field.
+func TestCheckAllEveryKey(t *testing.T) {
+	errs := CheckAll([]byte(`{"metrics": "0.0.0.0:9410", "retry_max": "-1s", "shutdown_grace": "-2s",
+		"destinations": [{"type": "sielink", "url": "https://a"}, {"type": "kafka"}, {"type": "nmsg-udp", "name": "sielink0"}]}`))
+	want := []string{"spool.dir", "destinations[0].url", "destinations[0].sensor", "destinations[0].api_key_file",
+		"destinations[1].type", "destinations[2].name", "destinations[2].addr", "metrics", "retry_max", "shutdown_grace"}
+	var got []string
+	for _, e := range errs {
+		k, _, _ := strings.Cut(e.Error(), ": ")
+		got = append(got, k)
+	}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("keys %q\nwant %q", got, want)
+	}
+	if errs := CheckAll([]byte(`{"spool": {"dir": "/x"}, "destinations": [{"type": "nmsg-udp", "addr": "a:1"}]}`)); errs != nil {
+		t.Errorf("good config: %v", errs)
+	}
+}

@@ -1,0 +1,381 @@
+package status
+
+import (
+	"context"
+	"encoding/json"
+	"html"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sie-europe/dnssensor/appliance/boxconfig"
+	"github.com/sie-europe/dnssensor/internal/health"
+)
+
+type restarts struct {
+	mu sync.Mutex
+	d  []string
+}
+
+func (r *restarts) restart(_ context.Context, d string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.d = append(r.d, d)
+	return nil
+}
+
+func (r *restarts) list() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return strings.Join(r.d, ",")
+}
+
+// configFixture is a status page with a configuration on a temporary /perm, already holding a
+// good box configuration.
+func configFixture(t *testing.T) (*fixture, *httptest.Server, *restarts) {
+	fx := newFixture(t)
+	rs := &restarts{}
+	l := boxconfig.Layout{Perm: t.TempDir()}
+	good := `{"sensor": {"resolver": "192.0.2.53", "rd": "0"}, "uplink": {"destinations": [{"type": "sielink", "url": "wss://sie.example.net", "sensor": "s1", "api_key": "the-first-key"}]}, "network": {}}`
+	if _, err := boxconfig.CheckAndApply(l, []byte(good)); err != nil {
+		t.Fatal(err)
+	}
+	fx.srv.Config = &Config{Layout: l, Restart: rs.restart}
+	ts := httptest.NewServer(fx.srv.Handler())
+	t.Cleanup(ts.Close)
+	return fx, ts, rs
+}
+
+func postForm(t *testing.T, u string, form url.Values, accept string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", u, strings.NewReader(form.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	if accept != "" {
+		req.Header.Set("Accept", accept)
+	}
+	req.SetBasicAuth("gokrazy", testPassword)
+	c := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var b strings.Builder
+	buf := make([]byte, 4096)
+	for {
+		n, err := resp.Body.Read(buf)
+		b.Write(buf[:n])
+		if err != nil {
+			break
+		}
+	}
+	return resp.StatusCode, b.String()
+}
+
+func snapshotDir(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	m := map[string]string{}
+	filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && !fi.IsDir() {
+			b, _ := os.ReadFile(p)
+			m[p] = string(b) + "|" + fi.Mode().String()
+		}
+		return nil
+	})
+	return m
+}
+
+func sameFiles(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if b[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// everyFieldWrongForm has every field of the form wrong.
+func everyFieldWrongForm(tok string) url.Values {
+	return url.Values{
+		"xsrftoken":                      {tok},
+		"sensor.resolver":                {"192.0.2.1,not-an-ip"},
+		"sensor.authoritative":           {"also-not-an-ip"},
+		"sensor.rd":                      {"2"},
+		"sensor.qname-exclude":           {"a..b"},
+		"sensor.qname-include":           {"c..d"},
+		"uplink.destinations[0].url":     {"https://sie.example.net"},
+		"uplink.destinations[0].sensor":  {""},
+		"uplink.destinations[0].channel": {"two hundred"},
+		"uplink.destinations[0].api_key": {"two words"},
+		"network.static.address":         {"198.51.100.10"},
+		"network.static.gateway":         {"bad"},
+		"network.static.address6":        {"192.0.2.7/24"},
+		"network.static.gateway6":        {"nope"},
+		"network.static.dns":             {"x"},
+		"network.static.ntp":             {"y"},
+	}
+}
+
+// TestConfigEveryFieldWrong: a form with every field wrong gets one message per field, shown
+// next to that field (JSON: one error per key), and the files on /perm stay the same, byte for
+// byte; no daemon is restarted.
+func TestConfigEveryFieldWrong(t *testing.T) {
+	fx, ts, rs := configFixture(t)
+	before := snapshotDir(t, fx.srv.Config.Layout.Perm)
+	tok := fx.srv.xsrfToken()
+	code, body := postForm(t, ts.URL+"/config", everyFieldWrongForm(tok), "application/json")
+	if code != http.StatusUnprocessableEntity {
+		t.Fatalf("POST: %d, want 422\n%s", code, body)
+	}
+	var doc struct {
+		Errors []boxconfig.FieldError `json:"errors"`
+	}
+	if err := json.Unmarshal([]byte(body), &doc); err != nil {
+		t.Fatal(err)
+	}
+	per := map[string]int{}
+	for _, e := range doc.Errors {
+		per[e.Key]++
+	}
+	want := []string{"sensor.resolver", "sensor.authoritative", "sensor.rd", "sensor.qname-exclude", "sensor.qname-include",
+		"uplink.destinations[0].url", "uplink.destinations[0].sensor", "uplink.destinations[0].channel", "uplink.destinations[0].api_key",
+		"network.static.address", "network.static.gateway", "network.static.address6", "network.static.gateway6",
+		"network.static.dns[0]", "network.static.ntp[0]"}
+	for _, k := range want {
+		if per[k] != 1 {
+			t.Errorf("%s: %d messages, want 1", k, per[k])
+		}
+	}
+	if len(doc.Errors) != len(want) {
+		t.Errorf("%d messages, want %d: %v", len(doc.Errors), len(want), doc.Errors)
+	}
+	// The HTML page puts each next to its field.
+	code, page := postForm(t, ts.URL+"/config", everyFieldWrongForm(tok), "")
+	if code != http.StatusUnprocessableEntity {
+		t.Fatalf("POST (HTML): %d", code)
+	}
+	fieldRe := regexp.MustCompile(`(?s)<div class="field bad"><label for="([^"]+)">.*?</div>`)
+	bad := map[string]string{}
+	for _, m := range fieldRe.FindAllStringSubmatch(page, -1) {
+		bad[html.UnescapeString(m[1])] = m[0]
+	}
+	for _, k := range want {
+		base, _, _ := strings.Cut(k, "[0]")
+		if strings.HasPrefix(k, "uplink") {
+			base = k
+		}
+		if f, ok := bad[base]; !ok || !strings.Contains(f, `class="fix"`) {
+			t.Errorf("field %s not marked with its message", base)
+		}
+	}
+	if strings.Contains(page, "two words") {
+		t.Error("the API key typed is echoed back")
+	}
+	if after := snapshotDir(t, fx.srv.Config.Layout.Perm); !sameFiles(before, after) {
+		t.Errorf("a refused form changed /perm:\nbefore %v\nafter  %v", before, after)
+	}
+	if rs.list() != "" {
+		t.Errorf("restarted %q for a refused form", rs.list())
+	}
+}
+
+// TestConfigXSRF: the form and the resolver button without the page's token are refused (403)
+// and change nothing.
+func TestConfigXSRF(t *testing.T) {
+	fx, ts, rs := configFixture(t)
+	before := snapshotDir(t, fx.srv.Config.Layout.Perm)
+	good := url.Values{"sensor.resolver": {"192.0.2.99"}}
+	for _, path := range []string{"/config", "/config/resolver", "/config/revert"} {
+		for _, tok := range []string{"", "00" + fx.srv.xsrfToken()[2:]} {
+			form := url.Values{"addr": {"192.0.2.99"}}
+			for k, v := range good {
+				form[k] = v
+			}
+			if tok != "" {
+				form.Set("xsrftoken", tok)
+			}
+			if code, _ := postForm(t, ts.URL+path, form, ""); code != http.StatusForbidden {
+				t.Errorf("POST %s with token %q: %d, want 403", path, tok, code)
+			}
+		}
+	}
+	if after := snapshotDir(t, fx.srv.Config.Layout.Perm); !sameFiles(before, after) {
+		t.Error("a refused POST changed /perm")
+	}
+	if rs.list() != "" {
+		t.Errorf("restarted %q", rs.list())
+	}
+}
+
+// TestConfigApplied: a good change is saved (daemons' files and the box file), the daemons it
+// affects are restarted (sensord too, as it does not answer here: a stopped one must be started),
+// and the API key is never shown back, only its fingerprint.
+func TestConfigApplied(t *testing.T) {
+	fx, ts, rs := configFixture(t)
+	l := fx.srv.Config.Layout
+	_, page := get(t, ts.URL+"/config", testPassword, "")
+	if !strings.Contains(page, `value="192.0.2.53"`) || !strings.Contains(page, "set (sha256:") || strings.Contains(page, "the-first-key") {
+		t.Fatalf("form does not show the configuration in force (or shows the key):\n%s", page)
+	}
+	form := url.Values{
+		"xsrftoken":                      {fx.srv.xsrfToken()},
+		"sensor.resolver":                {"192.0.2.54, 2001:db8::53"},
+		"sensor.rd":                      {"0"},
+		"sensor.zero-resolver":           {"true"},
+		"uplink.destinations[0].url":     {"wss://sie.example.net"},
+		"uplink.destinations[0].sensor":  {"s1"},
+		"uplink.destinations[0].channel": {"202"},
+		"uplink.destinations[0].api_key": {"the-second-key"},
+		"network.static.dns":             {"198.51.100.53"},
+	}
+	code, body := postForm(t, ts.URL+"/config", form, "")
+	if code != http.StatusOK || !strings.Contains(body, `id="saved"`) {
+		t.Fatalf("POST: %d\n%s", code, body)
+	}
+	if strings.Contains(body, "the-second-key") {
+		t.Error("the new API key is echoed back")
+	}
+	sensor, _ := os.ReadFile(l.SensorFile())
+	var m map[string]any
+	if err := json.Unmarshal(sensor, &m); err != nil || m["resolver"] != "192.0.2.54, 2001:db8::53" || m["zero-resolver"] != true {
+		t.Errorf("sensord's file: %s (%v)", sensor, err)
+	}
+	if key, _ := os.ReadFile(l.APIKeyFile("sielink0")); string(key) != "the-second-key\n" {
+		t.Errorf("API key file %q", key)
+	}
+	if nc, _ := os.ReadFile(l.NetworkFile()); !strings.Contains(string(nc), "198.51.100.53") {
+		t.Errorf("netconfd's file: %s", nc)
+	}
+	if got := rs.list(); got != "uplinkd,sensord" {
+		t.Errorf("restarted %q, want uplinkd,sensord (netconfd re-reads its file)", got)
+	}
+	// One click goes back: the previous resolver, and uplinkd's old file (the key is its file's).
+	code, _ = postForm(t, ts.URL+"/config/revert", url.Values{"xsrftoken": {fx.srv.xsrfToken()}}, "")
+	if sensor, _ := os.ReadFile(l.SensorFile()); code != http.StatusOK || !strings.Contains(string(sensor), `"resolver": "192.0.2.53"`) {
+		t.Errorf("revert: %d, sensord's file %s", code, sensor)
+	}
+	code, _ = postForm(t, ts.URL+"/config/revert", url.Values{"xsrftoken": {fx.srv.xsrfToken()}}, "")
+	if sensor, _ := os.ReadFile(l.SensorFile()); code != http.StatusOK || !strings.Contains(string(sensor), "192.0.2.54") {
+		t.Errorf("revert of the revert: %d, sensord's file %s", code, sensor)
+	}
+	rs.mu.Lock()
+	rs.d = nil
+	rs.mu.Unlock()
+	// The same form again changes nothing and restarts nothing.
+	form.Del("uplink.destinations[0].api_key")
+	code, body = postForm(t, ts.URL+"/config", form, "")
+	if code != http.StatusOK || !strings.Contains(body, "nothing changed") || rs.list() != "" {
+		t.Errorf("unchanged form: %d, restarts %q", code, rs.list())
+	}
+}
+
+// TestResolverSuggestions: with no DNS from the configured resolver, the page shows the
+// addresses sensord saw sending queries (its /resolver-candidates.json), each with a button that
+// makes it the resolver; the button's change is checked and saved like the form's. A running
+// sensord is not restarted: it reloads its file.
+func TestResolverSuggestions(t *testing.T) {
+	fx, ts, rs := configFixture(t)
+	dir := socketDir(t)
+	sock := filepath.Join(dir, "sensord.sock")
+	f := &fakeDaemon{name: "sensord", socket: sock, fail: map[string]string{"resolver transactions": "check -resolver"}}
+	hs := &health.Server{Daemon: "sensord", Tree: health.NewTree("sensord", time.Now, sensordTree(f)...), Registry: prometheus.NewRegistry(), Logf: t.Logf}
+	mux := http.NewServeMux()
+	mux.Handle("/", hs.Handler())
+	mux.HandleFunc("GET /resolver-candidates.json", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write([]byte(`{"window_seconds":60,"candidates":[{"addr":"192.0.2.1","queries":123},{"addr":"2001:db8::35","queries":7}]}`))
+	})
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	fx.srv.Daemons[0].Socket = sock
+	fx.srv.Config.SensordSocket = sock
+
+	_, page := get(t, ts.URL+"/config", testPassword, "")
+	for _, want := range []string{`id="suggestions"`, "192.0.2.1", "123 queries", "2001:db8::35", `action="/config/resolver"`, "Use this resolver"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("page lacks %q", want)
+		}
+	}
+	code, body := postForm(t, ts.URL+"/config/resolver", url.Values{"xsrftoken": {fx.srv.xsrfToken()}, "addr": {"192.0.2.1"}}, "")
+	if code != http.StatusOK {
+		t.Fatalf("use this resolver: %d\n%s", code, body)
+	}
+	sensor, _ := os.ReadFile(fx.srv.Config.Layout.SensorFile())
+	if !strings.Contains(string(sensor), `"resolver": "192.0.2.1"`) {
+		t.Errorf("sensord's file: %s", sensor)
+	}
+	if rs.list() != "" {
+		t.Errorf("restarted %q; a running sensord reloads its file", rs.list())
+	}
+	// Once the resolver's DNS flows, no suggestion is shown.
+	f.mu.Lock()
+	delete(f.fail, "resolver transactions")
+	f.mu.Unlock()
+	if _, page := get(t, ts.URL+"/config", testPassword, ""); strings.Contains(page, `id="suggestions"`) {
+		t.Error("suggestions shown with DNS from the configured resolver")
+	}
+	if strings.Contains(fx.logs.String(), "192.0.2.1") {
+		t.Errorf("a suggested address reached the log:\n%s", fx.logs.String())
+	}
+}
+
+// TestGokrazyRestart: the restart request is what gokrazy's /restart handler accepts: POST, basic
+// authentication as "gokrazy", the form token equal to the gokrazy_xsrf cookie, the program path.
+func TestGokrazyRestart(t *testing.T) {
+	sock := filepath.Join(socketDir(t), "gokrazy.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got string
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u, p, ok := r.BasicAuth()
+		c, err := r.Cookie("gokrazy_xsrf")
+		if r.Method != "POST" || r.URL.Path != "/restart" || !ok || u != "gokrazy" || p != testPassword || err != nil || c.Value != r.FormValue("xsrftoken") {
+			http.Error(w, "refused", http.StatusForbidden)
+			return
+		}
+		got = r.FormValue("path")
+		http.Redirect(w, r, "/status?path="+url.QueryEscape(got), http.StatusSeeOther)
+	})}
+	go srv.Serve(ln)
+	defer srv.Close()
+	g := &GokrazyRestarter{Socket: sock, Password: []byte(testPassword)}
+	if err := g.Restart(context.Background(), "uplinkd"); err != nil || got != "/user/uplinkd" {
+		t.Errorf("Restart: %v, path %q", err, got)
+	}
+	g.Password = []byte("wrong")
+	if err := g.Restart(context.Background(), "uplinkd"); err == nil {
+		t.Error("a refused restart is not an error")
+	}
+}
+
+// TestProvisionedShown: what the provisioning at start did, a refusal with its lines, is on the
+// configuration page.
+func TestProvisionedShown(t *testing.T) {
+	fx, ts, _ := configFixture(t)
+	fx.srv.Config.Provisioned = &ProvisionResult{Summary: "provisioning: dnssensor.json on the boot partition was refused",
+		Errors: []string{`sensor.rd: "2" is not 0, 1 or any`}}
+	_, page := get(t, ts.URL+"/config", testPassword, "")
+	if !strings.Contains(page, `id="provisioned"`) || !strings.Contains(page, "sensor.rd: &#34;2&#34; is not 0, 1 or any") {
+		t.Errorf("page does not show the provisioning's outcome:\n%s", page)
+	}
+}
