@@ -8,6 +8,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
+	"strings"
+	"sync"
 )
 
 // ErrPermissions is returned for a file that anyone but its owner could read: an API key that
@@ -42,7 +45,48 @@ func Read(path string) ([]byte, error) {
 	if len(b) > MaxSize {
 		return nil, fmt.Errorf("key file %s: larger than %d octets", path, MaxSize)
 	}
+	remember(b)
 	return b, nil
+}
+
+// Every secret read is remembered (its lines of MinKnown octets or more, at most MaxKnown of
+// them), so the log scrubber (internal/health.Scrub) can hide it wherever a log line quotes it:
+// the rule is at the one place secrets are read, not at each place that might log one.
+const (
+	MinKnown = 8
+	MaxKnown = 256
+)
+
+var known struct {
+	sync.Mutex
+	list []string
+	set  map[string]bool
+}
+
+func remember(b []byte) {
+	known.Lock()
+	defer known.Unlock()
+	for _, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if len(line) < MinKnown || known.set[line] || len(known.list) >= MaxKnown {
+			continue
+		}
+		if known.set == nil {
+			known.set = map[string]bool{}
+		}
+		known.set[line] = true
+		known.list = append(known.list, line)
+	}
+}
+
+// Known returns the secrets read so far, longest first (so a secret that contains another is
+// hidden whole).
+func Known() []string {
+	known.Lock()
+	defer known.Unlock()
+	out := slices.Clone(known.list)
+	slices.SortFunc(out, func(a, b string) int { return len(b) - len(a) })
+	return out
 }
 
 // ValidToken reports whether s can be sent as an HTTP header value unchanged (an API key): one
