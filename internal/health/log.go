@@ -84,9 +84,14 @@ func (r *LogRing) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// appendBounded keeps at most MaxLineBytes (+1, to know the line was cut).
+// rawLineBytes is how much of a line is kept before scrubbing: more than is stored, so a secret
+// that begins within the stored part is still whole when the scrubber looks (secretfile
+// remembers secret lines of at most secretfile.MaxKnownLen octets).
+const rawLineBytes = MaxLineBytes + secretfile.MaxKnownLen
+
+// appendBounded keeps at most rawLineBytes.
 func appendBounded(dst, p []byte) []byte {
-	room := MaxLineBytes + 1 - len(dst)
+	room := rawLineBytes - len(dst)
 	if room <= 0 {
 		return dst
 	}
@@ -96,8 +101,17 @@ func appendBounded(dst, p []byte) []byte {
 	return append(dst, p...)
 }
 
+// printable replaces control characters (a terminal escape from a hostile peer's text) by '?';
+// a tab stays.
+func printable(r rune) rune {
+	if r < 0x20 && r != '\t' || r == 0x7f || r >= 0x80 && r < 0xa0 {
+		return '?'
+	}
+	return r
+}
+
 func (r *LogRing) add(line []byte) {
-	text := Scrub(string(bytes.TrimRight(line, "\r")))
+	text := Scrub(strings.Map(printable, string(bytes.TrimRight(line, "\r"))))
 	if len(text) > MaxLineBytes {
 		cut := MaxLineBytes
 		for cut > 0 && !utf8.RuneStart(text[cut]) {
@@ -141,13 +155,14 @@ func (r *LogRing) Last(n int) ([]LogLine, uint64) {
 //     files), wherever they appear;
 //   - the value after a key-like word (api_key, apikey, x-api-key, password, passwd, pwd, pw,
 //     secret, token, access_token, authorization, auth, credential(s), private_key, psk) and = or
-//     : (quotes and spaces around them allowed, as in JSON), up to the next space, comma, quote,
-//     & or ;, and the word after "Bearer ";
+//     : (quotes and spaces around them allowed, as in JSON): a quoted value whole (to its closing
+//     quote or the line's end), else up to the next space, comma, quote, & or ;; and the word
+//     after "Bearer ";
 //   - the user information of a URL (scheme://user:password@host).
 //
 // It is deliberately greedy: a redacted word the operator needed costs less than a leaked key.
 var (
-	keyValueRe = regexp.MustCompile(`(?i)\b((?:x[-_])?api[-_]?key|password|passwd|pwd|pw|secret|token|access[-_]?token|authorization|auth|credentials?|private[-_]?key|psk)(["']?\s*[:=]\s*["']?)((?:bearer\s+|basic\s+)?[^\s"',;&]+)`)
+	keyValueRe = regexp.MustCompile(`(?i)\b((?:x[-_])?api[-_]?key|password|passwd|pwd|pw|secret|token|access[-_]?token|authorization|auth|credentials?|private[-_]?key|psk)(["']?\s*[:=]\s*)("(?:[^"\\]|\\.)*"?|'[^']*'?|(?:bearer\s+|basic\s+)?[^\s"',;&]+)`)
 	bearerRe   = regexp.MustCompile(`(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]+`)
 	urlUserRe  = regexp.MustCompile(`([a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]*@`)
 )

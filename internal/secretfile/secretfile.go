@@ -49,12 +49,13 @@ func Read(path string) ([]byte, error) {
 	return b, nil
 }
 
-// Every secret read is remembered (its lines of MinKnown octets or more, at most MaxKnown of
-// them), so the log scrubber (internal/health.Scrub) can hide it wherever a log line quotes it:
+// Every secret read is remembered (its lines of MinKnown to MaxKnownLen octets, at most MaxKnown
+// of them), so the log scrubber (internal/health.Scrub) can hide it wherever a log line quotes it:
 // the rule is at the one place secrets are read, not at each place that might log one.
 const (
-	MinKnown = 8
-	MaxKnown = 256
+	MinKnown    = 8
+	MaxKnownLen = 4096
+	MaxKnown    = 256
 )
 
 var known struct {
@@ -68,7 +69,7 @@ func remember(b []byte) {
 	defer known.Unlock()
 	for _, line := range strings.Split(string(b), "\n") {
 		line = strings.TrimSpace(line)
-		if len(line) < MinKnown || known.set[line] || len(known.list) >= MaxKnown {
+		if len(line) < MinKnown || len(line) > MaxKnownLen || known.set[line] || len(known.list) >= MaxKnown {
 			continue
 		}
 		if known.set == nil {
