@@ -325,6 +325,8 @@ func perSecond(r *float64) string {
 	}
 	v := *r
 	switch {
+	case v < 0:
+		return strconv.FormatFloat(v, 'f', 2, 64) // never expected: shown as it is, not hidden
 	case v == 0:
 		return "0"
 	case v < 0.01:

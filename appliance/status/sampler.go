@@ -15,8 +15,10 @@ import (
 // rates and a day of history, in memory bounded by its fixed sizes:
 //
 //   - per daemon, at most MaxSeries counters (the dnssensor_* counter samples, one per label set),
-//     each with one float64 per sample of the last 15 minutes: with Every = 10 s, 92 samples, so at
-//     most 512 × 92 × 8 B ≈ 377 KB per daemon; a counter beyond MaxSeries is counted, not kept;
+//     each with one float64 per sample of the last 15 minutes: with Every = 10 s, 92 samples, 736 B,
+//     and about 120 B for its key and labels, so at most 512 × 0.85 KB ≈ 440 KB per daemon
+//     (MemoryBound states 640 KB, with slack; TestSamplerMemory measures it); a counter beyond
+//     MaxSeries is counted on the page, not kept;
 //   - the 24-hour history: one slot per minute (1440) for records captured (sensord) and records
 //     delivered per uplink destination (at most maxDestinations), 12 B a slot: 17 KB a series,
 //     at most 9 series, 156 KB.
@@ -72,9 +74,9 @@ type daemonSeries struct {
 
 type series struct {
 	name   string
-	labels map[string]string
-	raw    float64 // the counter's value at its last sample
-	total  float64 // the sum of its increases since statusd first saw it
+	labels []string // name, value, name, value...: a map per series would cost more than its ring
+	raw    float64  // the counter's value at its last sample
+	total  float64  // the sum of its increases since statusd first saw it
 	// cum holds total at each sample of the daemon's ring (same indices as times).
 	cum []float64
 }
@@ -124,7 +126,7 @@ func (s *Sampler) ringLen() int {
 // the configured Every and MaxSeries).
 func (s *Sampler) MemoryBound() int {
 	s.init()
-	perSeries := s.ringLen()*8 + 200 // the ring, the struct, its key and labels
+	perSeries := s.ringLen()*8 + 512 // the ring, the struct, its map entry, key and labels (measured: TestSamplerMemory)
 	hist := historySlots * 12
 	return len(s.Daemons)*s.MaxSeries*perSeries + (1+maxDestinations)*hist
 }
@@ -219,7 +221,7 @@ func (s *Sampler) record(daemon string, ds *daemonSeries, doc *health.MetricsDoc
 					ds.overflow++
 					continue
 				}
-				sr = &series{name: name, labels: smp.Labels, cum: make([]float64, L)}
+				sr = &series{name: name, labels: labelPairs(smp.Labels), cum: make([]float64, L)}
 				ds.series[key] = sr
 				if first {
 					// statusd's first look: the baseline, no increase known yet.
@@ -276,6 +278,23 @@ func (s *Sampler) record(daemon string, ds *daemonSeries, doc *health.MetricsDoc
 			}
 		}
 	}
+}
+
+func labelPairs(labels map[string]string) []string {
+	out := make([]string, 0, 2*len(labels))
+	for k, v := range labels {
+		out = append(out, k, v)
+	}
+	return out
+}
+
+func label(pairs []string, key string) string {
+	for i := 0; i+1 < len(pairs); i += 2 {
+		if pairs[i] == key {
+			return pairs[i+1]
+		}
+	}
+	return ""
 }
 
 func seriesKey(name string, labels map[string]string) string {
@@ -392,9 +411,9 @@ func (ds *daemonSeries) windowStart(w, every time.Duration) (int, bool) {
 	return best, true
 }
 
-func labelsMatch(l, match map[string]string) bool {
+func labelsMatch(l []string, match map[string]string) bool {
 	for k, v := range match {
-		if l[k] != v {
+		if label(l, k) != v {
 			return false
 		}
 	}
@@ -414,7 +433,7 @@ func (s *Sampler) labelValues(daemon, name string, keys ...string) [][]string {
 		}
 		vals := make([]string, len(keys))
 		for i, k := range keys {
-			vals[i] = sr.labels[k]
+			vals[i] = label(sr.labels, k)
 		}
 		seen[strings.Join(vals, "\x00")] = vals
 	}

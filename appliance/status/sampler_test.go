@@ -3,8 +3,10 @@ package status
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -353,4 +355,41 @@ func BenchmarkPageFullHistory(b *testing.B) {
 		size = rec.Body.Len()
 	}
 	b.ReportMetric(float64(size), "page-bytes")
+}
+
+// TestSamplerMemory: filled to its bounds (MaxSeries counters in each of two daemons, a full
+// ring of samples, nine destinations' day of history), the sampler holds no more than
+// MemoryBound says.
+func TestSamplerMemory(t *testing.T) {
+	clock := &fakeClock{t: time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)}
+	f := newFakeCounters()
+	s := newTestSampler(clock, f)
+	for i := range defaultSeries + 50 {
+		f.set("sensord", "dnssensor_sensord_dropped_total", fmt.Sprintf("stage=decode,reason=r%d", i), 1)
+		f.set("uplinkd", "dnssensor_uplinkd_lost_records_total", fmt.Sprintf("reason=r%d", i), 1)
+	}
+	for i := range maxDestinations + 2 {
+		f.set("uplinkd", sentTotal, fmt.Sprintf("destination=d%d", i), 0)
+	}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	// 24 hours and 15 minutes of samples every 10 s would take long; the ring is full after 15
+	// minutes and the history slots are allocated up front, so that is enough to reach the bound.
+	for range s.ringLen() + 5 {
+		s.SampleOnce(context.Background())
+		clock.Advance(10 * time.Second)
+		f.add("sensord", recordsTotal, "type=UDP_QUERY_RESPONSE", 10)
+		for i := range maxDestinations + 2 {
+			f.add("uplinkd", sentTotal, fmt.Sprintf("destination=d%d", i), 10)
+		}
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	held := int64(after.HeapAlloc) - int64(before.HeapAlloc)
+	t.Logf("held %d octets, bound %d", held, s.MemoryBound())
+	if held > int64(s.MemoryBound()) {
+		t.Errorf("the sampler holds %d octets, more than its stated bound %d", held, s.MemoryBound())
+	}
+	runtime.KeepAlive(s)
 }
