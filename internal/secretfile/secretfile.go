@@ -49,8 +49,8 @@ func Read(path string) ([]byte, error) {
 	return b, nil
 }
 
-// Every secret read is remembered (its lines of MinKnown to MaxKnownLen octets, at most MaxKnown
-// of them), so the log scrubber (internal/health.Scrub) can hide it wherever a log line quotes it:
+// Every secret read is remembered (each line's last field, comments left out, of MinKnown to
+// MaxKnownLen octets; at most MaxKnown of them), so the log scrubber (internal/health.Scrub) can hide it wherever a log line quotes it:
 // the rule is at the one place secrets are read, not at each place that might log one.
 const (
 	MinKnown    = 8
@@ -69,6 +69,14 @@ func remember(b []byte) {
 	defer known.Unlock()
 	for _, line := range strings.Split(string(b), "\n") {
 		line = strings.TrimSpace(line)
+		if strings.HasPrefix(line, "#") {
+			continue
+		}
+		// A line of several fields is "<name> <key>" (the collector's keys file): the key is
+		// the secret; the name is logged on purpose.
+		if fs := strings.Fields(line); len(fs) > 1 {
+			line = fs[len(fs)-1]
+		}
 		if len(line) < MinKnown || len(line) > MaxKnownLen || known.set[line] || len(known.list) >= MaxKnown {
 			continue
 		}
