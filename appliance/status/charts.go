@@ -83,6 +83,9 @@ func (s *Sampler) Counters(now time.Time) *Counters {
 		} else {
 			sd.Error = "not sampled yet"
 		}
+		if d.Optional && sd.LastSample.IsZero() {
+			continue // an optional daemon that never answered is not there, not failing
+		}
 		c.Daemons = append(c.Daemons, sd)
 	}
 	const sp = "dnssensor_sensord_"

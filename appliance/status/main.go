@@ -32,6 +32,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	pwFile := fs.String("password-file", "/etc/gokr-pw.txt", "`FILE` holding the device password (gokrazy's); its first line is the password")
 	timeout := fs.Duration("timeout", 2*time.Second, "how long to wait for a daemon's answer")
 	sampleEvery := fs.Duration("sample-every", defaultEvery, "how often to sample the daemons' counters for the rates and the 24-hour chart (at least 1s)")
+	gokrazyURL := fs.String("gokrazy-url", "http://127.0.0.1/", "gokrazy's own status page, asked (with the device password) for the image's build timestamp; empty: not asked")
 	logLines := fs.Int("log-lines", defaultLogLines, "how many recent log lines of each daemon the page shows (0: none)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -70,6 +71,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		Logf: func(format string, a ...any) { fmt.Fprintf(stderr, format+"\n", a...) }}
 	s.Sampler = &Sampler{Daemons: s.Daemons, Every: *sampleEvery, Timeout: *timeout}
 	s.Ident = DefaultIdentitySource(pw, socketOf(s.Daemons, "uplinkd"))
+	s.Ident.GokrazyURL = *gokrazyURL
 	s.LogLines = *logLines
 	s.Clock = KernelClock
 	go s.Sampler.Run(ctx)

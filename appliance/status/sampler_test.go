@@ -292,7 +292,8 @@ func TestPageWithoutData(t *testing.T) {
 	clock := &fakeClock{t: time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)}
 	srv := &Server{Daemons: []Daemon{{Name: "sensord", Socket: dir + "/none.sock"}}, Known: knownDaemons,
 		Password: []byte(testPassword), Timeout: time.Second, Limiter: NewLimiter(clock.Now), Now: clock.Now,
-		Sampler: &Sampler{Daemons: []Daemon{{Name: "sensord", Socket: dir + "/none.sock"}}, Now: clock.Now},
+		Sampler: &Sampler{Daemons: []Daemon{{Name: "sensord", Socket: dir + "/none.sock"},
+			{Name: "netconfd", Socket: dir + "/nc.sock", Optional: true}}, Now: clock.Now},
 		Ident: &IdentitySource{MachineIDFiles: []string{dir + "/machine-id"}, SBOMFile: dir + "/sbom.json",
 			Cmdline: dir + "/cmdline", UpdateFile: dir + "/state.json", Uplinkd: dir + "/uplinkd.sock"},
 		LogLines: 50,
@@ -312,10 +313,12 @@ func TestPageWithoutData(t *testing.T) {
 	if code, body := get(t, ts.URL+"/", testPassword, "application/json"); code != 200 || !strings.Contains(body, `"no update yet"`) {
 		t.Errorf("JSON: %d\n%s", code, body)
 	}
-	// Sampled once, still nothing: the page is the same.
+	// Sampled once, still nothing: the page is the same, and says why sensord has no numbers;
+	// an optional daemon that is not there is not mentioned.
 	srv.Sampler.SampleOnce(context.Background())
-	if code, _ := get(t, ts.URL+"/", testPassword, "text/html"); code != 200 {
-		t.Errorf("after a failed sample: %d", code)
+	code, body = get(t, ts.URL+"/", testPassword, "text/html")
+	if code != 200 || !strings.Contains(body, "none.sock") || strings.Contains(body, "netconfd") {
+		t.Errorf("after a failed sample: %d\n%s", code, body)
 	}
 }
 
