@@ -90,7 +90,8 @@ func (s *Sampler) Counters(now time.Time) *Counters {
 	}
 	const sp = "dnssensor_sensord_"
 	rate := func(daemon, name string, match map[string]string) Rate {
-		r, _ := s.rate(daemon, name, match)
+		r, ok := s.rate(daemon, name, match)
+		r.Absent = !ok
 		return r
 	}
 	ports := map[string]bool{}

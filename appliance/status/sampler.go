@@ -347,6 +347,8 @@ func (h *history) points(now time.Time) []float64 {
 // Rate is a counter (or a sum of counters) with its rates per second over the last minute and
 // the last 15 minutes; a rate is absent until two samples span enough of its window.
 type Rate struct {
+	// Absent: the daemon does not export this counter (or was not sampled yet).
+	Absent bool     `json:"absent,omitempty"`
 	Total  float64  `json:"total"`
 	Per1m  *float64 `json:"per_second_1m,omitempty"`
 	Per15m *float64 `json:"per_second_15m,omitempty"`

@@ -135,6 +135,11 @@ func TestSamplerRates(t *testing.T) {
 	if r.Per15m == nil || *r.Per15m < 110 || *r.Per15m > 125 {
 		t.Errorf("15m %s, want ≈ (14×100+300)/15 ≈ 113", show(r.Per15m))
 	}
+	// The page's row: a counter the daemon does not export is absent ("–"), not zero.
+	c := s.Counters(clock.Now())
+	if len(c.Ports) != 1 || c.Ports[0].Frames.Absent || !c.Ports[0].Bytes.Absent || !near(c.Ports[0].Frames.Per1m, 300) {
+		t.Errorf("ports %+v", c.Ports)
+	}
 }
 
 // TestSamplerCounterReset: a daemon restart sets its counters back; the rates stay small and
