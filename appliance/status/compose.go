@@ -63,6 +63,10 @@ type Page struct {
 	FirstFailurePath []string        `json:"first_failure_path,omitempty"`
 	Chain            []*Node         `json:"chain"`
 	Daemons          []*DaemonStatus `json:"daemons"`
+	// Counters, Identity and Logs are filled by the server (view.go).
+	Counters *Counters   `json:"counters,omitempty"`
+	Identity *Identity   `json:"identity,omitempty"`
+	Logs     []DaemonLog `json:"logs,omitempty"`
 }
 
 // PageSchema names the version of the JSON page.
@@ -168,7 +172,10 @@ func stageOf(daemon, name, parent string) string {
 }
 
 // Compose builds the page from what the daemons answered.
-func Compose(now time.Time, ds []*DaemonStatus) *Page {
+func Compose(now time.Time, ds []*DaemonStatus) *Page { return compose(now, ds, nil) }
+
+// compose builds the page; clock reads the kernel's clock state (nil: the clock link is unknown).
+func compose(now time.Time, ds []*DaemonStatus, clock func() (ClockState, error)) *Page {
 	p := &Page{Schema: PageSchema, Time: now, Daemons: ds, Chain: []*Node{}}
 	by := map[string]*DaemonStatus{}
 	for _, d := range ds {
@@ -205,7 +212,7 @@ func Compose(now time.Time, ds []*DaemonStatus) *Page {
 		case stagePrivacy:
 			n.State, n.Detail = Unknown, "the privacy self-test is not implemented yet: nothing has checked that canary client addresses never reach a record"
 		case stageClock:
-			n.State, n.Detail = Unknown, "not checked yet: statusd cannot see the time daemon's state"
+			clockNode(n, clock)
 		case stageUplink:
 			fromDaemon(n, uplinkd, "uplinkd")
 		case stageSpool:

@@ -32,6 +32,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	pwFile := fs.String("password-file", "/etc/gokr-pw.txt", "`FILE` holding the device password (gokrazy's); its first line is the password")
 	timeout := fs.Duration("timeout", 2*time.Second, "how long to wait for a daemon's answer")
 	cf := registerConfigFlags(fs)
+	sampleEvery := fs.Duration("sample-every", defaultEvery, "how often to sample the daemons' counters for the rates and the 24-hour chart (at least 1s)")
+	gokrazyURL := fs.String("gokrazy-url", "http://127.0.0.1/", "gokrazy's own status page, asked (with the device password) for the image's build timestamp; empty: not asked")
+	logLines := fs.Int("log-lines", defaultLogLines, "how many recent log lines of each daemon the page shows (0: none)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -59,9 +62,21 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return fail("-optional: %v", err)
 	}
+	if *sampleEvery < time.Second {
+		return fail("-sample-every %v: at least 1s", *sampleEvery)
+	}
+	if *logLines < 0 || *logLines > health.DefaultLogLines {
+		return fail("-log-lines %d: between 0 and %d", *logLines, health.DefaultLogLines)
+	}
 	s := &Server{Daemons: append(ds, opt...), Known: knownDaemons, Password: pw, Timeout: *timeout,
 		Logf: func(format string, a ...any) { fmt.Fprintf(stderr, format+"\n", a...) }}
 	cf.setup(ctx, s, ds)
+	s.Sampler = &Sampler{Daemons: s.Daemons, Every: *sampleEvery, Timeout: *timeout}
+	s.Ident = DefaultIdentitySource(pw, socketOf(s.Daemons, "uplinkd"))
+	s.Ident.GokrazyURL = *gokrazyURL
+	s.LogLines = *logLines
+	s.Clock = KernelClock
+	go s.Sampler.Run(ctx)
 	var lns []net.Listener
 	for _, a := range addrs {
 		ln, err := net.Listen("tcp", a)
@@ -155,4 +170,13 @@ func parseDaemons(list string, optional bool) ([]Daemon, error) {
 		out = append(out, Daemon{Name: name, Socket: sock, Optional: optional})
 	}
 	return out, nil
+}
+
+func socketOf(ds []Daemon, name string) string {
+	for _, d := range ds {
+		if d.Name == name {
+			return d.Socket
+		}
+	}
+	return ""
 }

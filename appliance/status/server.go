@@ -31,7 +31,7 @@ var pageTmpl = template.Must(template.New("status.html").Funcs(template.FuncMap{
 		}
 		return now.Sub(t).Round(time.Second).String() + " ago"
 	},
-}).ParseFS(assets, "assets/status.html"))
+}).Funcs(viewFuncs).ParseFS(assets, "assets/*.html"))
 
 // Server is the status page.
 type Server struct {
@@ -50,6 +50,14 @@ type Server struct {
 	Limiter *Limiter
 	// Config is the configuration page (config.go); nil: none.
 	Config *Config
+	// Sampler, Ident and LogLines add the counters, identity and log sections (view.go); nil
+	// leaves a section out.
+	Sampler  *Sampler
+	Ident    *IdentitySource
+	LogLines int
+	// Clock reads the kernel's clock state for the "clock synchronised" link (KernelClock); nil:
+	// unknown.
+	Clock func() (ClockState, error)
 
 	once    sync.Once
 	xsrfKey []byte
@@ -182,7 +190,9 @@ func (s *Server) Page(ctx context.Context) *Page {
 	}
 	ctx, cancel := context.WithTimeout(ctx, to)
 	defer cancel()
-	return Compose(s.now(), Collect(ctx, s.Daemons, s.Known))
+	p := compose(s.now(), Collect(ctx, s.Daemons, s.Known), s.Clock)
+	s.addViews(ctx, p)
+	return p
 }
 
 func wantsJSON(r *http.Request) bool {

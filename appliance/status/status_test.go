@@ -476,6 +476,8 @@ func TestMainRefusesBadFlags(t *testing.T) {
 		{[]string{"-listen", "0.0.0.0:80", "-password-file", pw}, "-listen-unspecified-exposes-every-port"},
 		{[]string{"-listen", "127.0.0.1:0", "-password-file", filepath.Join(t.TempDir(), "none")}, "-password-file"},
 		{[]string{"-listen", "127.0.0.1:0", "-password-file", pw, "-daemons", "a/b"}, "-daemons"},
+		{[]string{"-listen", "127.0.0.1:0", "-password-file", pw, "-sample-every", "100ms"}, "-sample-every"},
+		{[]string{"-listen", "127.0.0.1:0", "-password-file", pw, "-log-lines", "-1"}, "-log-lines"},
 	} {
 		var stderr strings.Builder
 		if code := Main(context.Background(), c.args, io.Discard, &stderr); code != 2 || !strings.Contains(stderr.String(), c.want) {

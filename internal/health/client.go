@@ -74,3 +74,15 @@ func getJSON(ctx context.Context, socketPath, path string, v any, codes ...int) 
 	}
 	return nil
 }
+
+// GetLog reads the last n lines of /log.json from the daemon serving on socketPath.
+func GetLog(ctx context.Context, socketPath string, n int) (*LogDoc, error) {
+	var d LogDoc
+	if err := getJSON(ctx, socketPath, fmt.Sprintf("/log.json?n=%d", n), &d, http.StatusOK); err != nil {
+		return nil, err
+	}
+	if d.Schema != LogSchema {
+		return nil, fmt.Errorf("%s: /log.json has schema %q, want %q", socketPath, d.Schema, LogSchema)
+	}
+	return &d, nil
+}

@@ -9,4 +9,7 @@ var (
 	HealthSchemaJSON []byte
 	//go:embed metrics.schema.json
 	MetricsSchemaJSON []byte
+	// LogSchemaJSON is the schema of /log.json, served at /log.schema.json.
+	//go:embed log.schema.json
+	LogSchemaJSON []byte
 )

@@ -45,8 +45,10 @@ type Server struct {
 	Extra map[string]http.Handler
 	// Logf reports serving errors; nil: the standard logger.
 	Logf func(format string, args ...any)
-	// Now stamps /metrics.json; nil: time.Now.
+	// Now stamps /metrics.json and /log.json; nil: time.Now.
 	Now func() time.Time
+	// Log holds the daemon's recent log lines for /log.json; nil serves an empty list.
+	Log *LogRing
 }
 
 func (s *Server) logf(format string, args ...any) {
@@ -67,6 +69,8 @@ func (s *Server) Handler() http.Handler {
 		ErrorLog:      logger{s},
 	}))
 	mux.HandleFunc("GET /metrics.json", s.serveMetricsJSON)
+	mux.HandleFunc("GET /log.json", s.serveLog)
+	mux.Handle("GET /log.schema.json", schemaHandler(LogSchemaJSON))
 	mux.Handle("GET /health.schema.json", schemaHandler(HealthSchemaJSON))
 	mux.Handle("GET /metrics.schema.json", schemaHandler(MetricsSchemaJSON))
 	for path, h := range s.Extra {

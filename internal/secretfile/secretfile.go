@@ -8,6 +8,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
+	"strings"
+	"sync"
 )
 
 // ErrPermissions is returned for a file that anyone but its owner could read: an API key that
@@ -42,7 +45,57 @@ func Read(path string) ([]byte, error) {
 	if len(b) > MaxSize {
 		return nil, fmt.Errorf("key file %s: larger than %d octets", path, MaxSize)
 	}
+	remember(b)
 	return b, nil
+}
+
+// Every secret read is remembered (each line's last field, comments left out, of MinKnown to
+// MaxKnownLen octets; at most MaxKnown of them), so the log scrubber (internal/health.Scrub) can hide it wherever a log line quotes it:
+// the rule is at the one place secrets are read, not at each place that might log one.
+const (
+	MinKnown    = 8
+	MaxKnownLen = 4096
+	MaxKnown    = 256
+)
+
+var known struct {
+	sync.Mutex
+	list []string
+	set  map[string]bool
+}
+
+func remember(b []byte) {
+	known.Lock()
+	defer known.Unlock()
+	for _, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if strings.HasPrefix(line, "#") {
+			continue
+		}
+		// A line of several fields is "<name> <key>" (the collector's keys file): the key is
+		// the secret; the name is logged on purpose.
+		if fs := strings.Fields(line); len(fs) > 1 {
+			line = fs[len(fs)-1]
+		}
+		if len(line) < MinKnown || len(line) > MaxKnownLen || known.set[line] || len(known.list) >= MaxKnown {
+			continue
+		}
+		if known.set == nil {
+			known.set = map[string]bool{}
+		}
+		known.set[line] = true
+		known.list = append(known.list, line)
+	}
+}
+
+// Known returns the secrets read so far, longest first (so a secret that contains another is
+// hidden whole).
+func Known() []string {
+	known.Lock()
+	defer known.Unlock()
+	out := slices.Clone(known.list)
+	slices.SortFunc(out, func(a, b string) int { return len(b) - len(a) })
+	return out
 }
 
 // ValidToken reports whether s can be sent as an HTTP header value unchanged (an API key): one

@@ -39,3 +39,35 @@ func TestValidToken(t *testing.T) {
 		}
 	}
 }
+
+// TestKnown: what Read returns is remembered for the log scrubber: a key file's key, a keys
+// file's keys but not its sensor names or comments, nothing too short to be a secret.
+func TestKnown(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "keys")
+	os.WriteFile(p, []byte("# sensors of lab 7, rotated 2026-01-01\nlab-sensor-7 k7-0123456789abcdef\nshort-one abc\n"), 0o600)
+	q := filepath.Join(t.TempDir(), "api.key")
+	os.WriteFile(q, []byte("  api-key-fedcba9876543210 \n"), 0o600)
+	if _, err := Read(p); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Read(q); err != nil {
+		t.Fatal(err)
+	}
+	known := map[string]bool{}
+	for _, k := range Known() {
+		known[k] = true
+	}
+	for _, want := range []string{"k7-0123456789abcdef", "api-key-fedcba9876543210"} {
+		if !known[want] {
+			t.Errorf("%q not known: %q", want, Known())
+		}
+	}
+	for _, not := range []string{"lab-sensor-7", "abc", "2026-01-01", "lab-sensor-7 k7-0123456789abcdef"} {
+		if known[not] {
+			t.Errorf("%q remembered as a secret", not)
+		}
+	}
+	if k := Known(); len(k) > 1 && len(k[0]) < len(k[len(k)-1]) {
+		t.Errorf("not longest first: %q", k)
+	}
+}

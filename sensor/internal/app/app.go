@@ -51,6 +51,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 // Run reads every input through one pipeline. Whatever was processed before an error is still
 // flushed and written, so a damaged file loses nothing that precedes the damage.
 func Run(ctx context.Context, o *Options, stdout, stderr io.Writer) (err error) {
+	stderr = o.Health.keepLog(stderr)
 	env := output.Envelope{Source: o.Source, HasSource: o.HasSource}
 	var outs output.Multi
 	var files []*os.File

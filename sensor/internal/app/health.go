@@ -43,6 +43,17 @@ type healthOptions struct {
 
 	liveStats *live.Stats // set by runLive; read only by the pipeline's goroutine
 	stop      func()
+	log       *health.LogRing
+}
+
+// keepLog keeps what sensord writes to stderr in a ring for /log.json, when the contract is
+// served: the status page shows the recent lines without a shell on the box.
+func (h *healthOptions) keepLog(stderr io.Writer) io.Writer {
+	if h.Socket == "" && h.Addr == "" {
+		return stderr
+	}
+	h.log = health.NewLogRing(0)
+	return io.MultiWriter(stderr, h.log)
 }
 
 func (h *healthOptions) register(fs *flag.FlagSet) {
@@ -89,7 +100,7 @@ func (h *healthOptions) start(ctx context.Context, o *Options, p frameSink, sp *
 	if now == nil {
 		now = time.Now
 	}
-	srv := &health.Server{Daemon: "sensord", Tree: h.tree(o, now), Registry: reg, Now: now,
+	srv := &health.Server{Daemon: "sensord", Tree: h.tree(o, now), Registry: reg, Now: now, Log: h.log,
 		Logf: func(format string, args ...any) { fmt.Fprintf(stderr, format+"\n", args...) }}
 	sctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})

@@ -312,3 +312,38 @@ func TestLinkProbe(t *testing.T) {
 		t.Errorf("missing interface: %+v", r)
 	}
 }
+
+// TestLogJSON: with the contract served, what sensord writes to stderr is kept for /log.json
+// (scrubbed) as well as written; without it nothing is kept.
+func TestLogJSON(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "run", "sensord", "health.sock")
+	o, err := ParseFlags([]string{"-r", "../../testdata/real/basic.pcap", "-resolver", realResolvers, "-w", os.DevNull, "-health", sock}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	w := o.Health.keepLog(&stderr)
+	p, err := pipeline.New(o.Pipeline, func(*dnsqr.Record) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := o.Health.start(context.Background(), o, p, nil, w); err != nil {
+		t.Fatal(err)
+	}
+	defer o.Health.stop()
+	fmt.Fprintf(w, "sensord: 10 frames password=hunter2hunter2\n")
+	doc, err := health.GetLog(context.Background(), sock, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(doc.Lines) != 1 || doc.Lines[0].Text != "sensord: 10 frames password=[redacted]" {
+		t.Errorf("/log.json lines %+v", doc.Lines)
+	}
+	if !strings.Contains(stderr.String(), "10 frames") {
+		t.Errorf("the line did not reach stderr: %q", stderr.String())
+	}
+	var none healthOptions
+	if none.keepLog(&stderr) != io.Writer(&stderr) || none.log != nil {
+		t.Error("a ring kept without the contract served")
+	}
+}

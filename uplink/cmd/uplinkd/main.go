@@ -7,6 +7,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"log"
 	"os"
 	"os/signal"
@@ -45,11 +46,15 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// Every log line is kept for the health contract's /log.json too (the status page).
+	ring := health.NewLogRing(0)
+	log.SetOutput(io.MultiWriter(os.Stderr, ring))
 	s, err := uplinkd.New(cfg, log.Printf)
 	if err != nil {
 		log.Fatalf("uplinkd: %v", err)
 	}
 	s.HealthSocket = *healthSock
+	s.Log = ring
 	if err := s.Run(ctx); err != nil {
 		log.Fatalf("uplinkd: %v", err)
 	}

@@ -238,3 +238,41 @@ func TestMetricsAddressLoopbackOnly(t *testing.T) {
 		t.Errorf("Run with metrics on 0.0.0.0: %v", err)
 	}
 }
+
+// TestLogJSON: what uplinkd logs reaches the contract's /log.json (the status page's recent
+// lines), scrubbed.
+func TestLogJSON(t *testing.T) {
+	dir := t.TempDir()
+	ram, disk := filepath.Join(dir, "ram"), filepath.Join(dir, "disk")
+	spoolFreshRecords(t, ram, disk, 1)
+	cfg, err := ParseConfig([]byte(fmt.Sprintf(`{"spool": {"dir": %q, "disk_dir": %q}, "metrics": "127.0.0.1:0",
+		"destinations": [{"type": "nmsg-udp", "name": "relay", "addr": "127.0.0.1:9"}]}`, ram, disk)), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ring := health.NewLogRing(0)
+	s, err := New(cfg, func(format string, args ...any) { fmt.Fprintf(ring, format+"\n", args...) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Log = ring
+	s.HealthSocket = filepath.Join(t.TempDir(), "uplinkd", "health.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	waitHealth(t, s.HealthSocket, "serving", func(*health.Report) bool { return true })
+	s.logf("uplinkd: test line api_key=hunter2hunter2")
+	doc, err := health.GetLog(ctx, s.HealthSocket, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var texts []string
+	for _, l := range doc.Lines {
+		texts = append(texts, l.Text)
+	}
+	all := strings.Join(texts, "\n")
+	if !strings.Contains(all, "uplinkd: test line api_key=[redacted]") || strings.Contains(all, "hunter2") {
+		t.Errorf("/log.json lines:\n%s", all)
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"github.com/google/renameio/v2"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/sie-europe/dnssensor/internal/health"
 	"github.com/sie-europe/dnssensor/uplink/internal/nmsgudp"
 	"github.com/sie-europe/dnssensor/uplink/sielink"
 	"github.com/sie-europe/dnssensor/uplink/spool"
@@ -40,6 +41,9 @@ type DestStatus struct {
 	Records   uint64    `json:"records"`
 	Bytes     uint64    `json:"bytes"`
 	Failures  uint64    `json:"failures"` // delivery attempts that failed and were retried
+	// Sensor is the session name a sielink destination logs in with (the status page's sensor
+	// name).
+	Sensor string `json:"sensor,omitempty"`
 	// sielink
 	Reconnects   uint64 `json:"reconnects"`
 	PossiblyLost uint64 `json:"possibly_lost_payloads"` // unconfirmed at a drop, then resent
@@ -125,7 +129,7 @@ func (s *sielinkDest) status() DestStatus {
 	st := s.client.Status()
 	ds := DestStatus{Name: s.cfg.Name, Type: "sielink", State: st.State.String(), Since: st.Since, LastError: st.LastError,
 		Segments: s.segments.Load(), Records: s.records.Load(), Bytes: s.bytes.Load(), Failures: s.failures.Load(),
-		Reconnects: st.Stats.Reconnects, PossiblyLost: st.Stats.PossiblyLostPayloads}
+		Reconnects: st.Stats.Reconnects, PossiblyLost: st.Stats.PossiblyLostPayloads, Sensor: s.cfg.Sensor}
 	s.mu.Lock()
 	if ds.LastError == "" && s.lastErr != nil {
 		ds.LastError = s.lastErr.Error()
@@ -178,6 +182,8 @@ type Supervisor struct {
 	// HealthSocket is the unix socket of the health contract (health.go); empty: only the
 	// config's loopback metrics address serves it.
 	HealthSocket string
+	// Log holds uplinkd's recent log lines for the contract's /log.json; nil serves none.
+	Log *health.LogRing
 
 	// reported is, per destination, the spool loss already sent as linkLoss. It is durable so a
 	// restart does not report the same loss twice.
