@@ -37,7 +37,7 @@ var clockFloor = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 // with other sensors' data and the collector's.
 const maxClockError = time.Second
 
-const clockFix = "the box sets its clock by NTP over the management port: let it reach an NTP server (UDP port 123; the DHCP server's NTP option or pool.ntp.org) and see the ntp program's log on the gokrazy page"
+const clockFix = "the box sets its clock by NTP over the management port (timed): let it reach an NTP server (UDP port 123; the DHCP server's NTP option, network.static.ntp in the box configuration, or pool.ntp.org) and see timed's log"
 
 // clockNode colours the "clock synchronised" link from the kernel's view. The kernel knows the
 // clock is synchronised only when an NTP daemon disciplines it through adjtimex; one that steps

@@ -1,0 +1,19 @@
+// Command timed keeps the box's clock synchronised by NTP and tells the kernel so, with its error
+// bound, for the status page and the records' timestamps (see package appliance/timesync).
+package main
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/sie-europe/dnssensor/appliance/timesync"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := timesync.Main(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
