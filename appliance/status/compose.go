@@ -153,6 +153,8 @@ func stageOf(daemon, name, parent string) string {
 			return stageResolver
 		case name == "pairs", name == "records":
 			return stagePairs
+		case name == "privacy self-test":
+			return stagePrivacy
 		case name == "output", name == "spool":
 			return stageSpool
 		}
@@ -202,8 +204,6 @@ func Compose(now time.Time, ds []*DaemonStatus) *Page {
 		switch s {
 		case stageBoth:
 			bothDirections(n, sensord)
-		case stagePrivacy:
-			n.State, n.Detail = Unknown, "the privacy self-test is not implemented yet: nothing has checked that canary client addresses never reach a record"
 		case stageClock:
 			n.State, n.Detail = Unknown, "not checked yet: statusd cannot see the time daemon's state"
 		case stageUplink:

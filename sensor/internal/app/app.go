@@ -51,6 +51,16 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 // Run reads every input through one pipeline. Whatever was processed before an error is still
 // flushed and written, so a damaged file loses nothing that precedes the damage.
 func Run(ctx context.Context, o *Options, stdout, stderr io.Writer) (err error) {
+	// The privacy self-test runs before any output is opened, with the pipeline's own
+	// configuration; a failure withholds every record (counted) rather than stopping sensord, so
+	// its health says why nothing is shipped.
+	logf := func(format string, args ...any) { fmt.Fprintf(stderr, "sensord: "+format+"\n", args...) }
+	o.selfTest.check(o.Pipeline, logf)
+	defer func() {
+		if err == nil {
+			err = o.selfTest.err()
+		}
+	}()
 	env := output.Envelope{Source: o.Source, HasSource: o.HasSource}
 	var outs output.Multi
 	var files []*os.File
@@ -96,16 +106,20 @@ func Run(ctx context.Context, o *Options, stdout, stderr io.Writer) (err error) 
 	}
 	var p frameSink
 	var single *pipeline.Pipeline
+	emit := o.selfTest.gate(outs.Write)
 	if o.Workers > 1 {
-		if p, err = pipeline.NewSharded(o.Workers, o.Pipeline, outs.Write); err != nil {
+		if p, err = pipeline.NewSharded(o.Workers, o.Pipeline, emit); err != nil {
 			return err
 		}
 	} else {
-		if single, err = pipeline.New(o.Pipeline, outs.Write); err != nil {
+		if single, err = pipeline.New(o.Pipeline, emit); err != nil {
 			return err
 		}
 		p = single
 	}
+	stctx, stopSelfTest := context.WithCancel(ctx)
+	defer stopSelfTest()
+	go o.selfTest.loop(stctx, o.Pipeline, logf)
 	if p, err = o.Health.start(ctx, o, p, sp, stderr); err != nil {
 		outs.Close()
 		return err
@@ -142,7 +156,7 @@ func Run(ctx context.Context, o *Options, stdout, stderr io.Writer) (err error) 
 		if o.Live.extra != nil {
 			extra = o.Live.extra()
 		}
-		fmt.Fprintf(stderr, "sensord: %s%s%s\n", s.String(), extra, spoolStats(sp))
+		fmt.Fprintf(stderr, "sensord: %s%s%s%s\n", s.String(), extra, spoolStats(sp), o.selfTest.statsPart())
 	}()
 	if o.Live.any() {
 		// Runs until SIGTERM (ctx) or the end of a dnstap file; the deferred flush then emits

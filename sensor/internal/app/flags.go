@@ -39,6 +39,8 @@ type Options struct {
 
 	// Health is -health and -health-addr (health.go).
 	Health healthOptions
+
+	selfTest selfTestState // the privacy self-test and its gate (selftest.go)
 }
 
 // usageNote is printed under the flag list.

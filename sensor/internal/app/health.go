@@ -84,7 +84,7 @@ func (h *healthOptions) start(ctx context.Context, o *Options, p frameSink, sp *
 		lns = append(lns, ln)
 	}
 	reg := health.NewRegistry()
-	reg.MustRegister(&sensordCollector{h: h})
+	reg.MustRegister(&sensordCollector{h: h, o: o})
 	now := h.now
 	if now == nil {
 		now = time.Now
@@ -225,7 +225,10 @@ func (h *healthOptions) tree(o *Options, now func() time.Time) *health.Tree {
 		"queries are seen but no answers pair with them: both directions of the resolver's upstream traffic must reach sensord (both tap ports, -merge-window), and -rd must match the resolver's queries (0)"),
 		output))
 	input.Add(transactions)
-	return health.NewTree("sensord", now, input)
+	// First among the roots: when it fails nothing is shipped, whatever the capture does, and
+	// it depends on nothing the capture does.
+	selfTest := health.NewNode("privacy self-test", o.selfTest.probe)
+	return health.NewTree("sensord", now, selfTest, input)
 }
 
 // inputCheck is the tree's root: the input, and under it each capture port or the dnstap feed.
@@ -310,7 +313,10 @@ func linkProbe(ifc string) health.Probe {
 }
 
 // sensordCollector exposes the counters of the stats line (internal/health's naming rules).
-type sensordCollector struct{ h *healthOptions }
+type sensordCollector struct {
+	h *healthOptions
+	o *Options
+}
 
 func sdesc(name, help string, labels ...string) *prometheus.Desc {
 	return prometheus.NewDesc("dnssensor_sensord_"+name, help, labels, nil)
@@ -338,12 +344,14 @@ var (
 	descSpool    = sdesc("spool_total", "the spool producer's work: records, segments and octets sealed, segments and octets spilled to disk", "what")
 	descSpoolE   = sdesc("spool_spill_errors_total", "failed copies of a segment to the disk tier (it stays in RAM)")
 	descSpoolL   = sdesc("spool_lost_records_total", "records lost in the spool by this process, by reason", "reason")
+	descSelfTest = sdesc("privacy_selftest_runs_total", "privacy self-test runs by result: pass, leak (a canary's client address or ECS octets reached a record), no_records (the resolver's own canaries made none, so nothing was proven)", "result")
+	descSelfOK   = sdesc("privacy_selftest_ok", "1 while no privacy self-test has failed; 0 once one has, and every record is withheld (dropped_total{stage=\"output\",reason=\"privacy_selftest_failed\"})")
 )
 
 func (c *sensordCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descFrames, descIP, descDropped, descEvents, descRecords, descPending, descMemory,
 		descPort, descPortB, descPortDNS, descPortEv, descKernel, descKDrops, descKFreeze, descMergeH, descMergeOoO,
-		descDnstap, descDnstapD, descSpool, descSpoolE, descSpoolL} {
+		descDnstap, descDnstapD, descSpool, descSpoolE, descSpoolL, descSelfTest, descSelfOK} {
 		ch <- d
 	}
 }
@@ -378,6 +386,15 @@ func (c *sensordCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		counter(descRecords, n, strings.ToLower(dnsqr.Type(t).String()))
 	}
+	counter(descDropped, c.o.selfTest.withheld.Load(), "output", "privacy_selftest_failed")
+	for i, k := range selfTestKinds {
+		counter(descSelfTest, c.o.selfTest.runs[i].Load(), k)
+	}
+	ok := 1.0
+	if c.o.selfTest.failed.Load() {
+		ok = 0
+	}
+	gauge(descSelfOK, ok)
 	gauge(descPending, float64(s.Pending))
 	gauge(descMemory, float64(s.MemTable), "pair")
 	gauge(descMemory, float64(s.MemFrag), "defrag")

@@ -20,6 +20,7 @@ import (
 	"github.com/sie-europe/dnssensor/sensor/internal/decode"
 	"github.com/sie-europe/dnssensor/sensor/internal/live"
 	"github.com/sie-europe/dnssensor/sensor/internal/pipeline"
+	"github.com/sie-europe/dnssensor/sensor/internal/selftest"
 	"github.com/sie-europe/dnssensor/sensor/internal/source"
 )
 
@@ -87,6 +88,7 @@ func TestHealthContract(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			o.selfTest.check(o.Pipeline, t.Logf) // as Run does before anything else
 			var p frameSink
 			emit := func(*dnsqr.Record) error { return nil }
 			if workers == "1" {
@@ -266,6 +268,8 @@ func TestSensordTree(t *testing.T) {
 			t.Errorf("%s: first failure %q (ok %v), want %q", name, got, r.OK, wantPath)
 		}
 	}
+	step("self-test not run yet", "privacy self-test")
+	o.selfTest.check(o.Pipeline, t.Logf)
 	step("ports not open", "capture")
 	o.Health.live.Store(st)
 	step("tapA missing", "capture/port tapA")
@@ -301,6 +305,10 @@ func TestSensordTree(t *testing.T) {
 	step("kernel drops", "capture/port tapA/kernel drops on tapA")
 	now = now.Add(2 * healthWindow)
 	step("everything stalled", "capture/port tapA/frames on tapA")
+	defer func(old func(pipeline.Config) selftest.Result) { runSelfTest = old }(runSelfTest)
+	runSelfTest = func(pipeline.Config) selftest.Result { return selftest.Result{Kind: "leak", Why: "canary leaks"} }
+	o.selfTest.check(o.Pipeline, t.Logf)
+	step("self-test failed: before everything else", "privacy self-test")
 }
 
 // TestLinkProbe reads real interfaces: loopback is up and running, a missing port fails.
