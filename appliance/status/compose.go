@@ -149,7 +149,7 @@ func stageOf(daemon, name, parent string) string {
 			return stageFrames
 		case strings.HasPrefix(name, "DNS on "):
 			return stageDNS
-		case name == "resolver transactions":
+		case name == "resolver transactions", name == "resolver configured":
 			return stageResolver
 		case name == "pairs", name == "records":
 			return stagePairs

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sie-europe/dnssensor/internal/health"
+	"github.com/sie-europe/dnssensor/sensor/internal/candidates"
 	"github.com/sie-europe/dnssensor/sensor/internal/decode"
 	"github.com/sie-europe/dnssensor/sensor/internal/output"
 	"github.com/sie-europe/dnssensor/sensor/internal/pipeline"
@@ -51,6 +52,12 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 // Run reads every input through one pipeline. Whatever was processed before an error is still
 // flushed and written, so a damaged file loses nothing that precedes the damage.
 func Run(ctx context.Context, o *Options, stdout, stderr io.Writer) (err error) {
+	if len(o.Live.Ifaces) > 0 {
+		o.Health.cands.Store(candidates.New())
+	}
+	if o.Discovery {
+		return runDiscovery(ctx, o, stderr)
+	}
 	// The privacy self-test runs before any output is opened, with the pipeline's own
 	// configuration; a failure withholds every record (counted) rather than stopping sensord, so
 	// its health says why nothing is shipped.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"reflect"
 	"strings"
 	"sync/atomic"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/sie-europe/dnssensor/internal/health"
 	"github.com/sie-europe/dnssensor/nmsg/dnsqr"
+	"github.com/sie-europe/dnssensor/sensor/internal/candidates"
 	"github.com/sie-europe/dnssensor/sensor/internal/decode"
 	"github.com/sie-europe/dnssensor/sensor/internal/dnstap"
 	"github.com/sie-europe/dnssensor/sensor/internal/live"
@@ -40,6 +42,8 @@ type healthOptions struct {
 	live   atomic.Pointer[live.Stats]
 	dnstap atomic.Pointer[dnstap.Stats]
 	spool  atomic.Pointer[spool.Producer]
+
+	cands atomic.Pointer[candidates.Tracker] // query sources on the tap (discovery.go)
 
 	liveStats *live.Stats // set by runLive; read only by the pipeline's goroutine
 	stop      func()
@@ -90,7 +94,8 @@ func (h *healthOptions) start(ctx context.Context, o *Options, p frameSink, sp *
 		now = time.Now
 	}
 	srv := &health.Server{Daemon: "sensord", Tree: h.tree(o, now), Registry: reg, Now: now,
-		Logf: func(format string, args ...any) { fmt.Fprintf(stderr, format+"\n", args...) }}
+		Extra: map[string]http.Handler{candidatesPath: h.serveCandidates(now)},
+		Logf:  func(format string, args ...any) { fmt.Fprintf(stderr, format+"\n", args...) }}
 	sctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -176,6 +181,9 @@ func (h *healthOptions) tree(o *Options, now func() time.Time) *health.Tree {
 		return pipeline.Stats{}
 	}
 	input := h.inputCheck(o)
+	if o.Discovery {
+		return health.NewTree("sensord", now, discoveryCheck(), input)
+	}
 	resolverFix := "the resolver's transactions with authoritative servers are not seen: check -resolver (its addresses as they appear on the tap, IPv4 and IPv6) and that the tap carries the resolver's upstream link, not its client side"
 	if len(o.Pipeline.Authorities) > 0 {
 		resolverFix = "no transactions of the -authoritative servers are seen: check -authoritative and that the tap carries their traffic"

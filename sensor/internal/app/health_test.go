@@ -57,7 +57,9 @@ func TestNotConfigured(t *testing.T) {
 		{"device without its config file", device(missing), 125, "not configured: " + missing + " does not exist"},
 		{"-config=FILE form", []string{"-i", "health0", "-config=" + missing}, 125, "does not exist"},
 		{"empty config file", device(empty), 125, "is empty"},
-		{"config without resolver", device(noResolver), 125, "sets neither resolver nor authoritative"},
+		{"config without resolver nor interfaces", []string{"-config", noResolver, "-w", os.DevNull}, 125, "sets neither resolver nor authoritative"},
+		// With interfaces it is discovery (TestDiscoveryMode); here the box has no such port.
+		{"config without resolver: discovery", device(noResolver), 1, "discovery mode"},
 		{"resolver on the command line, config missing", []string{"-r", pcap, "-resolver", realResolvers, "-config", missing, "-w", os.DevNull}, 2, "-config"},
 		{"broken config", device(broken), 2, "not a JSON object"},
 		{"bad flag", []string{"-bogus"}, 2, "bogus"},

@@ -136,7 +136,8 @@ func runLive(ctx context.Context, o *Options, p frameSink, single *pipeline.Pipe
 		s := p.Stats()
 		fmt.Fprintf(stderr, "sensord: %s %s\n", s.String(), st.String())
 	}
-	return live.Run(ctx, live.Config{Window: l.MergeWindow, Slack: source.RetireDelay(l.BlockTimeout), TimeoutErr: source.ErrRingTimeout, Logf: logf, StatsEvery: o.StatsEvery},
+	return live.Run(ctx, live.Config{Window: l.MergeWindow, Slack: source.RetireDelay(l.BlockTimeout), TimeoutErr: source.ErrRingTimeout, Logf: logf, StatsEvery: o.StatsEvery,
+		Candidates: o.Health.cands.Load()},
 		ports, p, st, statsLine)
 }
 

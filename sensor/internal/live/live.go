@@ -56,7 +56,7 @@ type Config struct {
 	// Candidates, when set, counts the sources of DNS queries to port 53 (memory only: they
 	// may be clients' addresses), for the status page's resolver suggestions.
 	Candidates *candidates.Tracker
-	now     func() time.Time // wall clock, for the window and warnings; a seam for tests
+	now        func() time.Time // wall clock, for the window and warnings; a seam for tests
 }
 
 // DefaultWindow is the valve's default: long enough that a reader starved by other work (or a

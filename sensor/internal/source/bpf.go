@@ -99,7 +99,7 @@ func queryTest4(accept bpf.Instruction) []bpf.Instruction {
 	return []bpf.Instruction{
 		bpf.LoadAbsolute{Off: 14 + 9, Size: 1}, // protocol
 		bpf.JumpIf{Cond: bpf.JumpEqual, Val: 17, SkipFalse: 8},
-		bpf.LoadAbsolute{Off: 14 + 6, Size: 2},                     // flags, fragment offset
+		bpf.LoadAbsolute{Off: 14 + 6, Size: 2},                      // flags, fragment offset
 		bpf.JumpIf{Cond: bpf.JumpBitsSet, Val: 0x1fff, SkipTrue: 6}, // a later fragment
 		bpf.LoadMemShift{Off: 14},                                   // X = IPv4 header length
 		bpf.LoadIndirect{Off: 14 + 2, Size: 2},                      // UDP destination port
