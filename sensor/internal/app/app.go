@@ -42,7 +42,13 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "sensord: %v\n", err)
 		return 2
 	}
-	if err := Run(ctx, o, stdout, stderr); err != nil {
+	run := func() error { return Run(ctx, o, stdout, stderr) }
+	if config, _ := scanArgs(args); config != "" && watchable(o) {
+		// A long-running sensord follows its config file: a change is applied within seconds
+		// (reload.go).
+		run = func() error { return runReloading(ctx, o, config, args, stdout, stderr) }
+	}
+	if err := run(); err != nil {
 		fmt.Fprintf(stderr, "sensord: %v\n", err)
 		return 1
 	}
@@ -75,7 +81,13 @@ func Run(ctx context.Context, o *Options, stdout, stderr io.Writer) (err error) 
 		if name == "-" {
 			return stdout, nil
 		}
-		f, err := os.Create(name)
+		flags := os.O_WRONLY | os.O_CREATE | os.O_TRUNC
+		if o.reloaded {
+			// A run after a reload continues the files of the runs before it: NMSG containers
+			// and JSON lines both concatenate.
+			flags = os.O_WRONLY | os.O_CREATE | os.O_APPEND
+		}
+		f, err := os.OpenFile(name, flags, 0o666)
 		if err != nil {
 			return nil, err
 		}

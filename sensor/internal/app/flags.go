@@ -45,6 +45,8 @@ type Options struct {
 	Discovery bool
 
 	selfTest selfTestState // the privacy self-test and its gate (selftest.go)
+	reload   *reloadState  // the -config file followed across reloads (reload.go); nil: not followed
+	reloaded bool          // this run follows a reload: -w/-J append
 }
 
 // usageNote is printed under the flag list.

@@ -181,8 +181,13 @@ func (h *healthOptions) tree(o *Options, now func() time.Time) *health.Tree {
 		return pipeline.Stats{}
 	}
 	input := h.inputCheck(o)
+	var roots []*health.Node
+	if o.reload != nil {
+		// First: a refused file is the operator's latest action, and nothing else shows it.
+		roots = append(roots, health.NewNode("configuration", o.reload.probe))
+	}
 	if o.Discovery {
-		return health.NewTree("sensord", now, discoveryCheck(), input)
+		return health.NewTree("sensord", now, append(roots, discoveryCheck(), input)...)
 	}
 	resolverFix := "the resolver's transactions with authoritative servers are not seen: check -resolver (its addresses as they appear on the tap, IPv4 and IPv6) and that the tap carries the resolver's upstream link, not its client side"
 	if len(o.Pipeline.Authorities) > 0 {
@@ -236,7 +241,7 @@ func (h *healthOptions) tree(o *Options, now func() time.Time) *health.Tree {
 	// First among the roots: when it fails nothing is shipped, whatever the capture does, and
 	// it depends on nothing the capture does.
 	selfTest := health.NewNode("privacy self-test", o.selfTest.probe)
-	return health.NewTree("sensord", now, selfTest, input)
+	return health.NewTree("sensord", now, append(roots, selfTest, input)...)
 }
 
 // inputCheck is the tree's root: the input, and under it each capture port or the dnstap feed.
@@ -353,13 +358,15 @@ var (
 	descSpoolE   = sdesc("spool_spill_errors_total", "failed copies of a segment to the disk tier (it stays in RAM)")
 	descSpoolL   = sdesc("spool_lost_records_total", "records lost in the spool by this process, by reason", "reason")
 	descSelfTest = sdesc("privacy_selftest_runs_total", "privacy self-test runs by result: pass, leak (a canary's client address or ECS octets reached a record), no_records (the resolver's own canaries made none, so nothing was proven)", "result")
+	descReloads  = sdesc("config_reloads_total", "changes of the -config file: applied (sensord runs with it) or refused (invalid; the running configuration stays)", "result")
+	descGap      = sdesc("reload_capture_gap_seconds", "how long the last reload stopped the capture (old rings closed to new rings open); frames in it are not seen")
 	descSelfOK   = sdesc("privacy_selftest_ok", "1 while no privacy self-test has failed; 0 once one has, and every record is withheld (dropped_total{stage=\"output\",reason=\"privacy_selftest_failed\"})")
 )
 
 func (c *sensordCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descFrames, descIP, descDropped, descEvents, descRecords, descPending, descMemory,
 		descPort, descPortB, descPortDNS, descPortEv, descKernel, descKDrops, descKFreeze, descMergeH, descMergeOoO,
-		descDnstap, descDnstapD, descSpool, descSpoolE, descSpoolL, descSelfTest, descSelfOK} {
+		descDnstap, descDnstapD, descSpool, descSpoolE, descSpoolL, descSelfTest, descSelfOK, descReloads, descGap} {
 		ch <- d
 	}
 }
@@ -403,6 +410,14 @@ func (c *sensordCollector) Collect(ch chan<- prometheus.Metric) {
 		ok = 0
 	}
 	gauge(descSelfOK, ok)
+	if r := c.o.reload; r != nil {
+		counter(descReloads, r.appliedN.Load(), "applied")
+		counter(descReloads, r.refusedN.Load(), "refused")
+		r.mu.Lock()
+		gap := r.lastGap
+		r.mu.Unlock()
+		gauge(descGap, gap.Seconds())
+	}
 	gauge(descPending, float64(s.Pending))
 	gauge(descMemory, float64(s.MemTable), "pair")
 	gauge(descMemory, float64(s.MemFrag), "defrag")
