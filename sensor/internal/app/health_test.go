@@ -17,10 +17,10 @@ import (
 	"github.com/sie-europe/dnssensor/internal/health"
 	"github.com/sie-europe/dnssensor/internal/health/healthtest"
 	"github.com/sie-europe/dnssensor/nmsg/dnsqr"
+	"github.com/sie-europe/dnssensor/sensor/internal/canary"
 	"github.com/sie-europe/dnssensor/sensor/internal/decode"
 	"github.com/sie-europe/dnssensor/sensor/internal/live"
 	"github.com/sie-europe/dnssensor/sensor/internal/pipeline"
-	"github.com/sie-europe/dnssensor/sensor/internal/selftest"
 	"github.com/sie-europe/dnssensor/sensor/internal/source"
 )
 
@@ -307,8 +307,8 @@ func TestSensordTree(t *testing.T) {
 	step("kernel drops", "capture/port tapA/kernel drops on tapA")
 	now = now.Add(2 * healthWindow)
 	step("everything stalled", "capture/port tapA/frames on tapA")
-	defer func(old func(pipeline.Config) selftest.Result) { runSelfTest = old }(runSelfTest)
-	runSelfTest = func(pipeline.Config) selftest.Result { return selftest.Result{Kind: "leak", Why: "canary leaks"} }
+	defer func(old func(pipeline.Config) canary.Result) { runSelfTest = old }(runSelfTest)
+	runSelfTest = func(pipeline.Config) canary.Result { return canary.Result{Kind: "leak", Why: "canary leaks"} }
 	o.selfTest.check(o.Pipeline, t.Logf)
 	step("self-test failed: before everything else", "privacy self-test")
 }

@@ -8,8 +8,8 @@ import (
 
 	"github.com/sie-europe/dnssensor/internal/health"
 	"github.com/sie-europe/dnssensor/nmsg/dnsqr"
+	"github.com/sie-europe/dnssensor/sensor/internal/canary"
 	"github.com/sie-europe/dnssensor/sensor/internal/pipeline"
-	"github.com/sie-europe/dnssensor/sensor/internal/selftest"
 )
 
 // selfTestEvery is how often the privacy self-test runs again after start-up: a running
@@ -18,7 +18,7 @@ import (
 const selfTestEvery = time.Hour
 
 // runSelfTest is the self-test; a seam for tests that need a run to fail.
-var runSelfTest = selftest.Run
+var runSelfTest = canary.Run
 
 // Self-test outcomes, the label of dnssensor_sensord_privacy_selftest_runs_total.
 var selfTestKinds = []string{"pass", "leak", "no_records"}
@@ -31,10 +31,10 @@ type selfTestState struct {
 
 	failed   atomic.Bool // sticky: a failed run is a defect of this build, not a passing mood
 	withheld atomic.Uint64
-	last     atomic.Pointer[selftest.Result]
-	failure  atomic.Pointer[selftest.Result] // the first failed run
-	at       atomic.Pointer[time.Time]       // when the last run finished
-	runs     [3]atomic.Uint64                // by selfTestKinds
+	last     atomic.Pointer[canary.Result]
+	failure  atomic.Pointer[canary.Result] // the first failed run
+	at       atomic.Pointer[time.Time]     // when the last run finished
+	runs     [3]atomic.Uint64              // by selfTestKinds
 }
 
 // check runs the self-test once with cfg and records the verdict.

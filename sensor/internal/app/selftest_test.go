@@ -8,15 +8,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/sie-europe/dnssensor/internal/health"
 	"github.com/sie-europe/dnssensor/nmsg/dnsqr"
+	"github.com/sie-europe/dnssensor/sensor/internal/canary"
 	"github.com/sie-europe/dnssensor/sensor/internal/pipeline"
-	"github.com/sie-europe/dnssensor/sensor/internal/selftest"
 )
 
 // gatedOutcome is what a run of sensord left behind.
@@ -107,8 +106,8 @@ func TestSelfTestRefusesBrokenBuild(t *testing.T) {
 	if testing.Short() || brokenBuild != "" {
 		t.Skip("builds the package twice more")
 	}
-	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if _, err := os.Stat(gobin); err != nil {
+	gobin, err := exec.LookPath("go")
+	if err != nil {
 		t.Skipf("no go command: %v", err)
 	}
 	for _, tag := range []string{"dnssensor_broken_ecs", "dnssensor_broken_client"} {
@@ -154,13 +153,13 @@ func TestBrokenBuildWithholds(t *testing.T) {
 // TestSelfTestHourly: the self-test runs again on the hour (virtual clock); once a run fails,
 // the records that follow are withheld and counted, and the check turns red.
 func TestSelfTestHourly(t *testing.T) {
-	defer func(old func(pipeline.Config) selftest.Result) { runSelfTest = old }(runSelfTest)
+	defer func(old func(pipeline.Config) canary.Result) { runSelfTest = old }(runSelfTest)
 	fail := make(chan bool, 1)
-	runSelfTest = func(cfg pipeline.Config) selftest.Result {
-		r := selftest.Run(cfg)
+	runSelfTest = func(cfg pipeline.Config) canary.Result {
+		r := canary.Run(cfg)
 		select {
 		case <-fail:
-			r = selftest.Result{Kind: "leak", Why: "1 canary leaks: test"}
+			r = canary.Result{Kind: "leak", Why: "1 canary leaks: test"}
 		default:
 		}
 		return r

@@ -1,4 +1,4 @@
-package selftest
+package canary
 
 import (
 	"net/netip"

@@ -1,4 +1,4 @@
-// Package selftest is sensord's privacy self-test: canary packets that a correct sensor must
+// Package canary is sensord's privacy self-test: canary packets that a correct sensor must
 // never turn into a record carrying an end user's data, pushed through the real pipeline and
 // scrubber under sensord's own configuration, and a search of every record they produce (its
 // encoded bytes, stored packets included) for the canaries' client addresses and ECS octets.
@@ -10,7 +10,7 @@
 // (198.18.0.0/15 benchmarking, fd00::/8 unique-local) and are checked against the configuration,
 // their packet times are fixed, so a run is deterministic: what passes once passes every hour
 // unless the code changed under it.
-package selftest
+package canary
 
 import (
 	"bytes"
