@@ -163,3 +163,60 @@ func TestConfigReload(t *testing.T) {
 		}
 	}
 }
+
+// TestReloadLeavesDiscovery: the status page's "use this address" writes the resolver into the
+// config file of a box in discovery mode; sensord leaves discovery within 5 s, runs the privacy
+// self-test and makes records from then on. Needs root (AF_PACKET).
+func TestReloadLeavesDiscovery(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for AF_PACKET")
+	}
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "config.json")
+	writeAtomically(t, cfg, `{"rd": "0"}`)
+	sock := filepath.Join(dir, "h.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var stderr syncBuffer
+	code := make(chan int, 1)
+	go func() {
+		code <- Main(ctx, []string{"-i", "lo", "-config", cfg, "-spool", filepath.Join(dir, "spool"), "-health", sock, "-block-timeout", "2ms"}, io.Discard, &stderr)
+	}()
+	roots := func() map[string]*health.Check {
+		m := map[string]*health.Check{}
+		if rep, err := health.Get(context.Background(), sock); err == nil {
+			for _, c := range rep.Checks {
+				m[c.Name] = c
+			}
+		}
+		return m
+	}
+	wait := func(what string, cond func(map[string]*health.Check) bool) time.Duration {
+		t.Helper()
+		start := time.Now()
+		for deadline := start.Add(time.Minute); !cond(roots()); time.Sleep(10 * time.Millisecond) {
+			select {
+			case c := <-code:
+				t.Fatalf("sensord exited %d: %s", c, stderr.String())
+			default:
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: never; %s", what, stderr.String())
+			}
+		}
+		return time.Since(start)
+	}
+	wait("discovery", func(m map[string]*health.Check) bool { return m["resolver configured"] != nil })
+	writeAtomically(t, cfg, `{"resolver": "127.83.71.1", "rd": "0"}`)
+	took := wait("configured", func(m map[string]*health.Check) bool {
+		return m["resolver configured"] == nil && m["privacy self-test"] != nil && m["privacy self-test"].OK
+	})
+	t.Logf("left discovery after %v", took)
+	if took > 5*time.Second {
+		t.Errorf("left discovery after %v, want within 5 s", took)
+	}
+	cancel()
+	if c := <-code; c != 0 {
+		t.Errorf("exit %d: %s", c, stderr.String())
+	}
+}
