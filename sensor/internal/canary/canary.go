@@ -38,6 +38,9 @@ type Result struct {
 	// (client↔resolver traffic, its TCP connection and ICMP error), ECS an EDNS Client Subnet
 	// option (a client's and the resolver's upstream queries and responses).
 	Packets, Client, ECS int
+	// Headers of them carry a client's address in an IPv4 option or IPv6 extension header of
+	// the resolver's own query.
+	Headers int
 	// Records the canaries produced (all searched); Expected of them are the resolver's own
 	// transactions, which must come out.
 	Records, Expected int
@@ -50,8 +53,8 @@ type Result struct {
 
 // Summary is the result in one line.
 func (r *Result) Summary() string {
-	s := fmt.Sprintf("%d canary packets (%d with a client address, %d with ECS), %d records checked (%d expected from the resolver's own canary transactions)",
-		r.Packets, r.Client, r.ECS, r.Records, r.Expected)
+	s := fmt.Sprintf("%d canary packets (%d with a client address, %d with ECS, %d with a client address in IP options or extension headers), %d records checked (%d expected from the resolver's own canary transactions)",
+		r.Packets, r.Client, r.ECS, r.Headers, r.Records, r.Expected)
 	if len(r.Skipped) > 0 {
 		s += "; " + strings.Join(r.Skipped, "; ")
 	}
@@ -282,7 +285,14 @@ func run(cfg pipeline.Config) Result {
 				push(pktbuild.AppendTCP(nil, ap(f.resolver, port), ap(f.far, 53), 1, q), false, true)
 				push(pktbuild.AppendTCP(nil, ap(f.far, 53), ap(f.resolver, port), 1, a), false, true)
 			} else {
-				push(pktbuild.AppendUDP(nil, ap(f.resolver, port), ap(f.far, 53), q), false, true)
+				pkt := pktbuild.AppendUDP(nil, ap(f.resolver, port), ap(f.far, 53), q)
+				if f.client.IsValid() {
+					// An IP option (IPv4) or extension header (IPv6) holding the client's
+					// address: stored packets keep no such contents.
+					pkt = withHeaderNeedle(pkt, f.client)
+					res.Headers++
+				}
+				push(pkt, false, true)
 				push(pktbuild.AppendUDP(nil, ap(f.far, 53), ap(f.resolver, port), a), false, true)
 			}
 		}
@@ -317,6 +327,42 @@ func run(cfg pipeline.Config) Result {
 		res.OK = true
 	}
 	return res
+}
+
+// withHeaderNeedle returns the datagram pkt (as pktbuild writes it: a bare IPv4 or IPv6 header)
+// with a's octets inside an IPv4 Record Route option, or an IPv6 Destination Options header (a
+// PadN option), lengths and the IPv4 header checksum fixed. The transport checksum does not
+// cover either.
+func withHeaderNeedle(pkt []byte, a netip.Addr) []byte {
+	if a.Is4() {
+		b := a.As4()
+		opt := []byte{7, 7, 4, b[0], b[1], b[2], b[3], 0} // RR, one slot filled, EOL
+		out := append(append(append([]byte(nil), pkt[:20]...), opt...), pkt[20:]...)
+		out[0] = 0x40 | byte((20+len(opt))/4)
+		binary.BigEndian.PutUint16(out[2:], uint16(len(out)))
+		out[10], out[11] = 0, 0
+		binary.BigEndian.PutUint16(out[10:], ^fold(out[:20+len(opt)]))
+		return out
+	}
+	b := a.As16()
+	ext := []byte{pkt[6], 2, 1, 20} // next header, 24 octets, PadN of 20
+	ext = append(append(ext, b[:]...), 0, 0, 0, 0)
+	out := append(append(append([]byte(nil), pkt[:40]...), ext...), pkt[40:]...)
+	out[6] = 60 // Destination Options
+	binary.BigEndian.PutUint16(out[4:], uint16(len(out)-40))
+	return out
+}
+
+// fold is the ones' complement sum of b.
+func fold(b []byte) uint16 {
+	var s uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		s += uint32(b[i])<<8 | uint32(b[i+1])
+	}
+	for s > 0xffff {
+		s = s>>16 + s&0xffff
+	}
+	return uint16(s)
 }
 
 // configured returns an address inside one of ps of the family: the prefix's own address when it

@@ -62,8 +62,8 @@ func TestPassesOnEveryConfiguration(t *testing.T) {
 func TestCanariesCoverTheBrief(t *testing.T) {
 	r := Run(pipeline.Config{Resolvers: prefixes("192.0.2.53/32", "2001:db8::53/128")})
 	// Per family: 4 client UDP (2 with ECS), 2 client TCP (ECS), answer + ICMP error, 4 resolver (ECS).
-	if r.Packets != 24 || r.Client != 16 || r.ECS != 16 {
-		t.Errorf("canaries %d, client %d, ECS %d; want 24, 16, 16", r.Packets, r.Client, r.ECS)
+	if r.Packets != 24 || r.Client != 16 || r.ECS != 16 || r.Headers != 2 {
+		t.Errorf("canaries %d, client %d, ECS %d, headers %d; want 24, 16, 16, 2", r.Packets, r.Client, r.ECS, r.Headers)
 	}
 	if len(r.Skipped) != 0 {
 		t.Errorf("skipped: %v", r.Skipped)
