@@ -153,10 +153,12 @@ func stageOf(daemon, name, parent string) string {
 			return stageFrames
 		case strings.HasPrefix(name, "DNS on "):
 			return stageDNS
-		case name == "resolver transactions":
+		case name == "resolver transactions", name == "resolver configured":
 			return stageResolver
 		case name == "pairs", name == "records":
 			return stagePairs
+		case name == "privacy self-test":
+			return stagePrivacy
 		case name == "output", name == "spool":
 			return stageSpool
 		}
@@ -209,8 +211,6 @@ func compose(now time.Time, ds []*DaemonStatus, clock func() (ClockState, error)
 		switch s {
 		case stageBoth:
 			bothDirections(n, sensord)
-		case stagePrivacy:
-			n.State, n.Detail = Unknown, "the privacy self-test is not implemented yet: nothing has checked that canary client addresses never reach a record"
 		case stageClock:
 			clockNode(n, clock)
 		case stageUplink:

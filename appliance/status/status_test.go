@@ -89,7 +89,7 @@ func sensordTree(f *fakeDaemon) []*health.Node {
 	port := func(p string) *health.Node {
 		return n("port "+p, n("frames on "+p, n("DNS on "+p)), n("kernel drops on "+p))
 	}
-	return []*health.Node{n("capture", port("eth1"), port("eth2"),
+	return []*health.Node{n("privacy self-test"), n("capture", port("eth1"), port("eth2"),
 		n("resolver transactions", n("pairs", n("output", n("spool")))))}
 }
 
@@ -163,7 +163,7 @@ func stage(t *testing.T, p *Page, name string) *Node {
 }
 
 // TestChainOrder: the chain has the links, top-down, and with every daemon check passing
-// they are green except the two nobody checks yet, which are unknown, not green.
+// they are green except the clock, which nobody checks yet: unknown, not green.
 func TestChainOrder(t *testing.T) {
 	fx := newFixture(t)
 	p := fx.page(t)
@@ -171,7 +171,7 @@ func TestChainOrder(t *testing.T) {
 	for _, n := range p.Chain {
 		names = append(names, n.Name)
 		want := OK
-		if n.Name == stagePrivacy || n.Name == stageClock {
+		if n.Name == stageClock {
 			want = Unknown
 		}
 		if n.State != want {
@@ -182,17 +182,14 @@ func TestChainOrder(t *testing.T) {
 		t.Errorf("chain %q, want %q", names, stages)
 	}
 	if p.OK {
-		t.Error("page OK with the privacy self-test unknown")
+		t.Error("page OK with the clock unknown")
 	}
 	if p.FirstFailurePath != nil {
 		t.Errorf("first failure %q with nothing failing", p.FirstFailurePath)
 	}
-	if n := stage(t, p, stagePrivacy); !strings.Contains(n.Detail, "not implemented") {
-		t.Errorf("privacy self-test detail %q does not say it is not implemented", n.Detail)
-	}
 	// Each daemon check sits under its link.
 	for st, check := range map[string]string{stageInput: "port eth2", stageFrames: "kernel drops on eth1", stageDNS: "DNS on eth2",
-		stageResolver: "resolver transactions", stagePairs: "pairs", stageSpool: "loss ledger", stageUplink: "delivering to sie"} {
+		stageResolver: "resolver transactions", stagePairs: "pairs", stagePrivacy: "privacy self-test", stageSpool: "loss ledger", stageUplink: "delivering to sie"} {
 		found := false
 		for _, c := range stage(t, p, st).Children {
 			found = found || c.Name == check
@@ -205,6 +202,20 @@ func TestChainOrder(t *testing.T) {
 
 // TestFirstFailureMarked: of several failures, the most upstream one is marked, with its fix;
 // a failure further down is red but not marked.
+// TestPrivacySelfTestRed: sensord's failed self-test turns its link red with sensord's fix, and
+// is the first failure when everything upstream of it is green.
+func TestPrivacySelfTestRed(t *testing.T) {
+	fx := newFixture(t)
+	fx.sensord.setFail("privacy self-test", "roll back the image")
+	p := fx.page(t)
+	if want := []string{stagePrivacy, "privacy self-test"}; strings.Join(p.FirstFailurePath, "|") != strings.Join(want, "|") {
+		t.Fatalf("first failure %q, want %q", p.FirstFailurePath, want)
+	}
+	if n := stage(t, p, stagePrivacy); n.State != Fail || n.Fix != "roll back the image" {
+		t.Errorf("privacy self-test: %s, fix %q", n.State, n.Fix)
+	}
+}
+
 func TestFirstFailureMarked(t *testing.T) {
 	fx := newFixture(t)
 	fx.sensord.setFail("pairs", "pair fix")

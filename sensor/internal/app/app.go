@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/sie-europe/dnssensor/internal/health"
+	"github.com/sie-europe/dnssensor/sensor/internal/candidates"
 	"github.com/sie-europe/dnssensor/sensor/internal/decode"
 	"github.com/sie-europe/dnssensor/sensor/internal/output"
 	"github.com/sie-europe/dnssensor/sensor/internal/pipeline"
@@ -41,7 +42,13 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "sensord: %v\n", err)
 		return 2
 	}
-	if err := Run(ctx, o, stdout, stderr); err != nil {
+	run := func() error { return Run(ctx, o, stdout, stderr) }
+	if config, _ := scanArgs(args); config != "" && watchable(o) {
+		// A long-running sensord follows its config file: a change is applied within seconds
+		// (reload.go).
+		run = func() error { return runReloading(ctx, o, config, args, stdout, stderr) }
+	}
+	if err := run(); err != nil {
 		fmt.Fprintf(stderr, "sensord: %v\n", err)
 		return 1
 	}
@@ -52,6 +59,22 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 // flushed and written, so a damaged file loses nothing that precedes the damage.
 func Run(ctx context.Context, o *Options, stdout, stderr io.Writer) (err error) {
 	stderr = o.Health.keepLog(stderr)
+	if len(o.Live.Ifaces) > 0 {
+		o.Health.cands.Store(candidates.New())
+	}
+	if o.Discovery {
+		return runDiscovery(ctx, o, stderr)
+	}
+	// The privacy self-test runs before any output is opened, with the pipeline's own
+	// configuration; a failure withholds every record (counted) rather than stopping sensord, so
+	// its health says why nothing is shipped.
+	logf := func(format string, args ...any) { fmt.Fprintf(stderr, "sensord: "+format+"\n", args...) }
+	o.selfTest.check(o.Pipeline, logf)
+	defer func() {
+		if err == nil {
+			err = o.selfTest.err()
+		}
+	}()
 	env := output.Envelope{Source: o.Source, HasSource: o.HasSource}
 	var outs output.Multi
 	var files []*os.File
@@ -59,7 +82,13 @@ func Run(ctx context.Context, o *Options, stdout, stderr io.Writer) (err error) 
 		if name == "-" {
 			return stdout, nil
 		}
-		f, err := os.Create(name)
+		flags := os.O_WRONLY | os.O_CREATE | os.O_TRUNC
+		if o.reloaded {
+			// A run after a reload continues the files of the runs before it: NMSG containers
+			// and JSON lines both concatenate.
+			flags = os.O_WRONLY | os.O_CREATE | os.O_APPEND
+		}
+		f, err := os.OpenFile(name, flags, 0o666)
 		if err != nil {
 			return nil, err
 		}
@@ -97,16 +126,20 @@ func Run(ctx context.Context, o *Options, stdout, stderr io.Writer) (err error) 
 	}
 	var p frameSink
 	var single *pipeline.Pipeline
+	emit := o.selfTest.gate(outs.Write)
 	if o.Workers > 1 {
-		if p, err = pipeline.NewSharded(o.Workers, o.Pipeline, outs.Write); err != nil {
+		if p, err = pipeline.NewSharded(o.Workers, o.Pipeline, emit); err != nil {
 			return err
 		}
 	} else {
-		if single, err = pipeline.New(o.Pipeline, outs.Write); err != nil {
+		if single, err = pipeline.New(o.Pipeline, emit); err != nil {
 			return err
 		}
 		p = single
 	}
+	stctx, stopSelfTest := context.WithCancel(ctx)
+	defer stopSelfTest()
+	go o.selfTest.loop(stctx, o.Pipeline, logf)
 	if p, err = o.Health.start(ctx, o, p, sp, stderr); err != nil {
 		outs.Close()
 		return err
@@ -143,7 +176,7 @@ func Run(ctx context.Context, o *Options, stdout, stderr io.Writer) (err error) 
 		if o.Live.extra != nil {
 			extra = o.Live.extra()
 		}
-		fmt.Fprintf(stderr, "sensord: %s%s%s\n", s.String(), extra, spoolStats(sp))
+		fmt.Fprintf(stderr, "sensord: %s%s%s%s\n", s.String(), extra, spoolStats(sp), o.selfTest.statsPart())
 	}()
 	if o.Live.any() {
 		// Runs until SIGTERM (ctx) or the end of a dnstap file; the deferred flush then emits

@@ -36,8 +36,14 @@ func TestCheckConfigEveryKey(t *testing.T) {
 	if errs := CheckConfig([]byte(`{"resolver": "192.0.2.53,2001:db8::53", "rd": "0", "zero-resolver": true, "qname-exclude": "example.com"}`), applianceArgs); errs != nil {
 		t.Errorf("good file refused: %q", errs)
 	}
-	if errs := CheckConfig([]byte(`{"rd": "1"}`), applianceArgs); len(errs) != 1 || errs[0].Key != "resolver" {
-		t.Errorf("file without a resolver: %q, want one error for resolver", errs)
+	// Without a resolver, the appliance's sensord (it has capture interfaces) runs in discovery
+	// mode: it counts the sources of queries for the page's suggestions and writes no record.
+	// That is a valid state to configure, not an error.
+	if errs := CheckConfig([]byte(`{"rd": "1"}`), applianceArgs); errs != nil {
+		t.Errorf("file without a resolver (discovery mode) refused: %q", errs)
+	}
+	if errs := CheckConfig([]byte(`{"rd": "1"}`), []string{"-w", "/tmp/x.nmsg"}); len(errs) != 1 || errs[0].Key != "resolver" {
+		t.Errorf("file without a resolver and no capture interface: %q, want one error for resolver", errs)
 	}
 	if errs := CheckConfig([]byte(`[1]`), applianceArgs); len(errs) != 1 || errs[0].Key != "" {
 		t.Errorf("not an object: %q", errs)

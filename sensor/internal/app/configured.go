@@ -16,6 +16,13 @@ import (
 // Not configured means: no arguments at all; or -config names a file that does not exist, is
 // empty, or sets neither resolver, authoritative, dnstap nor dnstap-file, and the command line
 // does not either. Anything else goes on to the flag checks as before.
+//
+// Except discovery: a config file that exists and holds settings (the box's shared
+// configuration, provisioned or saved from the status page) but no resolver, with capture
+// interfaces (the image's -i, or the file's "i"), is a box whose operator has not yet said which
+// addresses are the resolver's. sensord then captures without making records and counts who
+// sends queries, so the status page can suggest the resolver (discovery.go). A missing or empty
+// file is still no configuration at all: exit 125, as the health contract says.
 func notConfigured(args []string) string {
 	if len(args) == 0 {
 		return "no settings given; see sensord -h (the appliance passes -config /perm/sensord/config.json)"
@@ -48,6 +55,9 @@ func notConfigured(args []string) string {
 		if v, ok := m[k]; ok && v != "" {
 			return ""
 		}
+	}
+	if v, ok := m["i"]; cmdline["i"] || (ok && v != "") {
+		return "" // discovery
 	}
 	return config + " sets neither resolver nor authoritative" + fix
 }

@@ -39,6 +39,14 @@ type Options struct {
 
 	// Health is -health and -health-addr (health.go).
 	Health healthOptions
+
+	// Discovery: capture interfaces and a config file, but no resolver yet; sensord makes no
+	// records and counts the sources of queries for the status page (discovery.go).
+	Discovery bool
+
+	selfTest selfTestState // the privacy self-test and its gate (selftest.go)
+	reload   *reloadState  // the -config file followed across reloads (reload.go); nil: not followed
+	reloaded bool          // this run follows a reload: -w/-J append
 }
 
 // usageNote is printed under the flag list.
@@ -180,7 +188,9 @@ func ParseFlags(args []string, stderr io.Writer) (*Options, error) {
 	if err := o.Spool.finish(); err != nil {
 		return nil, err
 	}
-	if err := o.Pipeline.Validate(); err != nil {
+	// A box's config file without a resolver: discovery mode (configured.go, discovery.go).
+	o.Discovery = *config != "" && len(o.Live.Ifaces) > 0 && len(o.Pipeline.Resolvers) == 0 && len(o.Pipeline.Authorities) == 0
+	if err := o.Pipeline.Validate(); err != nil && !o.Discovery {
 		return nil, err
 	}
 	if len(o.Read) == 0 && !o.Live.any() {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"reflect"
 	"strings"
 	"sync/atomic"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/sie-europe/dnssensor/internal/health"
 	"github.com/sie-europe/dnssensor/nmsg/dnsqr"
+	"github.com/sie-europe/dnssensor/sensor/internal/candidates"
 	"github.com/sie-europe/dnssensor/sensor/internal/decode"
 	"github.com/sie-europe/dnssensor/sensor/internal/dnstap"
 	"github.com/sie-europe/dnssensor/sensor/internal/live"
@@ -40,6 +42,8 @@ type healthOptions struct {
 	live   atomic.Pointer[live.Stats]
 	dnstap atomic.Pointer[dnstap.Stats]
 	spool  atomic.Pointer[spool.Producer]
+
+	cands atomic.Pointer[candidates.Tracker] // query sources on the tap (discovery.go)
 
 	liveStats *live.Stats // set by runLive; read only by the pipeline's goroutine
 	stop      func()
@@ -95,13 +99,14 @@ func (h *healthOptions) start(ctx context.Context, o *Options, p frameSink, sp *
 		lns = append(lns, ln)
 	}
 	reg := health.NewRegistry()
-	reg.MustRegister(&sensordCollector{h: h})
+	reg.MustRegister(&sensordCollector{h: h, o: o})
 	now := h.now
 	if now == nil {
 		now = time.Now
 	}
 	srv := &health.Server{Daemon: "sensord", Tree: h.tree(o, now), Registry: reg, Now: now, Log: h.log,
-		Logf: func(format string, args ...any) { fmt.Fprintf(stderr, format+"\n", args...) }}
+		Extra: map[string]http.Handler{candidatesPath: h.serveCandidates(now)},
+		Logf:  func(format string, args ...any) { fmt.Fprintf(stderr, format+"\n", args...) }}
 	sctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -187,6 +192,14 @@ func (h *healthOptions) tree(o *Options, now func() time.Time) *health.Tree {
 		return pipeline.Stats{}
 	}
 	input := h.inputCheck(o)
+	var roots []*health.Node
+	if o.reload != nil {
+		// First: a refused file is the operator's latest action, and nothing else shows it.
+		roots = append(roots, health.NewNode("configuration", o.reload.probe))
+	}
+	if o.Discovery {
+		return health.NewTree("sensord", now, append(roots, discoveryCheck(), input)...)
+	}
 	resolverFix := "the resolver's transactions with authoritative servers are not seen: check -resolver (its addresses as they appear on the tap, IPv4 and IPv6) and that the tap carries the resolver's upstream link, not its client side"
 	if len(o.Pipeline.Authorities) > 0 {
 		resolverFix = "no transactions of the -authoritative servers are seen: check -authoritative and that the tap carries their traffic"
@@ -236,7 +249,10 @@ func (h *healthOptions) tree(o *Options, now func() time.Time) *health.Tree {
 		"queries are seen but no answers pair with them: both directions of the resolver's upstream traffic must reach sensord (both tap ports, -merge-window), and -rd must match the resolver's queries (0)"),
 		output))
 	input.Add(transactions)
-	return health.NewTree("sensord", now, input)
+	// First among the roots: when it fails nothing is shipped, whatever the capture does, and
+	// it depends on nothing the capture does.
+	selfTest := health.NewNode("privacy self-test", o.selfTest.probe)
+	return health.NewTree("sensord", now, append(roots, selfTest, input)...)
 }
 
 // inputCheck is the tree's root: the input, and under it each capture port or the dnstap feed.
@@ -321,7 +337,10 @@ func linkProbe(ifc string) health.Probe {
 }
 
 // sensordCollector exposes the counters of the stats line (internal/health's naming rules).
-type sensordCollector struct{ h *healthOptions }
+type sensordCollector struct {
+	h *healthOptions
+	o *Options
+}
 
 func sdesc(name, help string, labels ...string) *prometheus.Desc {
 	return prometheus.NewDesc("dnssensor_sensord_"+name, help, labels, nil)
@@ -349,12 +368,16 @@ var (
 	descSpool    = sdesc("spool_total", "the spool producer's work: records, segments and octets sealed, segments and octets spilled to disk", "what")
 	descSpoolE   = sdesc("spool_spill_errors_total", "failed copies of a segment to the disk tier (it stays in RAM)")
 	descSpoolL   = sdesc("spool_lost_records_total", "records lost in the spool by this process, by reason", "reason")
+	descSelfTest = sdesc("privacy_selftest_runs_total", "privacy self-test runs by result: pass, leak (a canary's client address or ECS octets reached a record), no_records (the resolver's own canaries made none, so nothing was proven)", "result")
+	descReloads  = sdesc("config_reloads_total", "changes of the -config file: applied (sensord runs with it) or refused (invalid; the running configuration stays)", "result")
+	descGap      = sdesc("reload_capture_gap_seconds", "how long the last reload stopped the capture (old rings closed to new rings open); frames in it are not seen")
+	descSelfOK   = sdesc("privacy_selftest_ok", "1 while no privacy self-test has failed; 0 once one has, and every record is withheld (dropped_total{stage=\"output\",reason=\"privacy_selftest_failed\"})")
 )
 
 func (c *sensordCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descFrames, descIP, descDropped, descEvents, descRecords, descPending, descMemory,
 		descPort, descPortB, descPortDNS, descPortEv, descKernel, descKDrops, descKFreeze, descMergeH, descMergeOoO,
-		descDnstap, descDnstapD, descSpool, descSpoolE, descSpoolL} {
+		descDnstap, descDnstapD, descSpool, descSpoolE, descSpoolL, descSelfTest, descSelfOK, descReloads, descGap} {
 		ch <- d
 	}
 }
@@ -388,6 +411,23 @@ func (c *sensordCollector) Collect(ch chan<- prometheus.Metric) {
 			continue // UDP_INVALID is never emitted
 		}
 		counter(descRecords, n, strings.ToLower(dnsqr.Type(t).String()))
+	}
+	counter(descDropped, c.o.selfTest.withheld.Load(), "output", "privacy_selftest_failed")
+	for i, k := range selfTestKinds {
+		counter(descSelfTest, c.o.selfTest.runs[i].Load(), k)
+	}
+	ok := 1.0
+	if c.o.selfTest.failed.Load() {
+		ok = 0
+	}
+	gauge(descSelfOK, ok)
+	if r := c.o.reload; r != nil {
+		counter(descReloads, r.appliedN.Load(), "applied")
+		counter(descReloads, r.refusedN.Load(), "refused")
+		r.mu.Lock()
+		gap := r.lastGap
+		r.mu.Unlock()
+		gauge(descGap, gap.Seconds())
 	}
 	gauge(descPending, float64(s.Pending))
 	gauge(descMemory, float64(s.MemTable), "pair")

@@ -17,6 +17,7 @@ import (
 	"github.com/sie-europe/dnssensor/internal/health"
 	"github.com/sie-europe/dnssensor/internal/health/healthtest"
 	"github.com/sie-europe/dnssensor/nmsg/dnsqr"
+	"github.com/sie-europe/dnssensor/sensor/internal/canary"
 	"github.com/sie-europe/dnssensor/sensor/internal/decode"
 	"github.com/sie-europe/dnssensor/sensor/internal/live"
 	"github.com/sie-europe/dnssensor/sensor/internal/pipeline"
@@ -56,7 +57,9 @@ func TestNotConfigured(t *testing.T) {
 		{"device without its config file", device(missing), 125, "not configured: " + missing + " does not exist"},
 		{"-config=FILE form", []string{"-i", "health0", "-config=" + missing}, 125, "does not exist"},
 		{"empty config file", device(empty), 125, "is empty"},
-		{"config without resolver", device(noResolver), 125, "sets neither resolver nor authoritative"},
+		{"config without resolver nor interfaces", []string{"-config", noResolver, "-w", os.DevNull}, 125, "sets neither resolver nor authoritative"},
+		// With interfaces it is discovery (TestDiscoveryMode); here the box has no such port.
+		{"config without resolver: discovery", device(noResolver), 1, "discovery mode"},
 		{"resolver on the command line, config missing", []string{"-r", pcap, "-resolver", realResolvers, "-config", missing, "-w", os.DevNull}, 2, "-config"},
 		{"broken config", device(broken), 2, "not a JSON object"},
 		{"bad flag", []string{"-bogus"}, 2, "bogus"},
@@ -87,6 +90,7 @@ func TestHealthContract(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			o.selfTest.check(o.Pipeline, t.Logf) // as Run does before anything else
 			var p frameSink
 			emit := func(*dnsqr.Record) error { return nil }
 			if workers == "1" {
@@ -266,6 +270,8 @@ func TestSensordTree(t *testing.T) {
 			t.Errorf("%s: first failure %q (ok %v), want %q", name, got, r.OK, wantPath)
 		}
 	}
+	step("self-test not run yet", "privacy self-test")
+	o.selfTest.check(o.Pipeline, t.Logf)
 	step("ports not open", "capture")
 	o.Health.live.Store(st)
 	step("tapA missing", "capture/port tapA")
@@ -301,6 +307,10 @@ func TestSensordTree(t *testing.T) {
 	step("kernel drops", "capture/port tapA/kernel drops on tapA")
 	now = now.Add(2 * healthWindow)
 	step("everything stalled", "capture/port tapA/frames on tapA")
+	defer func(old func(pipeline.Config) canary.Result) { runSelfTest = old }(runSelfTest)
+	runSelfTest = func(pipeline.Config) canary.Result { return canary.Result{Kind: "leak", Why: "canary leaks"} }
+	o.selfTest.check(o.Pipeline, t.Logf)
+	step("self-test failed: before everything else", "privacy self-test")
 }
 
 // TestLinkProbe reads real interfaces: loopback is up and running, a missing port fails.

@@ -31,6 +31,11 @@ type liveOptions struct {
 	ifaces      string
 	dnstapAllow string
 	extra       func() string // the live/dnstap part of the final stats line
+
+	// When the capture rings were all open, and when the first was closed again: a reload's
+	// capture gap runs from one run's close to the next run's open (reload.go).
+	openedAt, closedAt time.Time
+	onOpen             func() // called once the rings are open
 }
 
 func (l *liveOptions) register(fs *flag.FlagSet) {
@@ -107,6 +112,7 @@ func runLive(ctx context.Context, o *Options, p frameSink, single *pipeline.Pipe
 	var ports []live.Port
 	var rings []*source.Ring
 	defer func() {
+		l.closedAt = time.Now()
 		for _, r := range rings {
 			r.Close()
 		}
@@ -128,6 +134,10 @@ func runLive(ctx context.Context, o *Options, p frameSink, single *pipeline.Pipe
 		rings = append(rings, r)
 		ports = append(ports, live.Port{Name: ifc, Src: r})
 	}
+	l.openedAt = time.Now()
+	if l.onOpen != nil {
+		l.onOpen()
+	}
 	logf("capturing on %s (snaplen %d, ring %d MiB each, merge window %v)", strings.Join(l.Ifaces, ","), l.Snaplen, l.RingMiB, l.MergeWindow)
 	st := &live.Stats{}
 	o.Health.liveStats = st
@@ -136,7 +146,8 @@ func runLive(ctx context.Context, o *Options, p frameSink, single *pipeline.Pipe
 		s := p.Stats()
 		fmt.Fprintf(stderr, "sensord: %s %s\n", s.String(), st.String())
 	}
-	return live.Run(ctx, live.Config{Window: l.MergeWindow, Slack: source.RetireDelay(l.BlockTimeout), TimeoutErr: source.ErrRingTimeout, Logf: logf, StatsEvery: o.StatsEvery},
+	return live.Run(ctx, live.Config{Window: l.MergeWindow, Slack: source.RetireDelay(l.BlockTimeout), TimeoutErr: source.ErrRingTimeout, Logf: logf, StatsEvery: o.StatsEvery,
+		Candidates: o.Health.cands.Load()},
 		ports, p, st, statsLine)
 }
 

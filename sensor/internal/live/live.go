@@ -21,6 +21,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sie-europe/dnssensor/sensor/internal/candidates"
 	"github.com/sie-europe/dnssensor/sensor/internal/decode"
 )
 
@@ -52,7 +53,10 @@ type Config struct {
 	StatsEvery time.Duration
 	// Silence is how long a port may be quiet while another carries traffic before a warning.
 	Silence time.Duration
-	now     func() time.Time // wall clock, for the window and warnings; a seam for tests
+	// Candidates, when set, counts the sources of DNS queries to port 53 (memory only: they
+	// may be clients' addresses), for the status page's resolver suggestions.
+	Candidates *candidates.Tracker
+	now        func() time.Time // wall clock, for the window and warnings; a seam for tests
 }
 
 // DefaultWindow is the valve's default: long enough that a reader starved by other work (or a
@@ -326,7 +330,9 @@ func read(ctx context.Context, cfg Config, src Source, port int, ps *PortStats, 
 			ps.OverSnaplen.Add(1)
 		}
 		if decode.Decode(decode.LinkEthernet, frame, &pk) == decode.OK && !pk.Frag {
-			classify(&pk, ps)
+			if classify(&pk, ps) && pk.DstPort == 53 {
+				cfg.Candidates.Query(ts, pk.Src)
+			}
 		}
 		if b != nil && (len(b.frames) == cap(b.frames) || len(b.data)+len(frame) > cap(b.data)) {
 			if !send(0) {
@@ -354,36 +360,38 @@ func read(ctx context.Context, cfg Config, src Source, port int, ps *PortStats, 
 	return nil
 }
 
-// classify counts DNS queries and responses per port, for the miscabling warnings.
-func classify(pk *decode.Packet, ps *PortStats) {
+// classify counts DNS queries and responses per port, for the miscabling warnings, and reports
+// whether pk is a query.
+func classify(pk *decode.Packet, ps *PortStats) bool {
 	var msg []byte
 	switch pk.Proto {
 	case decode.ProtoUDP:
 		if !dnsPort(pk.SrcPort) && !dnsPort(pk.DstPort) {
-			return
+			return false
 		}
 		msg = pk.Payload
 	case decode.ProtoTCP:
 		if pk.SrcPort != 53 && pk.DstPort != 53 {
-			return
+			return false
 		}
 		// Only segments that start with a message (length prefix, then the header) are counted;
 		// that is enough to tell the directions apart.
 		if len(pk.Payload) < 2+12 {
-			return
+			return false
 		}
 		msg = pk.Payload[2:]
 	default:
-		return
+		return false
 	}
 	if len(msg) < 12 {
-		return
+		return false
 	}
 	if msg[2]&0x80 != 0 {
 		ps.Responses.Add(1)
-	} else {
-		ps.Queries.Add(1)
+		return false
 	}
+	ps.Queries.Add(1)
+	return true
 }
 
 func dnsPort(p uint16) bool { return p == 53 || p == 5353 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/sie-europe/dnssensor/internal/pktbuild"
 	"github.com/sie-europe/dnssensor/nmsg/dnsqr"
+	"github.com/sie-europe/dnssensor/sensor/internal/candidates"
 	"github.com/sie-europe/dnssensor/sensor/internal/decode"
 	"github.com/sie-europe/dnssensor/sensor/internal/pipeline"
 )
@@ -108,8 +109,9 @@ func TestRunMergesPorts(t *testing.T) {
 	defer cancel()
 	st := &Stats{}
 	done := make(chan error, 1)
+	cands := candidates.New()
 	go func() {
-		done <- Run(ctx, Config{Window: 10 * time.Second, Slack: 40 * time.Millisecond, TimeoutErr: errTimeout, Logf: t.Logf},
+		done <- Run(ctx, Config{Window: 10 * time.Second, Slack: 40 * time.Millisecond, TimeoutErr: errTimeout, Logf: t.Logf, Candidates: cands},
 			[]Port{{"A", a}, {"B", b}}, sink, st, nil)
 	}()
 	for deadline := time.Now().Add(60 * time.Second); sink.n.Load() < 2*n; time.Sleep(5 * time.Millisecond) {
@@ -128,6 +130,10 @@ func TestRunMergesPorts(t *testing.T) {
 	}
 	if st.Ports[0].Queries.Load() != n || st.Ports[1].Responses.Load() != n || st.Ports[0].Responses.Load() != 0 {
 		t.Errorf("per-port DNS counters: %s", st.String())
+	}
+	// The queries' source is the one resolver candidate; responses (from port 53) are not queries to it.
+	if c := cands.Top(5, now.UnixNano()); len(c) != 1 || c[0].Addr != res.Addr() || c[0].Queries != n {
+		t.Errorf("resolver candidates %v, want %v with %d queries", c, res.Addr(), n)
 	}
 }
 

@@ -45,6 +45,17 @@ func nameSet(names []string) map[string]struct{} {
 	return m
 }
 
+// Excluded reports whether the qname filters of c drop name (presentation form), as a pipeline
+// built from c would: sensord's privacy self-test picks a canary name that is kept.
+func (c *Config) Excluded(name string) bool {
+	w, err := wireName(name)
+	if err != nil {
+		return true
+	}
+	p := Pipeline{exclude: nameSet(c.QnameExclude), include: nameSet(c.QnameInclude)}
+	return p.excluded(w)
+}
+
 // excluded applies the C reference's rule: a name at or below an include entry is kept; else a name
 // at or below an exclude entry is dropped. Matching ignores case.
 func (p *Pipeline) excluded(qname []byte) bool {

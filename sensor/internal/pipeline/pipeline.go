@@ -373,6 +373,9 @@ const (
 // Port 5353 alone is mDNS, a host's own names rather than cache misses: kept only with MDNS, and
 // then as the C reference keeps it.
 func (p *Pipeline) rule(qip netip.Addr, qport uint16, rip netip.Addr, rport uint16) verdict {
+	if brokenClientRule {
+		return keep
+	}
 	if qport != 53 && rport != 53 {
 		if !p.cfg.MDNS {
 			return mdnsTraffic

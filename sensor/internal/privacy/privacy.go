@@ -190,7 +190,7 @@ func (s *Scrubber) scrubECS(pkts [][]byte) bool {
 // dropping the record keeps the transaction (header, question) and ships no unexamined octet.
 func (s *Scrubber) scanMessage(msg []byte, zero func(off, n int)) {
 	cut := dnswire.ScanOptions(msg, func(o dnswire.Option) {
-		if o.Len == 0 || keepOption(o.Code) {
+		if o.Len == 0 || keepOption(o.Code) || (brokenECS && o.Code == dnswire.OptionECS) {
 			return
 		}
 		if o.Code == dnswire.OptionECS {

@@ -53,11 +53,17 @@ func ResolverFilter(prefixes []netip.Prefix, snaplen int) ([]bpf.RawInstruction,
 			sec4 = append(sec4, prefixTest(p, off, accept)...)
 		}
 	}
+	if len(prefixes) > 0 {
+		sec4 = append(sec4, queryTest4(accept)...)
+	}
 	sec4 = append(sec4, reject)
 	for _, off := range []uint32{offIPv6Src, offIPv6Dst} {
 		for _, p := range v6 {
 			sec6 = append(sec6, prefixTest(p, off, accept)...)
 		}
+	}
+	if len(prefixes) > 0 {
+		sec6 = append(sec6, queryTest6(accept)...)
 	}
 	sec6 = append(sec6, reject)
 
@@ -81,6 +87,40 @@ func ResolverFilter(prefixes []netip.Prefix, snaplen int) ([]bpf.RawInstruction,
 		return nil, fmt.Errorf("%d prefixes need %d BPF instructions, more than the kernel's %d", len(prefixes), len(prog), maxFilterLen)
 	}
 	return bpf.Assemble(prog)
+}
+
+// queryTest4 is a block that accepts an unfragmented IPv4 UDP datagram to port 53 carrying a DNS
+// query (QR=0) whoever sends it, and falls through to the next block (the reject) otherwise. It
+// lets sensord see who sends queries on the tap when its resolver list is wrong, so the status
+// page can suggest the right addresses (sensor/internal/candidates); the pipeline refuses these
+// queries as not_resolver unless a resolver sent them. Responses, TCP and fragments of
+// non-resolvers stay in the kernel.
+func queryTest4(accept bpf.Instruction) []bpf.Instruction {
+	return []bpf.Instruction{
+		bpf.LoadAbsolute{Off: 14 + 9, Size: 1}, // protocol
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: 17, SkipFalse: 8},
+		bpf.LoadAbsolute{Off: 14 + 6, Size: 2},                      // flags, fragment offset
+		bpf.JumpIf{Cond: bpf.JumpBitsSet, Val: 0x1fff, SkipTrue: 6}, // a later fragment
+		bpf.LoadMemShift{Off: 14},                                   // X = IPv4 header length
+		bpf.LoadIndirect{Off: 14 + 2, Size: 2},                      // UDP destination port
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: 53, SkipFalse: 3},
+		bpf.LoadIndirect{Off: 14 + 8 + 2, Size: 1}, // DNS flags, QR in the top bit
+		bpf.JumpIf{Cond: bpf.JumpBitsSet, Val: 0x80, SkipTrue: 1},
+		accept,
+	}
+}
+
+// queryTest6 is queryTest4 for IPv6 without extension headers.
+func queryTest6(accept bpf.Instruction) []bpf.Instruction {
+	return []bpf.Instruction{
+		bpf.LoadAbsolute{Off: 14 + 6, Size: 1}, // next header
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: 17, SkipFalse: 5},
+		bpf.LoadAbsolute{Off: 14 + 40 + 2, Size: 2}, // UDP destination port
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: 53, SkipFalse: 3},
+		bpf.LoadAbsolute{Off: 14 + 40 + 8 + 2, Size: 1}, // DNS flags
+		bpf.JumpIf{Cond: bpf.JumpBitsSet, Val: 0x80, SkipTrue: 1},
+		accept,
+	}
 }
 
 // prefixTest is a block that accepts when the address at off lies in p and falls through to

@@ -26,6 +26,22 @@ func ipFrame(src, dst string) []byte {
 	return ether(typ, pktbuild.AppendUDP(nil, s, d, make([]byte, 30)))
 }
 
+// dnsFrame is a UDP frame whose DNS flags octet is flags (0x80: a response).
+func dnsFrame(src, dst string, flags byte) []byte {
+	f := ipFrame(src, dst)
+	hl := 14 + 20
+	if f[12] == 0x86 {
+		hl = 14 + 40
+	}
+	f[hl+8+2] = flags
+	return f
+}
+
+func tcpFrame(src, dst string) []byte {
+	s, d := netip.MustParseAddrPort(src), netip.MustParseAddrPort(dst)
+	return ether(0x0800, pktbuild.AppendTCP(nil, s, d, 1, make([]byte, 30)))
+}
+
 func TestResolverFilter(t *testing.T) {
 	prefixes := []netip.Prefix{
 		netip.MustParsePrefix("198.51.100.2/32"),
@@ -53,14 +69,20 @@ func TestResolverFilter(t *testing.T) {
 		{ipFrame("192.0.2.1:53", "198.51.100.2:4000"), true},
 		{ipFrame("203.0.113.100:4000", "192.0.2.1:53"), true},
 		{ipFrame("192.0.2.1:53", "203.0.113.127:4000"), true},
-		{ipFrame("203.0.113.128:4000", "192.0.2.1:53"), false},
-		{ipFrame("10.53.0.2:4000", "10.53.0.1:53"), false}, // client ↔ resolver's client side
+		{dnsFrame("192.0.2.1:53", "203.0.113.128:4000", 0x80), false}, // outside the /26
+		{ipFrame("10.53.0.2:4000", "10.53.0.1:53"), true},             // anyone's query to port 53: a resolver candidate
+		{dnsFrame("10.53.0.1:53", "10.53.0.2:4000", 0x80), false},     // the answer to it
+		{dnsFrame("10.53.0.2:4000", "10.53.0.1:5353", 0), false},      // not port 53
+		{tcpFrame("10.53.0.2:4000", "10.53.0.1:53"), false},           // TCP
+		{dnsFrame("[fd53::2]:4000", "[fd53::1]:53", 0), true},
+		{dnsFrame("[fd53::1]:53", "[fd53::2]:4000", 0x80), false},
 		{ipFrame("[2001:db8:1::2]:4000", "[2001:db8:2::1]:53"), true},
 		{ipFrame("[2001:db8:2::1]:53", "[2001:db8:1::2]:4000"), true},
-		{ipFrame("[2001:db8:1::3]:4000", "[2001:db8:2::1]:53"), false},
+		{dnsFrame("[2001:db8:2::1]:53", "[2001:db8:1::3]:4000", 0x80), false},
 		{ipFrame("[2001:db8:55ff:1::9]:4000", "[2001:db8:2::1]:53"), true},
-		{ipFrame("[2001:db8:5600::9]:4000", "[2001:db8:2::1]:53"), false},
-		{ipFrame("[fd53::2]:4000", "[fd53::1]:53"), false},
+		{dnsFrame("[2001:db8:2::1]:53", "[2001:db8:5600::9]:4000", 0x80), false},
+		{ipFrame("[fd53::2]:53", "[fd53::1]:4000"), false}, // a query from port 53 to another port: not to 53
+
 		{ether(0x0806, make([]byte, 28)), false},                                    // ARP
 		{ether(0x8100, append([]byte{0, 100, 8, 0}, make([]byte, 40)...)), true},    // VLAN not offloaded
 		{ether(0x88a8, append([]byte{0, 100, 0x81, 0}, make([]byte, 40)...)), true}, // QinQ
