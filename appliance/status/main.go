@@ -74,6 +74,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	s.Sampler = &Sampler{Daemons: s.Daemons, Every: *sampleEvery, Timeout: *timeout}
 	s.Ident = DefaultIdentitySource(pw, socketOf(s.Daemons, "uplinkd"))
 	s.Ident.GokrazyURL = *gokrazyURL
+	s.Services = &GokrazyServices{URL: *gokrazyURL, Password: pw}
 	s.LogLines = *logLines
 	s.Clock = KernelClock
 	go s.Sampler.Run(ctx)

@@ -48,6 +48,9 @@ type Server struct {
 	Logf    func(format string, args ...any)
 	// Limiter refuses logins from an address after repeated failures; nil: NewLimiter(s.Now).
 	Limiter *Limiter
+	// Services tells daemons stopped on purpose (not configured) from failing ones; nil: every
+	// daemon whose socket does not answer is "not running".
+	Services *GokrazyServices
 	// Config is the configuration page (config.go); nil: none.
 	Config *Config
 	// Sampler, Ident and LogLines add the counters, identity and log sections (view.go); nil
@@ -190,7 +193,9 @@ func (s *Server) Page(ctx context.Context) *Page {
 	}
 	ctx, cancel := context.WithTimeout(ctx, to)
 	defer cancel()
-	p := compose(s.now(), Collect(ctx, s.Daemons, s.Known), s.Clock)
+	ds := Collect(ctx, s.Daemons, s.Known)
+	markStopped(ds, s.Services.Stopped(ctx))
+	p := compose(s.now(), ds, s.Clock)
 	s.addViews(ctx, p)
 	return p
 }

@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -529,5 +530,46 @@ func TestHungDaemon(t *testing.T) {
 	}
 	if s := stage(t, p, stageUplink); s.State != Fail {
 		t.Errorf("uplink %s with uplinkd hung", s.State)
+	}
+}
+
+// TestStoppedIsNotConfigured: a daemon whose socket does not answer is "not configured" when
+// gokrazy has stopped it (it exited 125, waiting for its configuration), and "not running" while
+// gokrazy keeps restarting it. gokrazy's status JSON is served by a fake with its field names.
+func TestStoppedIsNotConfigured(t *testing.T) {
+	fx := newFixture(t)
+	gone := filepath.Join(socketDir(t), "gone.sock")
+	fx.srv.Daemons = []Daemon{{Name: "sensord", Socket: gone}, {Name: "uplinkd", Socket: fx.uplinkd.socket}}
+	var stopped atomic.Bool
+	gk := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if u, p, ok := r.BasicAuth(); !ok || u != "gokrazy" || p != testPassword || r.Header.Get("Accept") != "application/json" {
+			http.Error(w, "no", http.StatusUnauthorized)
+			return
+		}
+		fmt.Fprintf(w, `{"BuildTimestamp":"x","Services":[{"Path":"/user/sensord","Stopped":%v,"Pid":0},{"Path":"/user/uplinkd","Stopped":false,"Pid":42}]}`, stopped.Load())
+	}))
+	defer gk.Close()
+	fx.srv.Services = &GokrazyServices{URL: gk.URL, Password: []byte(testPassword)}
+	state := func() (string, *Node) {
+		p := fx.page(t)
+		for _, d := range p.Daemons {
+			if d.Name == "sensord" {
+				return d.State, stage(t, p, stageInput)
+			}
+		}
+		t.Fatal("no sensord on the page")
+		return "", nil
+	}
+	if st, in := state(); st != "not running" || in.State != Fail {
+		t.Errorf("restarting sensord: %s, tap ports %s %q", st, in.State, in.Detail)
+	}
+	stopped.Store(true)
+	if st, in := state(); st != "not configured" || in.State != Unknown || !strings.Contains(in.Detail, "not configured") {
+		t.Errorf("stopped sensord: %s, tap ports %s %q", st, in.State, in.Detail)
+	}
+	// A gokrazy that cannot be asked changes nothing.
+	fx.srv.Services = &GokrazyServices{URL: gk.URL, Password: []byte("wrong")}
+	if st, _ := state(); st != "not running" {
+		t.Errorf("gokrazy unreadable: %s", st)
 	}
 }
