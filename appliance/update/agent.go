@@ -56,6 +56,7 @@ type Config struct {
 	Interval, Jitter time.Duration // between checks: Interval + a random part of Jitter
 	Window           *Window       // nil: any time
 	GateDeadline     time.Duration // the new root must pass the gate within this
+	GateHold         time.Duration // ... and keep passing for this long (a daemon that dies after a minute fails)
 	GatePoll         time.Duration // how often the gate reads the health sockets
 	HealthTimeout    time.Duration // per health socket read
 
@@ -125,6 +126,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.GateDeadline == 0 {
 		cfg.GateDeadline = 5 * time.Minute
+	}
+	if cfg.GateHold < 0 {
+		cfg.GateHold = 0
 	}
 	if cfg.GatePoll == 0 {
 		cfg.GatePoll = 5 * time.Second
@@ -502,20 +506,30 @@ func (a *Agent) testboot(ctx context.Context) error {
 	return nil
 }
 
-// gate runs the health gate in the test boot until it passes or its deadline passes.
+// gate runs the health gate in the test boot: it must pass before GateDeadline and then keep
+// passing for GateHold.
 func (a *Agent) gate(ctx context.Context) error {
 	p := a.State().Pending
 	deadline := p.GateStarted.Add(a.cfg.GateDeadline)
 	var last string
+	var passing time.Time // since when the gate passes without a break; zero: it does not
 	for {
 		if err := a.point("gate"); err != nil {
 			return err
 		}
+		now := a.cfg.Now()
 		last = gateOnce(ctx, a.cfg.Daemons, a.cfg.HealthTimeout, p.Baseline)
-		if last == "" {
+		switch {
+		case last != "":
+			passing = time.Time{}
+		case passing.IsZero():
+			passing = now
+		}
+		if !passing.IsZero() && now.Sub(passing) >= a.cfg.GateHold {
 			return a.commit(ctx)
 		}
-		if !a.cfg.Now().Before(deadline) {
+		// The gate must start passing before the deadline, then hold without a break.
+		if passing.IsZero() && !now.Before(deadline) {
 			return a.fail(ctx, "health gate not passed within "+a.cfg.GateDeadline.String()+": "+last, true)
 		}
 		if err := a.cfg.Sleep(ctx, a.cfg.GatePoll); err != nil {

@@ -233,7 +233,7 @@ func (w *world) agent() *Agent {
 	a, err := New(Config{
 		RepoURL: w.repoURL, Image: image, TrustedRoot: w.trusted, Dir: w.dir, MachineID: w.machine,
 		Device: w.api, Daemons: []Daemon{{"sensord", w.sock}, {"uplinkd", w.sock + ".absent"}},
-		GateDeadline: 10 * time.Second, GatePoll: time.Second,
+		GateDeadline: 10 * time.Second, GateHold: 3 * time.Second, GatePoll: time.Second,
 		Now:   w.clk.Now,
 		Sleep: func(ctx context.Context, d time.Duration) error { w.clk.Add(d); return ctx.Err() },
 		TestBooted: func() (bool, error) {
@@ -536,6 +536,33 @@ func TestFailedVersionNotRetried(t *testing.T) {
 	w.settle()
 	if running, _, _ := w.dev.snapshot(); running != build(4) {
 		t.Fatalf("box runs %s, want %s", running, build(4))
+	}
+}
+
+// TestGateHold: a sensord that passes once and then fails (a crash a moment after start) does not
+// get its root committed.
+func TestGateHold(t *testing.T) {
+	w := newWorld(t)
+	w.publish(1, 100, "boot v1")
+	w.publish(2, 100, "boot v2")
+	if err := w.agent().Check(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
+	w.dev.powerCycle()
+	start := w.clk.Now()
+	// Passing for the first 2 s of every 3 s: never the 3 s the hold asks for.
+	w.capture.Store(true)
+	a := w.agent()
+	a.cfg.Sleep = func(ctx context.Context, d time.Duration) error {
+		w.clk.Add(d)
+		w.capture.Store(w.clk.Now().Sub(start)%(3*time.Second) < 2*time.Second)
+		return nil
+	}
+	if err := a.Resume(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if st := a.State(); len(st.Failed) != 1 || st.Version == 2 {
+		t.Fatalf("a flapping gate committed: %+v", st)
 	}
 }
 

@@ -157,6 +157,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	jitter := flags.Duration("jitter", 10*time.Minute, "random extra wait, so a fleet does not check at once")
 	window := flags.String("window", "", "maintenance window `HH:MM-HH:MM` UTC (empty: any time)")
 	gateDeadline := flags.Duration("gate-deadline", 5*time.Minute, "the new root must pass the health gate within this")
+	gateHold := flags.Duration("gate-hold", 30*time.Second, "... and keep passing it for this long")
 	daemons := flags.String("daemons", "sensord,uplinkd", "daemons the health gate reads (`NAME` or NAME=SOCKET)")
 	sock := flags.String("health", health.SocketPath("updated"), "health contract and control `SOCKET`")
 	if err := flags.Parse(args); err != nil {
@@ -213,7 +214,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	logger := log.New(stderr, "updated: ", log.LstdFlags)
 	a, err := New(Config{RepoURL: *repo, Image: *img, TrustedRoot: trusted, Dir: *dir, MachineID: id, Device: api,
-		Daemons: ds, Interval: *interval, Jitter: *jitter, Window: w, GateDeadline: *gateDeadline, Logf: logger.Printf})
+		Daemons: ds, Interval: *interval, Jitter: *jitter, Window: w, GateDeadline: *gateDeadline, GateHold: *gateHold, Logf: logger.Printf})
 	if err != nil {
 		return bad("%v", err)
 	}
