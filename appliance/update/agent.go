@@ -74,10 +74,9 @@ type Config struct {
 type Agent struct {
 	cfg Config
 
-	mu    sync.Mutex // guards st and the fields below
-	st    *State
-	now   chan struct{} // "update now"
-	phase string        // what the agent is doing, for the page
+	mu  sync.Mutex // guards st
+	st  *State
+	now chan struct{} // "update now"
 }
 
 // ErrStopped is returned by steps cut short by a simulated power cut (tests) or a context end.
