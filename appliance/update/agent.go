@@ -555,6 +555,7 @@ func (a *Agent) commit(ctx context.Context) error {
 
 func (a *Agent) committed() error {
 	now := a.cfg.Now().UTC()
+	a.cfg.Logf("version %d committed", a.State().Pending.Version)
 	return a.update(func(s *State) {
 		s.Version, s.BuildTimestamp = s.Pending.Version, s.Pending.BuildTimestamp
 		s.event(now, s.Pending.Version, "version %d committed", s.Pending.Version)

@@ -151,7 +151,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root := flags.String("trusted-root", "/etc/updated/root.json", "the repository's root.json baked into the image (`FILE`)")
 	dir := flags.String("dir", "/perm/updated", "state `DIR` (state.json, the TUF metadata)")
 	mid := flags.String("machine-id", "/perm/updated/machine-id", "`FILE` naming this box for staged rollouts (created when missing)")
-	device := flags.String("device", "http://localhost", "gokrazy's HTTP `URL` (its update API)")
+	device := flags.String("device", "http://127.0.0.1", "gokrazy's HTTP `URL` (its update API)")
 	pwFile := flags.String("password-file", "/etc/gokr-pw.txt", "gokrazy's HTTP password `FILE`")
 	interval := flags.Duration("interval", time.Hour, "time between checks")
 	jitter := flags.Duration("jitter", 10*time.Minute, "random extra wait, so a fleet does not check at once")
