@@ -308,8 +308,8 @@ func (a *Agent) Check(ctx context.Context, force bool) error {
 	})
 	if err != nil && !errors.Is(err, ErrStopped) {
 		a.cfg.Logf("update check: %v", err)
-	} else if result != "" {
-		a.cfg.Logf("update check: %s", result)
+	} else if result != "" && result != st.LastResult {
+		a.cfg.Logf("update check: %s", result) // once per change: hourly "up to date" says nothing
 	}
 	return err
 }
