@@ -3,6 +3,8 @@
 //
 //	go run ./gokr-packer -image sensor-amd64 -o out/sensor-amd64.img
 //	go run ./gokr-packer update -image sensor-amd64 -device http://host:port
+//	go run ./gokr-packer keys -dir ~/tuf-keys -root-keys 2 -root-threshold 2
+//	go run ./gokr-packer publish -image sensor-amd64 -repo /srv/tuf -keys ~/tuf-keys
 //
 // Progress goes to stderr; the result is one line of JSON on stdout.
 package main
@@ -44,8 +46,15 @@ func main() {
 type usageError struct{ error }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) > 0 && args[0] == "update" {
-		return runUpdate(ctx, args[1:], stdout, stderr)
+	if len(args) > 0 {
+		switch args[0] {
+		case "update":
+			return runUpdate(ctx, args[1:], stdout, stderr)
+		case "keys":
+			return runKeys(args[1:], stdout, stderr)
+		case "publish":
+			return runPublish(ctx, args[1:], stdout, stderr)
+		}
 	}
 	fs := flag.NewFlagSet("gokr-packer", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -70,13 +79,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 // common are the flags of both the build and the update.
 type common struct {
-	image, passwordFile, timestamp string
+	image, passwordFile, timestamp, tufRoot string
+	rootFiles                               map[string][]byte
 }
 
 func (c *common) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.image, "image", "sensor-amd64", "image `NAME` (images/NAME.json) or path to a .json definition")
 	fs.StringVar(&c.passwordFile, "password-file", "", "device HTTP password `FILE` (default: ~/.config/dnssensor/NAME/gokr-pw.txt, created when missing)")
 	fs.StringVar(&c.timestamp, "build-timestamp", "", "build time (RFC 3339 or Unix seconds; default $SOURCE_DATE_EPOCH, else now); fix it for reproducible root images")
+	fs.StringVar(&c.tufRoot, "tuf-root", "", "bake the TUF repository's root.json `FILE` into the image ("+TrustedRootPath+", the update agent's trust anchor)")
 }
 
 func (c *common) build(ctx context.Context, out, confirm, artefacts, permDir string, stderr io.Writer) (*packer.Result, error) {
@@ -96,6 +107,16 @@ func (c *common) build(ctx context.Context, out, confirm, artefacts, permDir str
 	if err != nil {
 		return nil, err
 	}
+	if c.tufRoot != "" {
+		b, err := os.ReadFile(c.tufRoot)
+		if err != nil {
+			return nil, usageError{fmt.Errorf("-tuf-root: %w", err)}
+		}
+		if c.rootFiles == nil {
+			c.rootFiles = map[string][]byte{}
+		}
+		c.rootFiles[TrustedRootPath] = b
+	}
 	return packer.Build(ctx, packer.Options{
 		RepoRoot:      repo,
 		Image:         im,
@@ -105,6 +126,7 @@ func (c *common) build(ctx context.Context, out, confirm, artefacts, permDir str
 		BuildTime:     bt,
 		PasswordFile:  pw,
 		PermDir:       permDir,
+		RootFiles:     c.rootFiles,
 		Log:           prefixWriter{stderr},
 	})
 }

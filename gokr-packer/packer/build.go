@@ -47,7 +47,10 @@ type Options struct {
 	// device's own configuration (sensord's resolver addresses, uplinkd's
 	// destinations and API key) on first flash. Updates never touch /perm.
 	PermDir string
-	Log     io.Writer // progress, one line per step
+	// RootFiles are extra files for the root file system, by absolute path (the
+	// update agent's trusted TUF root, /etc/updated/root.json).
+	RootFiles map[string][]byte
+	Log       io.Writer // progress, one line per step
 }
 
 // Result is what the packer prints as its one-line JSON answer.
@@ -61,6 +64,7 @@ type Result struct {
 	BootImg        string   `json:"boot_img"`
 	RootImg        string   `json:"root_img"`
 	MBRImg         string   `json:"mbr_img"`
+	SBOM           string   `json:"sbom"`              // beside the artefacts, published with them
 	Vmlinuz        string   `json:"vmlinuz,omitempty"` // direct-boot profiles
 	Cmdline        string   `json:"cmdline"`
 	RootSHA256     string   `json:"root_sha256"`
@@ -274,6 +278,16 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 			return nil, err
 		}
 	}
+	extra := make([]string, 0, len(opts.RootFiles))
+	for dst := range opts.RootFiles {
+		extra = append(extra, dst)
+	}
+	sort.Strings(extra)
+	for _, dst := range extra {
+		if err := root.bytes(dst, opts.RootFiles[dst], 0o644); err != nil {
+			return nil, err
+		}
+	}
 	for _, pkg := range pkgs {
 		if err := root.file(rootPathOf[pkg], filepath.Join(binDir, binaryName(pkg)), 0o755); err != nil {
 			return nil, err
@@ -400,6 +414,10 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 		return nil, err
 	}
 	if err := os.WriteFile(res.MBRImg, mbr[:446], 0o644); err != nil {
+		return nil, err
+	}
+	res.SBOM = stem + ".sbom.json"
+	if err := os.WriteFile(res.SBOM, sbomFile, 0o644); err != nil {
 		return nil, err
 	}
 	if prof.Has(hardware.BootDirect) {

@@ -21,11 +21,12 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/sie-europe/dnssensor/internal/gokrazyapi"
 )
 
 // Options configure one push.
@@ -69,76 +70,15 @@ func DeviceKey(device string) string {
 	return r.Replace(strings.TrimRight(device, "/"))
 }
 
-type client struct {
-	base *url.URL
-	pw   string
-	hc   *http.Client
-}
-
-func (c *client) do(ctx context.Context, method, path string, body io.Reader, json bool) (*http.Response, error) {
-	u := *c.base
-	u.Path = strings.TrimRight(u.Path, "/") + path
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
-	if err != nil {
-		return nil, err
-	}
-	req.SetBasicAuth("gokrazy", c.pw)
-	if json {
-		req.Header.Set("Accept", "application/json")
-	}
-	return c.hc.Do(req)
-}
-
-func (c *client) call(ctx context.Context, method, path string, body io.Reader, json bool) ([]byte, error) {
-	resp, err := c.do(ctx, method, path, body, json)
-	if err != nil {
-		return nil, fmt.Errorf("%s %s: %w", method, path, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return nil, fmt.Errorf("%s %s: reading answer: %w", method, path, err)
-	}
-	if resp.StatusCode == http.StatusUnauthorized {
-		return nil, fmt.Errorf("%s %s: wrong password (401)", method, path)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, strings.TrimSpace(string(b)))
-	}
-	return b, nil
-}
-
-// buildTimestamp asks the status page which build runs.
-func (c *client) buildTimestamp(ctx context.Context) (string, error) {
-	b, err := c.call(ctx, http.MethodGet, "/", nil, true)
-	if err != nil {
-		return "", err
-	}
-	var st struct{ BuildTimestamp string }
-	if err := json.Unmarshal(b, &st); err != nil {
-		return "", fmt.Errorf("GET /: not gokrazy's status JSON: %w", err)
-	}
-	return st.BuildTimestamp, nil
-}
-
-// put streams file to path and checks the SHA-256 the device computed while
-// writing it: a mismatch means the partition does not hold what we sent.
-func (c *client) put(ctx context.Context, path, file string) error {
+// put streams file to path; the device's echoed SHA-256 is checked by gokrazyapi.
+func put(ctx context.Context, c *gokrazyapi.Client, path, file string) error {
 	f, err := os.Open(file)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	h := sha256.New()
-	b, err := c.call(ctx, http.MethodPut, path, io.TeeReader(f, h), false)
-	if err != nil {
-		return err
-	}
-	want := hex.EncodeToString(h.Sum(nil))
-	if got := strings.TrimSpace(string(b)); got != want {
-		return fmt.Errorf("PUT %s: device wrote data with SHA-256 %s, we sent %s", path, got, want)
-	}
-	return nil
+	_, err = c.Put(ctx, path, f)
+	return err
 }
 
 // Push runs the whole update.
@@ -149,18 +89,9 @@ func Push(ctx context.Context, o Options) (*Result, error) {
 			fmt.Fprintf(o.Log, "[update %5.1fs] "+format+"\n", append([]any{time.Since(start).Seconds()}, args...)...)
 		}
 	}
-	base, err := url.Parse(o.Device)
-	if err != nil || base.Host == "" || (base.Scheme != "http" && base.Scheme != "https") {
-		return nil, fmt.Errorf("device %q: want http://host[:port]", o.Device)
-	}
-	hc := o.Client
-	if hc == nil {
-		// No overall timeout: a root image over a slow link takes a while. Dial
-		// and header time-outs catch a dead device.
-		hc = &http.Client{Transport: &http.Transport{
-			ResponseHeaderTimeout: 5 * time.Minute,
-			DisableKeepAlives:     true,
-		}}
+	c, err := gokrazyapi.New(o.Device, o.Password, o.Client)
+	if err != nil {
+		return nil, err
 	}
 	if o.Timeout == 0 {
 		o.Timeout = 5 * time.Minute
@@ -168,25 +99,17 @@ func Push(ctx context.Context, o Options) (*Result, error) {
 	if o.PollInterval == 0 {
 		o.PollInterval = 500 * time.Millisecond
 	}
-	c := &client{base: base, pw: o.Password, hc: hc}
 	res := &Result{Device: o.Device, NewBuildTimestamp: o.BuildTimestamp, Testboot: o.Testboot}
 
-	if res.OldBuildTimestamp, err = c.buildTimestamp(ctx); err != nil {
+	if res.OldBuildTimestamp, err = c.BuildTimestamp(ctx); err != nil {
 		return nil, err
 	}
 	logf("device runs build %s", res.OldBuildTimestamp)
 	if res.OldBuildTimestamp == o.BuildTimestamp {
 		return nil, fmt.Errorf("device already runs build %s: nothing would tell the new build apart (use a new -build-timestamp)", o.BuildTimestamp)
 	}
-	feat, err := c.call(ctx, http.MethodGet, "/update/features", nil, false)
-	if err != nil {
+	if res.Features, err = c.Features(ctx); err != nil {
 		return nil, err
-	}
-	res.Features = strings.TrimSpace(string(feat))
-	for _, need := range []string{"partuuid", "updatehash"} {
-		if !strings.Contains(res.Features, need) {
-			return nil, fmt.Errorf("device lacks update feature %q (has %q): too old for this client", need, res.Features)
-		}
 	}
 
 	var prev state
@@ -203,7 +126,7 @@ func Push(ctx context.Context, o Options) (*Result, error) {
 	}
 
 	logf("PUT /update/root (%s)", o.RootImg)
-	if err := c.put(ctx, "/update/root", o.RootImg); err != nil {
+	if err := put(ctx, c, "/update/root", o.RootImg); err != nil {
 		return nil, err
 	}
 	res.PushedRoot = true
@@ -211,14 +134,14 @@ func Push(ctx context.Context, o Options) (*Result, error) {
 		// bootonly (not boot): it leaves the cmdline pointing at the running root,
 		// so an update cut short here still boots the old, complete system.
 		logf("PUT /update/bootonly (boot partition changed)")
-		if err := c.put(ctx, "/update/bootonly", o.BootImg); err != nil {
+		if err := put(ctx, c, "/update/bootonly", o.BootImg); err != nil {
 			return nil, err
 		}
 		res.PushedBoot = true
 	}
 	if mbrSum != prev.MBRSHA256 {
 		logf("PUT /update/mbr (boot code changed)")
-		if err := c.put(ctx, "/update/mbr", o.MBRImg); err != nil {
+		if err := put(ctx, c, "/update/mbr", o.MBRImg); err != nil {
 			return nil, err
 		}
 		res.PushedMBR = true
@@ -228,7 +151,7 @@ func Push(ctx context.Context, o Options) (*Result, error) {
 		sw = "/update/testboot"
 	}
 	logf("POST %s", sw)
-	if _, err := c.call(ctx, http.MethodPost, sw, nil, false); err != nil {
+	if _, err := c.Call(ctx, http.MethodPost, sw, nil, false); err != nil {
 		return nil, err
 	}
 	if err := saveState(o.StateFile, state{BootSHA256: bootSum, MBRSHA256: mbrSum}); err != nil {
@@ -236,7 +159,7 @@ func Push(ctx context.Context, o Options) (*Result, error) {
 	}
 	logf("POST /reboot")
 	rebootAt := time.Now()
-	if _, err := c.call(ctx, http.MethodPost, "/reboot", nil, false); err != nil {
+	if _, err := c.Call(ctx, http.MethodPost, "/reboot", nil, false); err != nil {
 		// The device may drop the connection while going down; polling decides.
 		logf("reboot request: %v (polling anyway)", err)
 	}
@@ -247,7 +170,7 @@ func Push(ctx context.Context, o Options) (*Result, error) {
 	if o.Testboot {
 		// The test boot ran the new root from the old root's cmdline; make it permanent.
 		logf("test boot came up; POST /update/switch to keep it")
-		if _, err := c.call(ctx, http.MethodPost, "/update/switch", nil, false); err != nil {
+		if _, err := c.Call(ctx, http.MethodPost, "/update/switch", nil, false); err != nil {
 			return nil, err
 		}
 	}
@@ -256,13 +179,13 @@ func Push(ctx context.Context, o Options) (*Result, error) {
 	return res, nil
 }
 
-func waitFor(ctx context.Context, c *client, o Options, logf func(string, ...any)) error {
+func waitFor(ctx context.Context, c *gokrazyapi.Client, o Options, logf func(string, ...any)) error {
 	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
 	var last string
 	for {
 		pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
-		ts, err := c.buildTimestamp(pctx)
+		ts, err := c.BuildTimestamp(pctx)
 		pcancel()
 		if err == nil && ts == o.BuildTimestamp {
 			return nil

@@ -1,0 +1,77 @@
+package update
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/sie-europe/dnssensor/internal/health"
+	"github.com/sie-europe/dnssensor/internal/health/healthtest"
+)
+
+func TestMainExitCodes(t *testing.T) {
+	tmp := t.TempDir()
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{nil, 125, "-repo"},
+		{[]string{"-repo", "http://r", "-trusted-root", filepath.Join(tmp, "none")}, 125, "-trusted-root"},
+		{[]string{"-repo", "http://r", "-window", "7-9"}, 2, "-window"},
+		{[]string{"-bogus"}, 2, "bogus"},
+	} {
+		var out, errb bytes.Buffer
+		if code := Main(context.Background(), tc.args, &out, &errb); code != tc.code || !strings.Contains(errb.String(), tc.want) {
+			t.Errorf("updated %v: exit %d (%s), want %d naming %s", tc.args, code, errb.String(), tc.code, tc.want)
+		}
+	}
+}
+
+func TestLocalAPI(t *testing.T) {
+	w := newWorld(t)
+	w.publish(1, 100, "boot v1")
+	w.publish(2, 100, "boot v2")
+	w.capture.Store(false)
+	w.settle() // version 2 fails its gate
+	a := w.agent()
+	srv := httptest.NewServer(a.Handler())
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/health.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var rep health.Report
+	if err := json.Unmarshal(body, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusServiceUnavailable || strings.Join(rep.FirstFailurePath, "/") != "repository/updates" {
+		t.Errorf("health: %d, first failure %v", resp.StatusCode, rep.FirstFailurePath)
+	}
+	healthtest.Check(t, health.HealthSchemaJSON, body)
+	if resp, err := http.Post(srv.URL+"/pause", "", nil); err != nil || resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("POST /pause: %v %v", resp, err)
+	}
+	if !w.agent().State().Paused {
+		t.Error("pause not recorded in state.json")
+	}
+	if resp, err := http.Get(srv.URL + "/pause"); err != nil || resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("GET /pause: %v %v, want 405", resp, err)
+	}
+	if resp, err := http.Post(srv.URL+"/update-now", "", nil); err != nil || resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("POST /update-now: %v %v", resp, err)
+	}
+	select {
+	case <-a.now:
+	default:
+		t.Error("update now did not reach the run loop")
+	}
+}

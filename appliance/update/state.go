@@ -1,0 +1,128 @@
+package update
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/google/renameio/v2"
+)
+
+// StateSchema names the state file's format.
+const StateSchema = "dnssensor.updated/v1"
+
+// Phases of a pending update, in order. Each is recorded before the step it names starts, so
+// a power cut anywhere leaves a phase that says what may be half done.
+const (
+	PhaseWriting    = "writing"    // root (then boot, MBR) going into the inactive partition
+	PhaseTestboot   = "testboot"   // test boot requested, reboot into the new root
+	PhaseGate       = "gate"       // running the new root once: the health gate decides
+	PhaseCommitting = "committing" // gate passed, switching to the new root for good
+)
+
+// State is /perm/updated/state.json: shared by the old and the new root, written atomically.
+type State struct {
+	Schema string `json:"schema"`
+	// Version and BuildTimestamp are the installed release (0 and "": as flashed, not known yet).
+	Version        int64  `json:"version"`
+	BuildTimestamp string `json:"build_timestamp,omitempty"`
+	// BootSHA256 and MBRSHA256 are what the boot partition and MBR hold as far as this agent
+	// wrote them ("": unknown, written with the next update).
+	BootSHA256 string    `json:"boot_sha256,omitempty"`
+	MBRSHA256  string    `json:"mbr_sha256,omitempty"`
+	Pending    *Pending  `json:"pending,omitempty"`
+	Failed     []Failure `json:"failed,omitempty"`
+	Paused     bool      `json:"paused"`
+	LastCheck  time.Time `json:"last_check,omitzero"`
+	LastResult string    `json:"last_result,omitempty"`
+	LastError  string    `json:"last_error,omitempty"`
+	History    []Event   `json:"history,omitempty"`
+}
+
+// Pending is an update on its way.
+type Pending struct {
+	Version        int64     `json:"version"`
+	BuildTimestamp string    `json:"build_timestamp"`
+	Phase          string    `json:"phase"`
+	Since          time.Time `json:"since"`
+	BootID         string    `json:"boot_id,omitempty"` // the boot that requested the test boot
+	Attempts       int       `json:"attempts,omitempty"`
+	GateStarted    time.Time `json:"gate_started,omitzero"`
+	Baseline       Baseline  `json:"baseline"`
+}
+
+// Failure is a version that failed; it is never installed automatically again.
+type Failure struct {
+	Version        int64     `json:"version"`
+	BuildTimestamp string    `json:"build_timestamp"`
+	At             time.Time `json:"at"`
+	Reason         string    `json:"reason"`
+}
+
+// Event is one line of the update history (the newest 50 are kept).
+type Event struct {
+	At      time.Time `json:"at"`
+	Version int64     `json:"version,omitempty"`
+	What    string    `json:"what"`
+}
+
+const maxHistory = 50
+
+func (s *State) event(now time.Time, version int64, format string, args ...any) {
+	s.History = append(s.History, Event{At: now, Version: version, What: fmt.Sprintf(format, args...)})
+	if len(s.History) > maxHistory {
+		s.History = s.History[len(s.History)-maxHistory:]
+	}
+}
+
+func (s *State) failed(version int64) (Failure, bool) {
+	for _, f := range s.Failed {
+		if f.Version == version {
+			return f, true
+		}
+	}
+	return Failure{}, false
+}
+
+func loadState(p string) (*State, error) {
+	b, err := os.ReadFile(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return &State{Schema: StateSchema}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var s State
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("%s: %w (move it away to start over; the failed versions it lists would be retried)", p, err)
+	}
+	if s.Schema != StateSchema {
+		return nil, fmt.Errorf("%s: schema %q, want %q", p, s.Schema, StateSchema)
+	}
+	return &s, nil
+}
+
+// saveState replaces the file atomically and durably (fsync of file and directory): after a
+// power cut the file is the old state or the new one, never a mix.
+func saveState(p string, s *State) error {
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		return err
+	}
+	if err := renameio.WriteFile(p, append(b, '\n'), 0o600); err != nil {
+		return err
+	}
+	d, err := os.Open(filepath.Dir(p))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync() // the rename itself
+}
