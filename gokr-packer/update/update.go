@@ -42,10 +42,12 @@ type Options struct {
 	Log            io.Writer
 	Client         *http.Client // nil: a client with sensible time-outs
 	PollInterval   time.Duration
-	// RebootWait bounds the wait for the answer to POST /reboot (0: 30 s). gokrazy answers
+	// RebootWait bounds the wait for the answer to POST /reboot (0: 5 s). gokrazy answers
 	// only after it has stopped every service, and netconfd, stopping, releases its DHCP lease
 	// and removes the address the request came in on: that answer never arrives, and the
-	// transport's header time-out would hold the push for minutes. Polling decides anyway.
+	// transport's header time-out would hold the push for minutes. Polling decides anyway (an
+	// old build still answering while it goes down is polled past), and a kexec reboot takes
+	// longer than this, so the wait costs nothing.
 	RebootWait time.Duration
 }
 
@@ -174,7 +176,7 @@ func Push(ctx context.Context, o Options) (*Result, error) {
 		o.PollInterval = 500 * time.Millisecond
 	}
 	if o.RebootWait == 0 {
-		o.RebootWait = 30 * time.Second
+		o.RebootWait = 5 * time.Second
 	}
 	c := &client{base: base, pw: o.Password, hc: hc}
 	res := &Result{Device: o.Device, NewBuildTimestamp: o.BuildTimestamp, Testboot: o.Testboot}
