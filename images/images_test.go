@@ -2,6 +2,7 @@ package images
 
 import (
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -33,9 +34,15 @@ func TestAllImagesLoad(t *testing.T) {
 	}
 }
 
-// TestDHCPOnlyOnManagement: a box whose eth0 may be a tap port must never run
-// DHCP anywhere but on its management interface.
-func TestDHCPOnlyOnManagement(t *testing.T) {
+// StatusPort is where statusd serves the status page on the management port (gokrazy's web UI
+// keeps :80 for push updates); ci/qemu-run forwards it.
+const statusPort = "8080"
+
+// TestNetworkDaemons: netconfd owns every port of the box, the management port by DHCP or static
+// configuration and exactly the profile's tap ports as silent ones; gokrazy's dhcp, which brings a
+// port up with IPv6 (router solicitations, DAD) and sends DHCP, runs nowhere. statusd serves on
+// the management port only.
+func TestNetworkDaemons(t *testing.T) {
 	for _, n := range Names() {
 		im, err := Load(n)
 		if err != nil {
@@ -45,28 +52,37 @@ func TestDHCPOnlyOnManagement(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		flagsOf := map[string][]string{}
 		for _, prog := range im.Programs {
-			if !strings.HasSuffix(prog.Package, "/cmd/dhcp") {
-				continue
+			if strings.HasSuffix(prog.Package, "/cmd/dhcp") {
+				t.Errorf("%s: %s: netconfd configures the management port", n, prog.Package)
 			}
 			flags, err := Expand(prog.Flags, p)
 			if err != nil {
 				t.Fatal(err)
 			}
-			var iface string
-			for i, f := range flags {
-				if f == "-interface" && i+1 < len(flags) {
-					iface = flags[i+1]
+			flagsOf[path.Base(prog.Package)] = flags
+		}
+		value := func(prog, flag string) string {
+			fs := flagsOf[prog]
+			for i, f := range fs {
+				if f == flag && i+1 < len(fs) {
+					return fs[i+1]
 				}
 			}
-			if iface == "" {
-				t.Errorf("%s: dhcp without -interface would default to eth0", n)
-			}
-			for _, tap := range p.Tap {
-				if iface == tap {
-					t.Errorf("%s: dhcp on tap port %s", n, tap)
-				}
-			}
+			return ""
+		}
+		if _, ok := flagsOf["netconfd"]; !ok {
+			t.Errorf("%s: no netconfd", n)
+		} else if mgmt, taps := value("netconfd", "-mgmt"), value("netconfd", "-tap"); mgmt != p.Management[0] || taps != strings.Join(p.Tap, ",") {
+			t.Errorf("%s: netconfd -mgmt %q -tap %q, want the profile's %q and %q", n, mgmt, taps, p.Management[0], strings.Join(p.Tap, ","))
+		}
+		if _, ok := flagsOf["statusd"]; !ok {
+			t.Errorf("%s: no statusd", n)
+		} else if li := value("statusd", "-listen-iface"); li != p.Management[0]+":"+statusPort {
+			t.Errorf("%s: statusd -listen-iface %q, want %s:%s (the management port)", n, li, p.Management[0], statusPort)
+		} else if value("statusd", "-listen") != "" {
+			t.Errorf("%s: statusd -listen: a literal address is not known when the image is built", n)
 		}
 	}
 }

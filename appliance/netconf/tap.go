@@ -66,6 +66,9 @@ func ConfigureTap(iface string) (TapReport, error) {
 	if err := disableIPv6(iface); err != nil {
 		return r, fmt.Errorf("tap port %s: %w", iface, err)
 	}
+	if err := dropIPv4(iface); err != nil {
+		return r, fmt.Errorf("tap port %s: %w", iface, err)
+	}
 	if err := netlink.LinkSetARPOff(link); err != nil {
 		return r, fmt.Errorf("tap port %s: setting NOARP: %w", iface, err)
 	}
@@ -185,6 +188,18 @@ func disableIPv6(iface string) error {
 			return nil
 		}
 		return fmt.Errorf("disabling IPv6: %w", err)
+	}
+	return nil
+}
+
+// dropIPv4 turns on strict reverse-path filtering (net.ipv4.conf.<iface>.rp_filter=1). No route
+// leads out of a tap port, so every IPv4 packet arriving there fails the check and is dropped
+// before any socket sees it. Without it Linux hands a packet for any of the box's addresses that
+// arrives on a tap port to a socket listening on every address (gokrazy's web UI) and answers
+// through the management port. The capture is unaffected: packet sockets see frames first.
+func dropIPv4(iface string) error {
+	if err := os.WriteFile(filepath.Join(procSys, "net/ipv4/conf", iface, "rp_filter"), []byte("1\n"), 0o644); err != nil {
+		return fmt.Errorf("reverse-path filtering: %w", err)
 	}
 	return nil
 }

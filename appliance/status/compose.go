@@ -49,8 +49,9 @@ type DaemonStatus struct {
 	State  string         `json:"state"`
 	Error  string         `json:"error,omitempty"`
 	Report *health.Report `json:"report,omitempty"`
-
-	metrics *health.MetricsDoc
+	// Metrics is the daemon's /metrics.json, relayed so that a script reads counters from the
+	// management port without a socket on the box (ci/qemu-check-status does).
+	Metrics *health.MetricsDoc `json:"metrics,omitempty"`
 }
 
 // Page is the whole status document.
@@ -99,7 +100,7 @@ func Collect(ctx context.Context, ds []Daemon, known []string) []*DaemonStatus {
 			} else {
 				st.Report = rep
 				// Metrics add detail (both directions); without them the node is unknown.
-				st.metrics, _ = health.GetMetrics(ctx, d.Socket)
+				st.Metrics, _ = health.GetMetrics(ctx, d.Socket)
 			}
 			out[i] = st
 		})
@@ -312,11 +313,11 @@ func bothDirections(n *Node, d *DaemonStatus) {
 	case d == nil || d.Report == nil:
 		fromDaemon(n, d, "sensord")
 		return
-	case d.metrics == nil:
+	case d.Metrics == nil:
 		n.State, n.Detail = Unknown, "sensord's /metrics.json could not be read"
 		return
 	}
-	f := d.metrics.Metrics["dnssensor_sensord_port_dns_messages_total"]
+	f := d.Metrics.Metrics["dnssensor_sensord_port_dns_messages_total"]
 	if f == nil {
 		n.State, n.Detail = Unknown, "sensord counts no DNS messages per port (not capturing from tap ports)"
 		return

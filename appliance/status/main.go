@@ -26,6 +26,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("statusd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	listen := fs.String("listen", "", "comma-separated `ADDRESSES` (host:port) of the management port to serve on, e.g. 198.51.100.10:8080,[2001:db8::10]:8080; never a tap port (they have no address)")
+	listenIface := fs.String("listen-iface", "", "`IFACE:PORT`: serve on every address of the management interface IFACE as DHCP, SLAAC or static configuration gives and takes them, bound to IFACE (never another interface; refused while IFACE is a silent tap port); instead of or beside -listen")
 	allowAny := fs.Bool("listen-unspecified-exposes-every-port", false, "allow 0.0.0.0 or [::] in -listen: the page is then reachable on every interface with an address, not just the management port")
 	daemons := fs.String("daemons", "sensord,uplinkd", "comma-separated daemons to read, each on /run/NAME/health.sock or NAME=SOCKET; a known daemon left out shows as not configured")
 	optional := fs.String("optional", "netconfd", "comma-separated daemons (NAME or NAME=SOCKET) shown only when their socket answers")
@@ -46,9 +47,20 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "statusd: "+format+"\n", a...)
 		return 2
 	}
-	addrs, err := ListenAddrs(*listen, *allowAny)
-	if err != nil {
-		return fail("%v", err)
+	var addrs []string
+	if *listen != "" || *listenIface == "" {
+		var err error
+		if addrs, err = ListenAddrs(*listen, *allowAny); err != nil {
+			return fail("%v", err)
+		}
+	}
+	var follow *IfaceListener
+	if *listenIface != "" {
+		iface, port, err := ParseListenIface(*listenIface)
+		if err != nil {
+			return fail("%v", err)
+		}
+		follow = &IfaceListener{Iface: iface, Port: port}
 	}
 	pw, err := ReadPassword(*pwFile)
 	if err != nil {
@@ -92,9 +104,22 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		lns = append(lns, ln)
 	}
 	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
-	errc := make(chan error, len(lns))
+	errc := make(chan error, len(lns)+1)
 	for _, ln := range lns {
 		go func() { errc <- srv.Serve(ln) }()
+	}
+	followDone := make(chan struct{})
+	if follow != nil {
+		follow.Logf = func(format string, a ...any) { fmt.Fprintf(stdout, format+"\n", a...) }
+		follow.Serve = serveIgnoringClose(srv, s.Logf)
+		go func() {
+			defer close(followDone)
+			if err := follow.Run(ctx); err != nil {
+				errc <- err
+			}
+		}()
+	} else {
+		close(followDone)
 	}
 	var serveErr error
 	select {
@@ -104,6 +129,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	shut, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	srv.Shutdown(shut)
+	<-followDone
 	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
 		fmt.Fprintf(stderr, "statusd: %v\n", serveErr)
 		return 1
@@ -135,7 +161,7 @@ func ListenAddrs(list string, allowAny bool) ([]string, error) {
 		out = append(out, a)
 	}
 	if len(out) == 0 {
-		return nil, errors.New("-listen: no address given; give the management port's address, e.g. -listen 198.51.100.10:8080")
+		return nil, errors.New("-listen: no address given; give the management port's address, e.g. -listen 198.51.100.10:8080, or its interface, e.g. -listen-iface eth0:8080")
 	}
 	return out, nil
 }

@@ -339,6 +339,16 @@ func TestJSONByAccept(t *testing.T) {
 	if p.Schema != PageSchema || strings.Join(p.FirstFailurePath, "|") != stageDNS+"|DNS on eth1" {
 		t.Errorf("JSON: schema %q first failure %q", p.Schema, p.FirstFailurePath)
 	}
+	// The daemons' counters are relayed: a script on the management network reads them here.
+	var relayed float64 = -1
+	for _, d := range p.Daemons {
+		if d.Name == "sensord" && d.Metrics != nil {
+			relayed, _ = d.Metrics.Value("dnssensor_sensord_port_dns_messages_total", map[string]string{"qr": "query"})
+		}
+	}
+	if relayed != 20 {
+		t.Errorf("JSON: sensord's queries counter relayed as %v, want 20", relayed)
+	}
 
 	code, body = get(t, ts.URL+"/", testPassword, "text/html,application/xhtml+xml,application/json;q=0.9")
 	if code != 200 || !strings.Contains(body, "<!DOCTYPE html>") || !strings.Contains(body, "Fix first: the tap sits on the wrong link") {

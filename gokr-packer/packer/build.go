@@ -179,7 +179,7 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 		services = append(services, Service{Path: dir + binaryName(p.Package), Args: flags, Env: p.Env, WaitForClock: p.WaitForClock})
 		res.Programs = append(res.Programs, p.Package)
 	}
-	initSrc, err := GenerateInit(buildTimestamp, prof.Tap, services)
+	initSrc, err := GenerateInit(buildTimestamp, services)
 	if err != nil {
 		return nil, err
 	}

@@ -12,8 +12,8 @@ import (
 var update = flag.Bool("update", false, "rewrite golden files in testdata/")
 
 func TestGenerateInitGolden(t *testing.T) {
-	got, err := GenerateInit("2026-01-02T03:04:05Z", []string{"eth1", "eth2"}, []Service{
-		{Path: "/gokrazy/dhcp", Args: []string{"-interface", "eth0"}},
+	got, err := GenerateInit("2026-01-02T03:04:05Z", []Service{
+		{Path: "/user/netconfd", Args: []string{"-mgmt", "eth0", "-tap", "eth1,eth2"}},
 		{Path: "/gokrazy/ntp"},
 		{Path: "/user/sensord", Args: []string{"-r", "/etc/sensord/selftest.pcap", `-weird="quoted"`}, Env: []string{"GOGC=50"}},
 		{Path: "/user/uplinkd", WaitForClock: true},

@@ -43,6 +43,13 @@ type Options struct {
 	Log            io.Writer
 	Client         *http.Client // nil: a client with sensible time-outs
 	PollInterval   time.Duration
+	// RebootWait bounds the wait for the answer to POST /reboot (0: 5 s). gokrazy answers
+	// only after it has stopped every service, and netconfd, stopping, releases its DHCP lease
+	// and removes the address the request came in on: that answer never arrives, and the
+	// transport's header time-out would hold the push for minutes. Polling decides anyway (an
+	// old build still answering while it goes down is polled past), and a kexec reboot takes
+	// longer than this, so the wait costs nothing.
+	RebootWait time.Duration
 }
 
 // Result summarises a push.
@@ -98,6 +105,9 @@ func Push(ctx context.Context, o Options) (*Result, error) {
 	}
 	if o.PollInterval == 0 {
 		o.PollInterval = 500 * time.Millisecond
+	}
+	if o.RebootWait == 0 {
+		o.RebootWait = 5 * time.Second
 	}
 	res := &Result{Device: o.Device, NewBuildTimestamp: o.BuildTimestamp, Testboot: o.Testboot}
 
@@ -159,7 +169,10 @@ func Push(ctx context.Context, o Options) (*Result, error) {
 	}
 	logf("POST /reboot")
 	rebootAt := time.Now()
-	if _, err := c.Call(ctx, http.MethodPost, "/reboot", nil, false); err != nil {
+	rctx, rcancel := context.WithTimeout(ctx, o.RebootWait)
+	_, err = c.Call(rctx, http.MethodPost, "/reboot", nil, false)
+	rcancel()
+	if err != nil {
 		// The device may drop the connection while going down; polling decides.
 		logf("reboot request: %v (polling anyway)", err)
 	}

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sie-europe/dnssensor/internal/testenv"
 )
 
 // fakeDevice speaks the part of gokrazy's update API the client uses.
@@ -116,6 +118,35 @@ func TestPush(t *testing.T) {
 	got := strings.Join(d.calls, ",")
 	if !strings.Contains(got, "POST /update/testboot") || !strings.HasSuffix(got, "POST /update/switch") {
 		t.Errorf("test boot must end with a switch once the new build answers: %s", got)
+	}
+}
+
+// TestRebootAnswerLost: the device goes down without answering POST /reboot (netconfd removed
+// the address the request came in on); the push goes on polling after RebootWait and succeeds
+// once the new build answers, instead of waiting out the transport's header time-out.
+func TestRebootAnswerLost(t *testing.T) {
+	d, srv, o := setup(t)
+	lost := make(chan struct{})
+	t.Cleanup(func() { close(lost) }) // before the server's Close, which waits for handlers
+	srv.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		d.ServeHTTP(w, r)
+		if r.URL.Path == "/reboot" {
+			<-lost // no header leaves before the handler returns
+		}
+	})
+	o.RebootWait = 100 * time.Millisecond
+	done := make(chan error, 1)
+	go func() {
+		_, err := Push(context.Background(), o)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(testenv.Patience):
+		t.Fatalf("push still waiting for the answer to POST /reboot after %v", testenv.Patience)
 	}
 }
 
