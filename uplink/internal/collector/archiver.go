@@ -32,13 +32,13 @@ type archiver struct {
 // ArchiverStats is the archiver's progress (/status.json, /metrics).
 type ArchiverStats struct {
 	Durable    string    `json:"durable"`
-	Archived   uint64    `json:"archived"`    // containers written
-	Skipped    uint64    `json:"skipped"`     // redelivered containers the archive already held
-	Duplicates uint64    `json:"duplicates"`  // containers the store recognised by (sequence_id, sequence)
-	StreamSeq  uint64    `json:"stream_seq"`  // stream sequence the archive holds through
-	Pending    uint64    `json:"pending"`     // messages in the stream not yet delivered to the archiver
-	Stalls     uint64    `json:"stalls"`      // write attempts that failed and were retried (disk full)
-	Lost       LossStats `json:"lost"`        // containers acknowledged without being archived, by reason
+	Archived   uint64    `json:"archived"`   // containers written
+	Skipped    uint64    `json:"skipped"`    // redelivered containers the archive already held
+	Duplicates uint64    `json:"duplicates"` // containers the store recognised by (sequence_id, sequence)
+	StreamSeq  uint64    `json:"stream_seq"` // stream sequence the archive holds through
+	Pending    uint64    `json:"pending"`    // messages in the stream not yet delivered to the archiver
+	Stalls     uint64    `json:"stalls"`     // write attempts that failed and were retried (disk full)
+	Lost       LossStats `json:"lost"`       // containers acknowledged without being archived, by reason
 	LastError  string    `json:"last_error,omitempty"`
 	LastWrite  time.Time `json:"last_write"`
 	Running    bool      `json:"running"`

@@ -122,3 +122,127 @@ func waitArchived(t *testing.T, tc *testCollector) *JetStreamSnapshot {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestArchiveRecoveryExact: the collector killed between writing a container and logging its
+// stream sequence (and with a torn container after it) restarts holding exactly the logged
+// containers, and knows the stream sequence it holds through; sealing folds it into the floor
+// file.
+func TestArchiveRecoveryExact(t *testing.T) {
+	dir := t.TempDir()
+	s, err := NewStore(StoreOptions{Dir: dir, Rotate: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want1, want2, extra records
+	c1 := sequenced(t, 1, 100, &want1)
+	c2 := sequenced(t, 2, 30, &want2)
+	unlogged := sequenced(t, 3, 60, &extra)
+	seq := uint64(0)
+	archive := func(s *Store, sensor string, cs [][]byte) {
+		for _, c := range cs {
+			seq++
+			if _, err := s.Archive(sensor, c, seq); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	archive(s, "s1", c1)
+	archive(s, "s2", c2)
+	// The crash: s1's next container reached the file but not its log, and a torn one followed.
+	sf1, _ := s.sensor("s1")
+	sf1.f.Write(unlogged[0])
+	sf1.f.Write(unlogged[1][:40])
+	for _, sf := range s.all() {
+		sf.f.Close()
+		sf.seqLog.Close()
+	}
+
+	s, err = NewStore(StoreOptions{Dir: dir, Rotate: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Archived(); got != seq {
+		t.Errorf("recovered floor %d, want %d", got, seq)
+	}
+	got1, _ := readDir(t, filepath.Join(dir, "s1"))
+	equalRecords(t, want1, got1)
+	got2, _ := readDir(t, filepath.Join(dir, "s2"))
+	equalRecords(t, want2, got2)
+	// The unlogged container comes again (it was not acknowledged) and is stored once.
+	seq++
+	if _, err := s.Archive("s1", unlogged[0], seq); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if logs, _ := filepath.Glob(filepath.Join(dir, "*", ".*.seq")); len(logs) != 0 {
+		t.Errorf("sequence logs left after sealing: %v", logs)
+	}
+	s, err = NewStore(StoreOptions{Dir: dir, Rotate: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if got := s.Archived(); got != seq {
+		t.Errorf("floor after sealing %d, want %d", got, seq)
+	}
+	got1, _ = readDir(t, filepath.Join(dir, "s1"))
+	rd := nmsg.NewReader(bytes.NewReader(unlogged[0]), nmsg.ReaderOptions{})
+	n := 0
+	for _, err := rd.Next(); err == nil; _, err = rd.Next() {
+		n++
+	}
+	equalRecords(t, append(want1, extra[:n]...), got1)
+}
+
+// TestArchiverSkipsRedelivered: when the stream delivers again what the archive already holds
+// (its acknowledgements were lost: here the durable consumer is deleted while the collector is
+// down), the archiver skips it: the archive holds every container once.
+func TestArchiverSkipsRedelivered(t *testing.T) {
+	root := t.TempDir()
+	archive := filepath.Join(root, "nmsg")
+	var want records
+	conts := sequenced(t, 9, 300, &want)
+	mod := func(o *Options) {
+		o.Store.Dir = archive
+		o.JetStream = &JetStreamOptions{}
+	}
+	tc := startCollector(t, mod)
+	sendAll(t, tc, "alpha", conts)
+	waitArchived(t, tc)
+	if err := tc.stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	ctx := ctxT(t, 30*time.Second)
+	b, err := openBus(ctx, JetStreamOptions{}, archive, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.stream.DeleteConsumer(ctx, "archive"); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+
+	tc = startCollector(t, mod)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		a := fetchSnapshot(t, tc.metrics).JetStream.Archiver
+		if a.Skipped+a.Archived+a.Duplicates >= uint64(len(conts)) {
+			if a.Skipped != uint64(len(conts)) || a.Archived != 0 || a.Lost != (LossStats{}) {
+				t.Errorf("archiver after redelivery: %+v", a)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("archiver skipped %d of %d redelivered containers: %+v", a.Skipped, len(conts), a)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := tc.stop(); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := readDir(t, filepath.Join(archive, "alpha"))
+	equalRecords(t, want, got)
+}
