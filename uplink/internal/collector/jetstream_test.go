@@ -3,8 +3,10 @@ package collector
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"math/rand/v2"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -239,6 +241,21 @@ func TestArchiverSkipsRedelivered(t *testing.T) {
 			t.Fatalf("archiver skipped %d of %d redelivered containers: %+v", a.Skipped, len(conts), a)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	prom := fetchPrometheus(t, tc.metrics)
+	for _, line := range []string{
+		fmt.Sprintf("dnssensor_collector_archiver_skipped_total %d", len(conts)),
+		fmt.Sprintf("dnssensor_collector_archiver_stream_seq %d", len(conts)),
+		`dnssensor_collector_archive_lost_total{reason="limits"} 0`,
+		"dnssensor_collector_archiver_running 1",
+	} {
+		if !strings.Contains(prom, line+"\n") {
+			t.Errorf("/metrics lacks %q", line)
+		}
+	}
+	// Red only for the sensors without a session (none connected in this run).
+	if _, rep := healthReport(t, tc.metrics); len(rep.FirstFailurePath) < 2 || !strings.HasPrefix(rep.FirstFailurePath[1], "sensor ") {
+		t.Errorf("/health.json first failure %v, want a sensor without a session", rep.FirstFailurePath)
 	}
 	if err := tc.stop(); err != nil {
 		t.Fatal(err)
