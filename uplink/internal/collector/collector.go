@@ -64,7 +64,8 @@ type Options struct {
 	// addresses once both listen.
 	Ready func(sielinkAddr, metricsAddr string)
 
-	headerTimeout time.Duration // seam for tests; default HeaderTimeout
+	headerTimeout time.Duration  // seam for tests; default HeaderTimeout
+	metricsHook   func(*metrics) // seam for benchmarks: the collector's counters
 }
 
 // HeaderTimeout bounds a connection's TLS handshake and request headers: a peer that has not
@@ -133,6 +134,9 @@ func Run(ctx context.Context, opts Options) error {
 		}
 	}
 	m := &metrics{srv: srv, store: store, gate: ln, quota: opts.Store.Quota, sensors: keys.Sensors(), js: js}
+	if opts.metricsHook != nil {
+		opts.metricsHook(m)
+	}
 
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
