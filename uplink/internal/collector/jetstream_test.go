@@ -263,3 +263,64 @@ func TestArchiverSkipsRedelivered(t *testing.T) {
 	got, _ := readDir(t, filepath.Join(archive, "alpha"))
 	equalRecords(t, want, got)
 }
+
+// TestStreamLimitLossCounted: containers the stream's size limit discarded before the archiver
+// read them are counted as lost (reason limits), and the archive holds exactly the rest.
+func TestStreamLimitLossCounted(t *testing.T) {
+	archive := filepath.Join(t.TempDir(), "nmsg")
+	var want records
+	conts := sequenced(t, 5, 600, &want) // 8 KiB containers
+	tc := startCollector(t, func(o *Options) {
+		o.Store.Dir = archive
+		o.JetStream = &JetStreamOptions{NoArchive: true, MaxBytes: 5 * 9 << 10}
+	})
+	sendAll(t, tc, "alpha", conts)
+	js := fetchSnapshot(t, tc.metrics).JetStream
+	if err := tc.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if js.FirstSeq <= 1 || js.LastSeq != uint64(len(conts)) {
+		t.Fatalf("stream from %d to %d: the limit discarded nothing", js.FirstSeq, js.LastSeq)
+	}
+	kept := int(js.LastSeq - js.FirstSeq + 1)
+
+	tc = startCollector(t, func(o *Options) {
+		o.Store.Dir = archive
+		o.JetStream = &JetStreamOptions{MaxBytes: 5 * 9 << 10}
+	})
+	js = waitArchived(t, tc)
+	if a := js.Archiver; a.Archived != uint64(kept) || a.Lost.Limits != uint64(len(conts)-kept) {
+		t.Errorf("archived %d, lost to limits %d; want %d and %d", a.Archived, a.Lost.Limits, kept, len(conts)-kept)
+	}
+	if prom := fetchPrometheus(t, tc.metrics); !strings.Contains(prom, fmt.Sprintf("dnssensor_collector_archive_lost_total{reason=\"limits\"} %d\n", len(conts)-kept)) {
+		t.Errorf("/metrics lacks the loss")
+	}
+	if err := tc.stop(); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := readDir(t, filepath.Join(archive, "alpha"))
+	if len(got) == 0 || len(got) >= len(want) {
+		t.Fatalf("%d records archived of %d sent", len(got), len(want))
+	}
+	equalRecords(t, want[len(want)-len(got):], got)
+}
+
+// TestArchiveQuotaLossCounted: with the stream in front the sensor is confirmed before the
+// archive sees its data, so a sensor over its -quota loses what the archive cannot take, and
+// that is counted (reason quota), never silent.
+func TestArchiveQuotaLossCounted(t *testing.T) {
+	var want records
+	conts := sequenced(t, 6, 300, &want)
+	tc := startCollector(t, func(o *Options) {
+		o.Store.Quota = 4 * 9 << 10
+		o.JetStream = &JetStreamOptions{}
+	})
+	sendAll(t, tc, "alpha", conts)
+	a := waitArchived(t, tc).Archiver
+	if a.Lost.Quota == 0 || a.Archived+a.Lost.Quota != uint64(len(conts)) {
+		t.Errorf("archived %d, lost to the quota %d, of %d", a.Archived, a.Lost.Quota, len(conts))
+	}
+	if prom := fetchPrometheus(t, tc.metrics); !strings.Contains(prom, fmt.Sprintf("dnssensor_collector_archive_lost_total{reason=\"quota\"} %d\n", a.Lost.Quota)) {
+		t.Errorf("/metrics lacks the loss")
+	}
+}
