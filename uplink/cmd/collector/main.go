@@ -2,6 +2,8 @@
 // ordinary Linux host that accepts many sensors (one API key each),
 // stores what each delivers in rotated NMSG files under
 // <dir>/<sensor>/, and serves per-sensor metrics on a loopback address.
+// By default the data passes through a JetStream stream (an embedded
+// server in <dir>/.jetstream, or a cluster with -nats) before the files.
 //
 // With -selftest-server it generates a self-signed certificate, a keys
 // file and one sensor's API key file in a temporary directory, listens

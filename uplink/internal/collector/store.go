@@ -2,6 +2,10 @@
 // many sensors, stores what each delivers in rotated NMSG files, and
 // exposes per-sensor metrics. uplink/cmd/collector is its thin main.
 //
+// With JetStreamOptions a NATS JetStream stream (embedded, or a cluster) sits between the
+// sensors and the files: containers are confirmed once the stream holds them, and the archiver
+// (a durable consumer) writes the stream into the files exactly once (jetstream.go, archiver.go).
+//
 // Forwarding to SIE Europe is not done here: Options.Forward is the seam
 // where a spool + uplink (the appliance's own packages) attaches.
 package collector
