@@ -168,3 +168,17 @@ func TestDeviceProgramsPureGo(t *testing.T) {
 		}
 	}
 }
+
+// TestNoNATSOnDevice: NATS (client and server) belongs to the SOC collector; a device program
+// that linked it would carry a message broker's code (twice the collector's size) into the
+// image for nothing, and a stray import could open a port there.
+func TestNoNATSOnDevice(t *testing.T) {
+	for _, prog := range devicePrograms {
+		for _, d := range list(t, []string{"GOOS=linux", "GOARCH=amd64"}, "-deps", prog) {
+			if strings.HasPrefix(d.ImportPath, "github.com/nats-io/") {
+				t.Errorf("%s links %s: NATS is for the collector only", prog, d.ImportPath)
+				break
+			}
+		}
+	}
+}

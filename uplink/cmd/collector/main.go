@@ -2,6 +2,8 @@
 // ordinary Linux host that accepts many sensors (one API key each),
 // stores what each delivers in rotated NMSG files under
 // <dir>/<sensor>/, and serves per-sensor metrics on a loopback address.
+// By default the data passes through a JetStream stream (an embedded
+// server in <dir>/.jetstream, or a cluster with -nats) before the files.
 //
 // With -selftest-server it generates a self-signed certificate, a keys
 // file and one sensor's API key file in a temporary directory, listens
@@ -44,6 +46,17 @@ func main() {
 	flag.DurationVar(&opts.Heartbeat, "heartbeat", 30*time.Second, "sielink heartbeat interval")
 	flag.IntVar(&opts.MaxUnauthenticated, "max-unauthenticated", collector.DefaultMaxUnauthenticated, "connections that are not sessions (yet) beyond which new ones are closed at once")
 	flag.IntVar(&opts.MaxSessionsPerSensor, "max-sessions-per-sensor", sielink.DefaultMaxSessionsPerSensor, "concurrent sessions one sensor may hold")
+	var js collector.JetStreamOptions
+	direct := flag.Bool("direct", false, "store directly in the files, without JetStream (a resend across a restart is then stored twice)")
+	flag.StringVar(&js.URL, "nats", "", "NATS cluster `URLs` (nats://a:4222,nats://b:4222,…) holding the stream; empty: an embedded single-node JetStream server without a port")
+	flag.StringVar(&js.Dir, "nats-dir", "", "the embedded JetStream server's store `DIR` (default <dir>/.jetstream)")
+	flag.StringVar(&js.Stream, "nats-stream", collector.DefaultStream, "JetStream stream name")
+	flag.IntVar(&js.Replicas, "nats-replicas", 0, "stream replicas (default 3 with -nats, 1 embedded)")
+	flag.DurationVar(&js.DupWindow, "nats-dup-window", collector.DefaultDupWindow, "how long the stream recognises a resent container (sensor, sequence_id, sequence) and stores it once")
+	flag.Int64Var(&js.MaxBytes, "nats-max-bytes", 0, "octets the stream may hold; the oldest are discarded first (0: no bound)")
+	flag.DurationVar(&js.MaxAge, "nats-max-age", 0, "age after which the stream discards a container (0: no bound)")
+	noArchive := flag.Bool("no-archive", false, "only take data into the stream; another collector's archiver writes the files")
+	flag.StringVar(&js.ArchiveDurable, "archive-durable", "archive", "the archiver's durable consumer name (one per archive copy)")
 	selftest := flag.Bool("selftest-server", false, "run on loopback with a generated certificate and keys; print connection details as JSON")
 	var fwd spool.Options
 	flag.StringVar(&fwd.Dir, "forward-spool", "", "also spool everything received into this RAM-tier `DIR`, for an uplinkd on this host to forward to SIE Europe")
@@ -59,6 +72,14 @@ func main() {
 	if opts.Store.Quota < 0 || opts.MaxUnauthenticated < 1 || opts.MaxSessionsPerSensor < 1 {
 		fmt.Fprintln(os.Stderr, "collector: -quota must be ≥ 0, -max-unauthenticated and -max-sessions-per-sensor ≥ 1")
 		os.Exit(2)
+	}
+	if js.DupWindow <= 0 || js.MaxBytes < 0 || js.MaxAge < 0 || js.Replicas < 0 {
+		fmt.Fprintln(os.Stderr, "collector: -nats-dup-window must be > 0, -nats-max-bytes, -nats-max-age and -nats-replicas ≥ 0")
+		os.Exit(2)
+	}
+	if !*direct {
+		js.Sync, js.NoArchive = opts.Store.Sync, *noArchive
+		opts.JetStream = &js
 	}
 	logger := log.New(os.Stderr, "", log.LstdFlags)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

@@ -26,6 +26,7 @@ import (
 
 type testCollector struct {
 	dir, addr, metrics string
+	files              [3]string // certificate, key, keys file
 	certPEM            []byte
 	apiKeys            map[string]string
 	log                *logBuf
@@ -35,20 +36,32 @@ type testCollector struct {
 // startCollector runs a collector with TLS on loopback; change opts in mod.
 func startCollector(t *testing.T, mod func(*Options)) *testCollector {
 	t.Helper()
+	return startCollectorKeys(t, []string{"alpha", "beta"}, mod, nil)
+}
+
+// startCollectorKeys runs a collector for the sensors; with share, one with share's
+// certificate and keys (another host behind the same name).
+func startCollectorKeys(t *testing.T, sensors []string, mod func(*Options), share *testCollector) *testCollector {
+	t.Helper()
 	tc := &testCollector{dir: t.TempDir(), log: &logBuf{}}
-	certPEM, keyPEM, err := sielinktest.CertPEM("127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
+	if share != nil {
+		tc.certPEM, tc.apiKeys, tc.files = share.certPEM, share.apiKeys, share.files
+	} else {
+		certPEM, keyPEM, err := sielinktest.CertPEM("127.0.0.1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc.certPEM = certPEM
+		certFile, keyFile := filepath.Join(tc.dir, "cert.pem"), filepath.Join(tc.dir, "key.pem")
+		os.WriteFile(certFile, certPEM, 0o644)
+		os.WriteFile(keyFile, keyPEM, 0o600)
+		keysFile, apiKeys, err := sielinktest.WriteKeys(tc.dir, sensors...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc.apiKeys, tc.files = apiKeys, [3]string{certFile, keyFile, keysFile}
 	}
-	tc.certPEM = certPEM
-	certFile, keyFile := filepath.Join(tc.dir, "cert.pem"), filepath.Join(tc.dir, "key.pem")
-	os.WriteFile(certFile, certPEM, 0o644)
-	os.WriteFile(keyFile, keyPEM, 0o600)
-	keysFile, apiKeys, err := sielinktest.WriteKeys(tc.dir, "alpha", "beta")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tc.apiKeys = apiKeys
+	certFile, keyFile, keysFile := tc.files[0], tc.files[1], tc.files[2]
 	ready := make(chan [2]string, 1)
 	opts := Options{
 		Listen: "127.0.0.1:0", CertFile: certFile, KeyFile: keyFile, KeysFile: keysFile,

@@ -35,6 +35,11 @@ type Options struct {
 	KeysFile string
 	// Store configures the NMSG files.
 	Store StoreOptions
+	// JetStream, if set, puts a JetStream stream between the sensors and the files: a container
+	// is confirmed once the stream holds it, and the archiver writes the stream into the files.
+	// Nil stores directly (the files are the only copy, a resend across a restart is stored
+	// twice).
+	JetStream *JetStreamOptions
 	// MetricsListen serves the health contract (internal/health: /health.json, /metrics,
 	// /metrics.json) and /status.json (Snapshot); it must be a loopback address. Empty disables.
 	MetricsListen string
@@ -59,7 +64,8 @@ type Options struct {
 	// addresses once both listen.
 	Ready func(sielinkAddr, metricsAddr string)
 
-	headerTimeout time.Duration // seam for tests; default HeaderTimeout
+	headerTimeout time.Duration  // seam for tests; default HeaderTimeout
+	metricsHook   func(*metrics) // seam for benchmarks: the collector's counters
 }
 
 // HeaderTimeout bounds a connection's TLS handshake and request headers: a peer that has not
@@ -80,9 +86,18 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
-	var handler sielink.Handler = store
+	var handler admitHandler = store
+	var js *jsRunner
+	if opts.JetStream != nil {
+		if js, err = startJetStream(ctx, *opts.JetStream, store, opts.Logf); err != nil {
+			store.Close()
+			return err
+		}
+		defer js.close()
+		handler = js.pub
+	}
 	if opts.Forward != nil {
-		handler = &storeForward{store: store, fwd: opts.Forward}
+		handler = &storeForward{store: handler, fwd: opts.Forward}
 	}
 	srv := &sielink.Server{Auth: keys, Handler: handler, Heartbeat: opts.Heartbeat, Logf: opts.Logf,
 		MaxSessionsPerSensor: opts.MaxSessionsPerSensor}
@@ -118,7 +133,10 @@ func Run(ctx context.Context, opts Options) error {
 			return err
 		}
 	}
-	m := &metrics{srv: srv, store: store, gate: ln, quota: opts.Store.Quota, sensors: keys.Sensors()}
+	m := &metrics{srv: srv, store: store, gate: ln, quota: opts.Store.Quota, sensors: keys.Sensors(), js: js}
+	if opts.metricsHook != nil {
+		opts.metricsHook(m)
+	}
 
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
@@ -165,6 +183,7 @@ loop:
 	defer cancel()
 	srv.Shutdown(sctx)
 	hs.Shutdown(sctx)
+	js.stopArchiver()
 	if err := store.Close(); err != nil {
 		return err
 	}
@@ -188,7 +207,7 @@ func (w logWriter) Write(b []byte) (int, error) {
 // remembers the containers stored but not forwarded, so that their resend is forwarded (and its
 // linkLoss counted) while the resend of one that went both ways is neither.
 type storeForward struct {
-	store *Store
+	store admitHandler
 	fwd   sielink.Handler
 
 	mu          sync.Mutex
@@ -359,6 +378,7 @@ type metrics struct {
 	gate    *connGate
 	quota   int64
 	sensors []string // of the keys file, each a check in /health.json
+	js      *jsRunner
 }
 
 // Snapshot is the collector's state in one document (/status.json); /metrics and /metrics.json
@@ -369,19 +389,30 @@ type Snapshot struct {
 	RefusedConns    uint64              `json:"refused_connections"`   // closed at once: too many unauthenticated
 	Quota           int64               `json:"quota_bytes,omitempty"` // per-sensor disk quota
 	Sensors         []SensorSnapshot    `json:"sensors"`
+	JetStream       *JetStreamSnapshot  `json:"jetstream,omitempty"`
 }
 
 // SensorSnapshot joins a sensor's session and storage counters.
 type SensorSnapshot struct {
 	sielink.SensorStats
-	Files FileStats `json:"files"`
+	Files   FileStats     `json:"files"`
+	Publish *PublishStats `json:"publish,omitempty"` // into the stream (JetStream)
 }
 
 func (m *metrics) snapshot() Snapshot {
 	snap := Snapshot{Server: m.srv.Stats(), Unauthenticated: m.gate.count(), RefusedConns: m.gate.refused.Load(), Quota: m.quota}
 	files := m.store.Stats()
+	var pub map[string]PublishStats
+	if m.js != nil {
+		snap.JetStream = m.js.snapshot()
+		pub = m.js.pub.stats()
+	}
 	for _, s := range m.srv.Sensors() {
-		snap.Sensors = append(snap.Sensors, SensorSnapshot{SensorStats: s, Files: files[s.Sensor]})
+		ss := SensorSnapshot{SensorStats: s, Files: files[s.Sensor]}
+		if p, ok := pub[s.Sensor]; ok {
+			ss.Publish = &p
+		}
+		snap.Sensors = append(snap.Sensors, ss)
 	}
 	return snap
 }

@@ -72,6 +72,9 @@ func (m *metrics) healthTree(listen string, now func() time.Time) *health.Tree {
 		}
 		return writeErrors(t)
 	}))
+	if m.js != nil {
+		listening.Add(m.jsHealth())
+	}
 	for _, sensor := range m.sensors {
 		listening.Add(health.NewNode("sensor "+sensor, func(time.Time) health.Result {
 			for _, s := range m.srv.Sensors() {
@@ -151,8 +154,57 @@ var sensorMetrics = []struct {
 	{cdesc("sensor_quota_refusals_total", "Sessions and payloads refused because the sensor was over its quota.", "sensor"), prometheus.CounterValue, func(s *SensorSnapshot) float64 { return float64(s.Files.QuotaRefusals) }},
 }
 
+// jsMetrics are the JetStream families (only with a stream).
+var jsMetrics = []struct {
+	desc  *prometheus.Desc
+	typ   prometheus.ValueType
+	value func(*JetStreamSnapshot, *ArchiverStats) float64
+}{
+	{cdesc("jetstream_connected", "1 while the collector is connected to NATS."), prometheus.GaugeValue, func(j *JetStreamSnapshot, _ *ArchiverStats) float64 { return b2f(j.Connected) }},
+	{cdesc("stream_messages", "Containers in the stream."), prometheus.GaugeValue, func(j *JetStreamSnapshot, _ *ArchiverStats) float64 { return float64(j.Messages) }},
+	{cdesc("stream_bytes", "Octets in the stream."), prometheus.GaugeValue, func(j *JetStreamSnapshot, _ *ArchiverStats) float64 { return float64(j.Bytes) }},
+	{cdesc("stream_last_seq", "The stream's last sequence."), prometheus.GaugeValue, func(j *JetStreamSnapshot, _ *ArchiverStats) float64 { return float64(j.LastSeq) }},
+}
+
+// archiverMetrics are the archiver's families (only where it runs).
+var archiverMetrics = []struct {
+	desc  *prometheus.Desc
+	typ   prometheus.ValueType
+	value func(*JetStreamSnapshot, *ArchiverStats) float64
+}{
+	{cdesc("archiver_stream_seq", "Stream sequence the file archive holds through."), prometheus.GaugeValue, func(_ *JetStreamSnapshot, a *ArchiverStats) float64 { return float64(a.StreamSeq) }},
+	{cdesc("archiver_pending", "Containers in the stream the archiver has not been delivered yet."), prometheus.GaugeValue, func(_ *JetStreamSnapshot, a *ArchiverStats) float64 { return float64(a.Pending) }},
+	{cdesc("archiver_containers_total", "Containers the archiver wrote."), prometheus.CounterValue, func(_ *JetStreamSnapshot, a *ArchiverStats) float64 { return float64(a.Archived) }},
+	{cdesc("archiver_skipped_total", "Redelivered containers the archive already held (not written twice)."), prometheus.CounterValue, func(_ *JetStreamSnapshot, a *ArchiverStats) float64 { return float64(a.Skipped) }},
+	{cdesc("archiver_stalls_total", "Archive writes that failed and were retried (disk full)."), prometheus.CounterValue, func(_ *JetStreamSnapshot, a *ArchiverStats) float64 { return float64(a.Stalls) }},
+	{cdesc("archiver_running", "1 while the archiver consumes the stream."), prometheus.GaugeValue, func(_ *JetStreamSnapshot, a *ArchiverStats) float64 { return b2f(a.Running) }},
+}
+
+var archiveLost = cdesc("archive_lost_total", "Containers the archive will never hold, by reason (quota: the sensor's directory was full; limits: the stream's size or age limit discarded them first; bad_subject: not published by a collector).", "reason")
+
+// publishMetrics are per-sensor families of the way into the stream.
+var publishMetrics = []struct {
+	desc  *prometheus.Desc
+	typ   prometheus.ValueType
+	value func(*PublishStats) float64
+}{
+	{cdesc("sensor_published_total", "Containers the stream acknowledged as new.", "sensor"), prometheus.CounterValue, func(p *PublishStats) float64 { return float64(p.Published) }},
+	{cdesc("sensor_publish_duplicates_total", "Resent containers the stream recognised by message id and stored once.", "sensor"), prometheus.CounterValue, func(p *PublishStats) float64 { return float64(p.Duplicates) }},
+	{cdesc("sensor_publish_errors_total", "Publishes that failed (the session is held; the data stays in the sensor's spool).", "sensor"), prometheus.CounterValue, func(p *PublishStats) float64 { return float64(p.Errors) }},
+}
+
 func (c *promCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, m := range serverMetrics {
+		ch <- m.desc
+	}
+	for _, m := range jsMetrics {
+		ch <- m.desc
+	}
+	for _, m := range archiverMetrics {
+		ch <- m.desc
+	}
+	ch <- archiveLost
+	for _, m := range publishMetrics {
 		ch <- m.desc
 	}
 	for _, m := range sensorMetrics {
@@ -169,6 +221,25 @@ func (c *promCollector) Collect(ch chan<- prometheus.Metric) {
 		for _, m := range sensorMetrics {
 			ch <- prometheus.MustNewConstMetric(m.desc, m.typ, m.value(&s.Sensors[i]), s.Sensors[i].Sensor)
 		}
+		if p := s.Sensors[i].Publish; p != nil {
+			for _, m := range publishMetrics {
+				ch <- prometheus.MustNewConstMetric(m.desc, m.typ, m.value(p), s.Sensors[i].Sensor)
+			}
+		}
+	}
+	if j := s.JetStream; j != nil {
+		a := j.Archiver
+		for _, m := range jsMetrics {
+			ch <- prometheus.MustNewConstMetric(m.desc, m.typ, m.value(j, a))
+		}
+		if a != nil {
+			for _, m := range archiverMetrics {
+				ch <- prometheus.MustNewConstMetric(m.desc, m.typ, m.value(j, a))
+			}
+			ch <- prometheus.MustNewConstMetric(archiveLost, prometheus.CounterValue, float64(a.Lost.Quota), "quota")
+			ch <- prometheus.MustNewConstMetric(archiveLost, prometheus.CounterValue, float64(a.Lost.Limits), "limits")
+			ch <- prometheus.MustNewConstMetric(archiveLost, prometheus.CounterValue, float64(a.Lost.BadSubject), "bad_subject")
+		}
 	}
 }
 
@@ -177,4 +248,42 @@ func b2f(b bool) float64 {
 		return 1
 	}
 	return 0
+}
+
+// jsHealth is the stream's chain: connected to NATS → the archiver consumes (not stalled) → it
+// lost nothing to limits or quotas lately.
+func (m *metrics) jsHealth() *health.Node {
+	js := health.NewNode("jetstream", func(time.Time) health.Result {
+		st := m.js.snapshot()
+		where := "embedded server"
+		if st.URL != "" {
+			where = st.URL
+		}
+		if !st.Connected || st.InfoError != "" {
+			return health.Result{OK: false, Detail: fmt.Sprintf("stream %s on %s: connected %v, %s", st.Stream, where, st.Connected, st.InfoError),
+				Fix: "check the NATS cluster (-nats): sensors' data waits unconfirmed in their spools meanwhile"}
+		}
+		return health.Result{OK: true, Detail: fmt.Sprintf("stream %s on %s, R%d: %d containers, %d octets, last sequence %d",
+			st.Stream, where, st.Replicas, st.Messages, st.Bytes, st.LastSeq)}
+	})
+	if m.js.arch == nil {
+		return js
+	}
+	lost := health.Still(func() uint64 {
+		l := m.js.arch.stats().Lost
+		return l.Quota + l.Limits + l.BadSubject
+	}, healthWindow, "containers lost to the archive (quota, stream limits)",
+		"a sensor's directory is over -quota or the stream's -nats-max-bytes/-nats-max-age discarded data the archiver had not read: raise the limit or move files away")
+	arch := health.NewNode("archiver", func(t time.Time) health.Result {
+		a := m.js.arch.stats()
+		if !a.Running || a.Stalled {
+			return health.Result{OK: false, Detail: fmt.Sprintf("archiver %s: running %v, stalled %v: %s", a.Durable, a.Running, a.Stalled, a.LastError),
+				Fix: "the files under -dir cannot be written or the stream cannot be read: the data waits in the stream"}
+		}
+		r := lost(t)
+		r.Detail = fmt.Sprintf("through stream sequence %d, %d pending; ", a.StreamSeq, a.Pending) + r.Detail
+		return r
+	})
+	js.Add(arch)
+	return js
 }

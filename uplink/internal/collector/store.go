@@ -2,6 +2,10 @@
 // many sensors, stores what each delivers in rotated NMSG files, and
 // exposes per-sensor metrics. uplink/cmd/collector is its thin main.
 //
+// With JetStreamOptions a NATS JetStream stream (embedded, or a cluster) sits between the
+// sensors and the files: containers are confirmed once the stream holds them, and the archiver
+// (a durable consumer) writes the stream into the files exactly once (jetstream.go, archiver.go).
+//
 // Forwarding to SIE Europe is not done here: Options.Forward is the seam
 // where a spool + uplink (the appliance's own packages) attaches.
 package collector
@@ -17,9 +21,12 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/google/renameio/v2"
 
 	"github.com/sie-europe/dnssensor/nmsg"
 	"github.com/sie-europe/dnssensor/uplink/internal/collector/auth"
@@ -81,13 +88,15 @@ type Store struct {
 	closed  bool
 
 	recovered int
+	archived  uint64 // stream sequence the archive holds through (Archive)
 }
 
 type sensorFile struct {
 	mu        sync.Mutex
 	dir       string
 	f         *os.File
-	size      int64 // octets of whole containers in f: a failed write is cut back to it
+	size      int64    // octets of whole containers in f: a failed write is cut back to it
+	seqLog    *os.File // f's sequence log (Archive): (stream sequence, length of f) per container
 	tmp, name string
 	end       time.Time
 	pending   []pendingSeal // files set aside with confirmed data, to be sealed when possible
@@ -179,33 +188,118 @@ func (s *Store) recover() error {
 	if err != nil {
 		return err
 	}
+	floor, err := readFloor(s.opts.Dir)
+	if err != nil {
+		return err
+	}
 	for _, tmp := range tmps {
 		final := filepath.Join(filepath.Dir(tmp), strings.TrimSuffix(strings.TrimPrefix(filepath.Base(tmp), "."), ".tmp"))
-		n, err := cutAndRename(tmp, final)
+		n, seq, err := cutAndRename(tmp, final)
 		if err != nil {
 			return fmt.Errorf("recovering %s: %w", tmp, err)
 		}
+		floor = max(floor, seq)
 		if n > 0 {
 			s.recovered++
 			s.logf("collector: recovered %d octets of %s", n, tmp)
 		}
 	}
+	// Sequence logs whose file was sealed (or recovered just now) but not yet folded into the
+	// floor file.
+	logs, err := filepath.Glob(filepath.Join(s.opts.Dir, "*", ".*.nmsg.seq"))
+	if err != nil {
+		return err
+	}
+	for _, l := range logs {
+		_, seq, err := readSeqLog(l, -1)
+		if err != nil {
+			return fmt.Errorf("recovering %s: %w", l, err)
+		}
+		floor = max(floor, seq)
+	}
+	s.archived = floor
+	if len(logs) > 0 {
+		if err := writeFloor(s.opts.Dir, floor); err != nil {
+			return err
+		}
+		for _, l := range logs {
+			os.Remove(l)
+		}
+	}
 	return nil
 }
 
-// cutAndRename cuts a temp file back to its whole containers, fsyncs it and renames it into
-// place (beside an existing file of that name, as .recovered.nmsg). An empty file is removed.
-func cutAndRename(tmp, final string) (int64, error) {
-	n, err := wholeContainers(tmp)
+// floorFile holds, in decimal, the stream sequence through which the sealed files hold every
+// container; the sequence logs of the files being written hold the rest.
+const floorFile = ".archived-stream-seq"
+
+func readFloor(dir string) (uint64, error) {
+	b, err := os.ReadFile(filepath.Join(dir, floorFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
 	if err != nil {
 		return 0, err
 	}
+	n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %v (it holds the archived stream sequence; remove it only with the stream's archive consumer)", filepath.Join(dir, floorFile), err)
+	}
+	return n, nil
+}
+
+func writeFloor(dir string, seq uint64) error {
+	if err := renameio.WriteFile(filepath.Join(dir, floorFile), []byte(strconv.FormatUint(seq, 10)+"\n"), 0o640); err != nil {
+		return fmt.Errorf("recording the archived stream sequence: %w", err)
+	}
+	return nil
+}
+
+func seqLogPath(tmp string) string { return strings.TrimSuffix(tmp, ".tmp") + ".seq" }
+
+// seqLogEntry is one container of a sequence log: its stream sequence and the file's length
+// after it, big-endian.
+const seqLogEntry = 16
+
+// readSeqLog returns the longest prefix of the file (at most limit octets; limit < 0: no
+// limit) whose containers all have their stream sequence in the log, and the last such
+// sequence. A container written without its log entry (a crash between the two) is cut: it
+// was not acknowledged, so the stream delivers it again.
+func readSeqLog(path string, limit int64) (end int64, seq uint64, err error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, 0, err
+	}
+	for ; len(b) >= seqLogEntry; b = b[seqLogEntry:] {
+		e := int64(binary.BigEndian.Uint64(b[8:]))
+		if limit >= 0 && e > limit {
+			break
+		}
+		seq, end = binary.BigEndian.Uint64(b), e
+	}
+	return end, seq, nil
+}
+
+// cutAndRename cuts a temp file back to its whole containers (and, with a sequence log, to the
+// containers logged: seq is the last one's stream sequence), fsyncs it and renames it into
+// place (beside an existing file of that name, as .recovered.nmsg). An empty file is removed.
+// The sequence log stays until its sequence is in the floor file.
+func cutAndRename(tmp, final string) (n int64, seq uint64, err error) {
+	n, err = wholeContainers(tmp)
+	if err != nil {
+		return 0, 0, err
+	}
+	if _, err := os.Lstat(seqLogPath(tmp)); err == nil {
+		if n, seq, err = readSeqLog(seqLogPath(tmp), n); err != nil {
+			return 0, 0, err
+		}
+	}
 	if n == 0 {
-		return 0, os.Remove(tmp)
+		return 0, seq, os.Remove(tmp)
 	}
 	f, err := os.OpenFile(tmp, os.O_WRONLY, 0)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	err = f.Truncate(n)
 	if err == nil {
@@ -215,15 +309,15 @@ func cutAndRename(tmp, final string) (int64, error) {
 		err = cerr
 	}
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	if _, err := os.Lstat(final); err == nil {
 		final = strings.TrimSuffix(final, ".nmsg") + ".recovered.nmsg"
 	}
 	if err := os.Rename(tmp, final); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	return n, syncDir(filepath.Dir(final))
+	return n, seq, syncDir(filepath.Dir(final))
 }
 
 // wholeContainers returns the length of the prefix of the file that
@@ -267,25 +361,39 @@ const quotaReason = "over disk quota at the collector: data stays in the sensor'
 // returned as a sielink.Stall, so the session holds the payload, confirms nothing after it, and
 // offers it again until space returns.
 func (s *Store) Deliver(d *sielink.Delivery) error {
-	sf, err := s.sensor(d.Sensor)
+	dup, err := s.put(d.Sensor, d.Payload.Data, 0)
+	d.Duplicate = dup
+	return err
+}
+
+// Archive stores a container read from the JetStream stream at stream sequence streamSeq (the
+// archiver's path; > 0). Besides the container it appends (streamSeq, file length) to the
+// file's sequence log (.<name>.seq), so that a restart knows which stream sequence the archive
+// holds through (Archived) and neither loses nor repeats a container. Errors are those of
+// Deliver: a sielink.Stall (disk full, retry) or a sielink.Refusal (over quota).
+func (s *Store) Archive(sensor string, data []byte, streamSeq uint64) (dup bool, err error) {
+	return s.put(sensor, data, streamSeq)
+}
+
+func (s *Store) put(sensor string, data []byte, streamSeq uint64) (bool, error) {
+	sf, err := s.sensor(sensor)
 	if err != nil {
-		return err
+		return false, err
 	}
 	sf.mu.Lock()
 	defer sf.mu.Unlock()
-	key, hasKey, dup := sf.seenBefore(d.Payload.Data)
+	key, hasKey, dup := sf.seenBefore(data)
 	if dup {
 		// A resend after a broken connection: already stored (and confirmed) once.
 		sf.st.Duplicates++
-		d.Duplicate = true
-		return nil
+		s.archivedThrough(streamSeq)
+		return true, nil
 	}
 	now := s.opts.now()
 	if sf.f != nil && !now.Before(sf.end) {
 		// A failed seal sets the file aside (it is retried); new data goes to a new file.
 		s.seal(sf)
 	}
-	data := d.Payload.Data
 	if s.opts.Zlib && len(data) >= nmsg.HeaderSize && data[4]&0x01 == 0 {
 		data = sf.compress(data)
 	}
@@ -295,22 +403,22 @@ func (s *Store) Deliver(d *sielink.Delivery) error {
 			sf.refused = int64(len(data))
 			sf.st.QuotaRefusals++
 			s.writeFailed(sf, fmt.Errorf("%w (%d of %d octets used)", ErrOverQuota, sf.st.DiskBytes, q))
-			return &sielink.Refusal{Reason: quotaReason, Err: ErrOverQuota}
+			return false, &sielink.Refusal{Reason: quotaReason, Err: ErrOverQuota}
 		}
 	}
 	if sf.f == nil {
 		if err := s.open(sf, now); err != nil {
 			s.writeFailed(sf, err)
-			return sielink.Stall(err)
+			return false, sielink.Stall(err)
 		}
 	}
-	if err := s.write(sf, data); err != nil {
+	if err := s.write(sf, data, streamSeq); err != nil {
 		s.writeFailed(sf, err)
-		return sielink.Stall(err)
+		return false, sielink.Stall(err)
 	}
 	if sf.st.Stalled {
 		sf.st.Stalled = false
-		s.logf("collector: %s: writing again after %d write errors", d.Sensor, sf.st.WriteErrors)
+		s.logf("collector: %s: writing again after %d write errors", sensor, sf.st.WriteErrors)
 	}
 	if hasKey {
 		sf.remember(key)
@@ -318,13 +426,38 @@ func (s *Store) Deliver(d *sielink.Delivery) error {
 	sf.st.Containers++
 	sf.st.Bytes += uint64(len(data))
 	sf.st.DiskBytes += int64(len(data))
-	return nil
+	s.archivedThrough(streamSeq)
+	return false, nil
+}
+
+// archivedThrough raises the stream sequence the archive holds through.
+func (s *Store) archivedThrough(seq uint64) {
+	s.mu.Lock()
+	s.archived = max(s.archived, seq)
+	s.mu.Unlock()
+}
+
+// Archived is the stream sequence through which the archive holds every container (Archive):
+// recovered from the sequence logs and the floor file at start-up, raised by each Archive.
+func (s *Store) Archived() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.archived
 }
 
 // write appends one container to the current file. On failure the file is cut back to its
 // last whole container, so that the next write (once space returns) continues a valid file; a
 // file that cannot be cut is set aside for Rotate to repair and seal.
-func (s *Store) write(sf *sensorFile, data []byte) error {
+func (s *Store) write(sf *sensorFile, data []byte, streamSeq uint64) error {
+	if streamSeq > 0 && sf.seqLog == nil {
+		// Created before the first container, so a file with data and no log is one of the direct
+		// path, and one with a log has every container it may keep logged.
+		l, err := os.OpenFile(seqLogPath(sf.tmp), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+		if err != nil {
+			return fmt.Errorf("creating the sequence log of %s: %w", sf.tmp, err)
+		}
+		sf.seqLog = l
+	}
 	// Written through before returning: once Deliver returns, the sensor's next Sync confirms the
 	// data and its spool deletes it, so it must already be in the kernel's hands (a collector
 	// kill -9 then loses nothing; the end-to-end fault test caught a buffered version losing
@@ -332,6 +465,18 @@ func (s *Store) write(sf *sensorFile, data []byte) error {
 	_, err := sf.f.Write(data)
 	if err == nil && s.opts.Sync {
 		err = sf.f.Sync()
+	}
+	if err == nil && sf.seqLog != nil {
+		// After the container (fsynced first with Sync): a logged container is in the file.
+		var e [seqLogEntry]byte
+		binary.BigEndian.PutUint64(e[:], streamSeq)
+		binary.BigEndian.PutUint64(e[8:], uint64(sf.size)+uint64(len(data)))
+		if _, err = sf.seqLog.Write(e[:]); err != nil {
+			// A torn entry would shift every later one: cut the log back to its whole entries.
+			if fi, serr := sf.seqLog.Stat(); serr == nil {
+				sf.seqLog.Truncate(fi.Size() / seqLogEntry * seqLogEntry)
+			}
+		}
 	}
 	if err == nil {
 		sf.size += int64(len(data))
@@ -512,6 +657,11 @@ func (s *Store) seal(sf *sensorFile) error {
 		s.setAside(sf)
 		return fmt.Errorf("sealing %s: %w", sf.tmp, err)
 	}
+	if sf.seqLog != nil {
+		sf.seqLog.Close()
+		sf.seqLog = nil
+		s.foldSeqLog(seqLogPath(sf.tmp))
+	}
 	sf.st.FilesSealed++
 	sf.st.LastRotation = s.opts.now()
 	return nil
@@ -519,6 +669,11 @@ func (s *Store) seal(sf *sensorFile) error {
 
 // setAside moves the current (closed) file to the pending seals.
 func (s *Store) setAside(sf *sensorFile) {
+	if sf.seqLog != nil {
+		// Kept beside the file: its seal (cutAndRename) cuts the file to what the log holds.
+		sf.seqLog.Close()
+		sf.seqLog = nil
+	}
 	if _, err := os.Lstat(sf.tmp); err == nil {
 		sf.pending = append(sf.pending, pendingSeal{sf.tmp, sf.name})
 	}
@@ -532,7 +687,10 @@ func (s *Store) sealPending(sf *sensorFile) error {
 	var errs []error
 	left := sf.pending[:0]
 	for _, p := range sf.pending {
-		n, err := cutAndRename(p.tmp, p.name)
+		n, _, err := cutAndRename(p.tmp, p.name)
+		if err == nil {
+			s.foldSeqLog(seqLogPath(p.tmp))
+		}
 		if err != nil {
 			sf.st.WriteErrors++
 			errs = append(errs, fmt.Errorf("sealing %s: %w", p.tmp, err))
@@ -548,6 +706,19 @@ func (s *Store) sealPending(sf *sensorFile) error {
 	sf.pending = left
 	sf.st.PendingSeals = len(left)
 	return errors.Join(errs...)
+}
+
+// foldSeqLog records the archive's stream sequence in the floor file and removes a sealed file's
+// sequence log; a log left by a failure is folded in at the next start.
+func (s *Store) foldSeqLog(path string) {
+	if _, err := os.Lstat(path); err != nil {
+		return
+	}
+	if err := writeFloor(s.opts.Dir, s.Archived()); err != nil {
+		s.logf("collector: %v (kept %s)", err, path)
+		return
+	}
+	os.Remove(path)
 }
 
 func syncDir(dir string) error {

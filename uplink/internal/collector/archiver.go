@@ -1,0 +1,192 @@
+package collector
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/sie-europe/dnssensor/uplink/internal/collector/auth"
+	"github.com/sie-europe/dnssensor/uplink/sielink"
+)
+
+// archiver is the durable consumer that writes the stream into the rotated per-sensor files.
+// It takes the messages in stream order, one at a time, and acknowledges a message once its
+// container and stream sequence are in the files (Store.Archive). A restart resumes at the
+// consumer's acknowledged floor; the messages it redelivers that the files already hold (the
+// acknowledgement was lost with the process) are at or below Store.Archived and are skipped, so
+// each container is in the archive exactly once.
+type archiver struct {
+	store   *Store
+	stream  jetstream.Stream
+	durable string
+	logf    sielink.Logf
+
+	mu sync.Mutex
+	st ArchiverStats
+}
+
+// ArchiverStats is the archiver's progress (/status.json, /metrics).
+type ArchiverStats struct {
+	Durable    string    `json:"durable"`
+	Archived   uint64    `json:"archived"`   // containers written
+	Skipped    uint64    `json:"skipped"`    // redelivered containers the archive already held
+	Duplicates uint64    `json:"duplicates"` // containers the store recognised by (sequence_id, sequence)
+	StreamSeq  uint64    `json:"stream_seq"` // stream sequence the archive holds through
+	Pending    uint64    `json:"pending"`    // messages in the stream not yet delivered to the archiver
+	Stalls     uint64    `json:"stalls"`     // write attempts that failed and were retried (disk full)
+	Lost       LossStats `json:"lost"`       // containers acknowledged without being archived, by reason
+	LastError  string    `json:"last_error,omitempty"`
+	LastWrite  time.Time `json:"last_write"`
+	Running    bool      `json:"running"`
+	Stalled    bool      `json:"stalled"`
+}
+
+// LossStats counts containers the archive will never hold, by reason.
+type LossStats struct {
+	Quota      uint64 `json:"quota"`       // the sensor's directory was over -quota
+	BadSubject uint64 `json:"bad_subject"` // a message on the stream that no collector published
+	Limits     uint64 `json:"limits"`      // discarded by the stream's limits before the archiver read them
+}
+
+// archiverAckWait is how long the server waits for an acknowledgement before redelivering; the
+// archiver extends it (InProgress) while a write stalls.
+const archiverAckWait = time.Minute
+
+func (a *archiver) stats() ArchiverStats {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.st
+}
+
+func (a *archiver) update(f func(*ArchiverStats)) {
+	a.mu.Lock()
+	f(&a.st)
+	a.mu.Unlock()
+}
+
+// run consumes until ctx ends; it reconnects by itself (nats.go) and recreates its pull on errors.
+func (a *archiver) run(ctx context.Context) error {
+	cfg := jetstream.ConsumerConfig{
+		Durable: a.durable, AckPolicy: jetstream.AckExplicitPolicy, AckWait: archiverAckWait,
+		DeliverPolicy: jetstream.DeliverAllPolicy, MaxAckPending: 1024,
+		FilterSubject: subjectPrefix + ">",
+		Description:   "the collector's file archive",
+	}
+	a.update(func(s *ArchiverStats) { s.Durable, s.StreamSeq = a.durable, a.store.Archived() })
+	for ctx.Err() == nil {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		cons, err := a.stream.CreateOrUpdateConsumer(cctx, cfg)
+		cancel()
+		if err == nil {
+			err = a.consume(ctx, cons)
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		a.update(func(s *ArchiverStats) { s.Running, s.LastError = false, err.Error() })
+		logTo(a.logf, "collector: archiver: %v (retrying)", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+	a.update(func(s *ArchiverStats) { s.Running = false })
+	return nil
+}
+
+func (a *archiver) consume(ctx context.Context, cons jetstream.Consumer) error {
+	it, err := cons.Messages(jetstream.PullMaxMessages(256))
+	if err != nil {
+		return err
+	}
+	defer it.Stop()
+	go func() {
+		<-ctx.Done()
+		it.Stop()
+	}()
+	a.update(func(s *ArchiverStats) { s.Running, s.LastError = true, "" })
+	for {
+		msg, err := it.Next()
+		if err != nil {
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) && ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		if err := a.handle(ctx, msg); err != nil {
+			return err
+		}
+	}
+}
+
+// handle archives one message and acknowledges it; it returns an error only when ctx ended
+// before the message could be written (it stays unacknowledged and is delivered again).
+func (a *archiver) handle(ctx context.Context, msg jetstream.Msg) error {
+	meta, err := msg.Metadata()
+	if err != nil {
+		return fmt.Errorf("message metadata: %w", err)
+	}
+	seq := meta.Sequence.Stream
+	a.update(func(s *ArchiverStats) { s.Pending = meta.NumPending })
+	if seq <= a.store.Archived() {
+		a.update(func(s *ArchiverStats) { s.Skipped++ })
+		return msg.Ack()
+	}
+	if floor := a.store.Archived(); seq > floor+1 && floor > 0 || floor == 0 && seq > 1 {
+		// Stream sequences are dense and the filter takes every subject of the stream: a gap is
+		// containers the stream's limits (age, bytes) discarded before the archive had them.
+		a.update(func(s *ArchiverStats) { s.Lost.Limits += seq - floor - 1 })
+	}
+	sensor, ok := subjectSensor(msg.Subject())
+	if ok {
+		ok = auth.ValidSensorName(sensor)
+	}
+	if !ok {
+		logTo(a.logf, "collector: archiver: stream sequence %d on subject %q, not one the collector publishes: skipped", seq, msg.Subject())
+		a.update(func(s *ArchiverStats) { s.Lost.BadSubject++ })
+		a.store.archivedThrough(seq)
+		return msg.Ack()
+	}
+	var t *time.Timer
+	for {
+		dup, err := a.store.Archive(sensor, msg.Data(), seq)
+		if err == nil {
+			a.update(func(s *ArchiverStats) {
+				if dup {
+					s.Duplicates++
+				} else {
+					s.Archived++
+				}
+				s.StreamSeq, s.LastWrite, s.Stalled = seq, time.Now(), false
+			})
+			return msg.Ack()
+		}
+		var ref *sielink.Refusal
+		if errors.As(err, &ref) && errors.Is(err, ErrOverQuota) {
+			// The sensor was confirmed when the stream took the container: over its quota the
+			// archive can only count it.
+			a.update(func(s *ArchiverStats) { s.Lost.Quota++; s.StreamSeq = seq })
+			a.store.archivedThrough(seq)
+			return msg.Ack()
+		}
+		// Disk full or a write error: the message stays unacknowledged and is offered again,
+		// nothing after it is written meanwhile (stream order is what makes Archived exact).
+		a.update(func(s *ArchiverStats) { s.Stalls++; s.Stalled = true; s.LastError = err.Error() })
+		msg.InProgress()
+		if t == nil {
+			t = time.NewTimer(time.Second)
+			defer t.Stop()
+		} else {
+			t.Reset(time.Second)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
