@@ -178,10 +178,19 @@ func Run(ctx context.Context, o *Options, logf func(string, ...any)) error {
 		case <-ctx.Done():
 			return errors.Join(d.stopDHCP(), d.stopDHCP6())
 		case err := <-dhcpDone:
+			d.dhcp.close()
 			d.dhcp = nil
+			if ctx.Err() != nil {
+				// Shutdown: the client ended because ctx did, which select may see first.
+				return errors.Join(err, d.stopDHCP6())
+			}
 			return fmt.Errorf("dhcp4 client ended: %v", err)
 		case err := <-dhcp6Done:
+			d.dhcp6.close()
 			d.dhcp6 = nil
+			if ctx.Err() != nil {
+				return errors.Join(err, d.stopDHCP())
+			}
 			return fmt.Errorf("dhcp6 client ended: %v", err)
 		case <-d.managed6:
 			if !d.want6 {
