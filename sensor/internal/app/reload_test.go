@@ -100,7 +100,25 @@ func TestConfigReload(t *testing.T) {
 		resp[2] |= 0x80
 		far.WriteToUDP(resp, &net.UDPAddr{IP: net.ParseIP(res), Port: 40053})
 	}
-	transaction("127.83.72.9")
+	// The configuration check is green before the capture rings are open: send until the first
+	// run has counted a response (a transaction sent earlier reaches no socket; seen in CI).
+	responses := func() float64 {
+		m, err := health.GetMetrics(context.Background(), sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, _ := m.Value("dnssensor_sensord_port_dns_messages_total", map[string]string{"qr": "response"})
+		return n
+	}
+	for deadline := time.Now().Add(time.Minute); responses() == 0; {
+		transaction("127.83.72.9")
+		for wait := time.Now().Add(time.Second); responses() == 0 && time.Now().Before(wait); {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the first run never counted a response: %s", stderr.String())
+		}
+	}
 
 	// Invalid: refused, naming the key; the running configuration stays.
 	writeAtomically(t, cfg, `{"resolver": "127.83.72.10", "rd": "2"}`)
@@ -135,15 +153,12 @@ func TestConfigReload(t *testing.T) {
 	if gap <= 0 || gap > 5 || applied != 1 || refused != 2 {
 		t.Errorf("metrics: gap %v, applied %v, refused %v", gap, applied, refused)
 	}
-	transaction("127.83.72.10")
-	// SIGTERM stops reading at once: wait until the new run's reader has the response.
-	for deadline := time.Now().Add(time.Minute); ; time.Sleep(10 * time.Millisecond) {
-		m, err := health.GetMetrics(context.Background(), sock)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if n, _ := m.Value("dnssensor_sensord_port_dns_messages_total", map[string]string{"qr": "response"}); n > 0 {
-			break
+	// SIGTERM stops reading at once: send until the new run's reader has counted the response
+	// (its counters start from zero; its rings may open after the health check turned green).
+	for deadline := time.Now().Add(time.Minute); responses() == 0; {
+		transaction("127.83.72.10")
+		for wait := time.Now().Add(time.Second); responses() == 0 && time.Now().Before(wait); {
+			time.Sleep(10 * time.Millisecond)
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("the response never reached the new run: %s", stderr.String())
