@@ -303,9 +303,25 @@ func startJetStream(ctx context.Context, o JetStreamOptions, store *Store, logf 
 
 // stopArchiver ends the archiver (after the sessions, before the store closes); what it had not
 // acknowledged is delivered again at the next start.
+// archiverDrain bounds how long a shutdown waits for the archiver to write what the stream
+// holds.
+const archiverDrain = 10 * time.Second
+
 func (r *jsRunner) stopArchiver() {
 	if r == nil || r.cancel == nil {
 		return
+	}
+	// Drain first: the sensors were confirmed once the stream held their data, so a clean stop
+	// leaves the files holding all of it, not the archive some seconds behind the stream (the
+	// rest would be archived at the next start, but the files are what a SOC reads now).
+	if r.arch != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), archiverDrain)
+		if info, err := r.bus.stream.Info(ctx); err == nil {
+			for last := info.State.LastSeq; r.arch.store.Archived() < last && ctx.Err() == nil; {
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+		cancel()
 	}
 	r.cancel()
 	<-r.done
