@@ -31,7 +31,7 @@ func notConfigured(args []string) string {
 	if config == "" {
 		return ""
 	}
-	for _, k := range []string{"resolver", "authoritative", "dnstap", "dnstap-file"} {
+	for _, k := range []string{"resolver", "resolver-from-interface", "authoritative", "dnstap", "dnstap-file"} {
 		if cmdline[k] {
 			return ""
 		}
@@ -51,8 +51,8 @@ func notConfigured(args []string) string {
 	if json.Unmarshal(data, &m) != nil {
 		return "" // a broken file is bad configuration: exit 2 with the parser's message
 	}
-	for _, k := range []string{"resolver", "authoritative", "dnstap", "dnstap-file"} {
-		if v, ok := m[k]; ok && v != "" {
+	for _, k := range []string{"resolver", "resolver-from-interface", "authoritative", "dnstap", "dnstap-file"} {
+		if v, ok := m[k]; ok && v != "" && v != false {
 			return ""
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"sort"
@@ -77,6 +78,7 @@ func ParseFlags(args []string, stderr io.Writer) (*Options, error) {
 	fs.BoolVar(&o.Zlib, "z", false, "zlib-compress NMSG containers")
 	source := fs.String("source", "", "NMSG source `ID` (hex with 0x, or decimal)")
 	resolver := fs.String("resolver", "", "resolver addresses or CIDRs, IPv4 and IPv6 (`LIST`, comma-separated); DNSQR_RES_ADDRS")
+	fromIface := fs.Bool("resolver-from-interface", false, "the resolver is this host: its addresses are those of the -i capture interfaces (IPv4 and global IPv6, read at start), added to -resolver; for a sensor on the resolver's own upstream interface")
 	auth := fs.String("authoritative", "", "authority mode: authoritative server addresses or CIDRs (`LIST`); DNSQR_AUTH_ADDRS")
 	fs.BoolVar(&o.Pipeline.AllowWideResolver, "allow-wide-resolver", false, "accept -resolver/-authoritative prefixes shorter than /16 (IPv4) or /32 (IPv6); such a prefix almost always takes clients for resolvers")
 	fs.BoolVar(&o.Pipeline.Unsolicited, "unsolicited", false, "keep responses that match no query as UDP_UNSOLICITED_RESPONSE (TCP: records without a query), as the C reference does; off, they are dropped and counted, since a client answering from port 53 looks like a late authority")
@@ -188,6 +190,13 @@ func ParseFlags(args []string, stderr io.Writer) (*Options, error) {
 	if err := o.Spool.finish(); err != nil {
 		return nil, err
 	}
+	if *fromIface {
+		ps, err := interfacePrefixes(o.Live.Ifaces)
+		if err != nil {
+			return nil, fmt.Errorf("-resolver-from-interface: %v", err)
+		}
+		o.Pipeline.Resolvers = append(o.Pipeline.Resolvers, ps...)
+	}
 	// A box's config file without a resolver: discovery mode (configured.go, discovery.go).
 	o.Discovery = *config != "" && len(o.Live.Ifaces) > 0 && len(o.Pipeline.Resolvers) == 0 && len(o.Pipeline.Authorities) == 0
 	if err := o.Pipeline.Validate(); err != nil && !o.Discovery {
@@ -258,6 +267,52 @@ func splitList(s string) []string {
 // parsePrefixes reads a list of addresses and CIDRs. IPv4-mapped IPv6 forms become IPv4, since
 // IPv4 packets carry IPv4 addresses; a zone is dropped, as packets carry none. Unless wide is
 // set, a prefix wider than /16 (IPv4) or /32 (IPv6) is refused: it takes clients for resolvers.
+// interfaceAddrs reads an interface's addresses; a variable for tests.
+var interfaceAddrs = func(name string) ([]net.Addr, error) {
+	ifi, err := net.InterfaceByName(name)
+	if err != nil {
+		return nil, err
+	}
+	return ifi.Addrs()
+}
+
+// interfacePrefixes are the host's own addresses on ifaces, each as a /32 or /128: IPv4 and
+// global (or unique local) IPv6. Link-local and loopback addresses are left out: a resolver does
+// not recurse from them, and fe80::/10 is every host's.
+func interfacePrefixes(ifaces []string) ([]netip.Prefix, error) {
+	if len(ifaces) == 0 {
+		return nil, errors.New("no capture interface (-i) to read addresses from")
+	}
+	var out []netip.Prefix
+	for _, name := range ifaces {
+		as, err := interfaceAddrs(name)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %v", name, err)
+		}
+		n := 0
+		for _, a := range as {
+			ipn, ok := a.(*net.IPNet)
+			if !ok {
+				continue
+			}
+			ip, ok := netip.AddrFromSlice(ipn.IP)
+			if !ok {
+				continue
+			}
+			ip = ip.Unmap()
+			if ip.IsLoopback() || ip.IsLinkLocalUnicast() || ip.IsUnspecified() || ip.IsMulticast() {
+				continue
+			}
+			out = append(out, netip.PrefixFrom(ip, ip.BitLen()))
+			n++
+		}
+		if n == 0 {
+			return nil, fmt.Errorf("%s has no IPv4 or global IPv6 address (give -resolver instead, or capture on the resolver's upstream interface)", name)
+		}
+	}
+	return out, nil
+}
+
 func parsePrefixes(s string, wide bool) ([]netip.Prefix, error) {
 	var out []netip.Prefix
 	for _, f := range splitList(s) {

@@ -3,7 +3,9 @@ package app
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -144,4 +146,51 @@ func TestRingBlocks(t *testing.T) {
 			t.Errorf("ringBlocks(%d, %d) = %d, %d; want %d, %d", tc.snaplen, tc.mib, size, n, tc.size, tc.n)
 		}
 	}
+}
+
+// TestResolverFromInterface: with -resolver-from-interface the resolver addresses are the capture
+// interfaces' own IPv4 and global IPv6 addresses, as /32 and /128, added to -resolver; link-local
+// and loopback addresses are not a resolver's; an interface without a usable address is an error
+// that names it, and so is the flag without -i.
+func TestResolverFromInterface(t *testing.T) {
+	defer func(f func(string) ([]net.Addr, error)) { interfaceAddrs = f }(interfaceAddrs)
+	addrs := map[string][]net.Addr{
+		"up0": {mustCIDR(t, "198.51.100.2/24"), mustCIDR(t, "2001:db8:1::2/64"), mustCIDR(t, "fe80::1/64")},
+		"ll0": {mustCIDR(t, "fe80::2/64"), mustCIDR(t, "127.0.0.2/8")},
+	}
+	interfaceAddrs = func(name string) ([]net.Addr, error) {
+		a, ok := addrs[name]
+		if !ok {
+			return nil, fmt.Errorf("no such interface")
+		}
+		return a, nil
+	}
+	o, err := ParseFlags([]string{"-i", "up0", "-J", "-", "-resolver", "192.0.2.53", "-resolver-from-interface"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(o.Pipeline.Resolvers); got != "[192.0.2.53/32 198.51.100.2/32 2001:db8:1::2/128]" {
+		t.Errorf("resolvers %s", got)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-i", "ll0", "-J", "-", "-resolver-from-interface"}, "ll0 has no IPv4 or global IPv6 address"},
+		{[]string{"-i", "gone0", "-J", "-", "-resolver-from-interface"}, "gone0: no such interface"},
+		{[]string{"-r", "x.pcap", "-J", "-", "-resolver-from-interface"}, "no capture interface"},
+	} {
+		if _, err := ParseFlags(c.args, io.Discard); err == nil || !strings.Contains(err.Error(), "-resolver-from-interface: ") || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: %v, want an error with %q", c.args, err, c.want)
+		}
+	}
+}
+
+func mustCIDR(t *testing.T, s string) *net.IPNet {
+	ip, n, err := net.ParseCIDR(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.IP = ip
+	return n
 }
