@@ -24,6 +24,7 @@ type archiver struct {
 	stream  jetstream.Stream
 	durable string
 	logf    sielink.Logf
+	delay   time.Duration // JetStreamOptions.archiveDelay
 
 	mu sync.Mutex
 	st ArchiverStats
@@ -150,6 +151,9 @@ func (a *archiver) handle(ctx context.Context, msg jetstream.Msg) error {
 		a.update(func(s *ArchiverStats) { s.Lost.BadSubject++ })
 		a.store.archivedThrough(seq)
 		return msg.Ack()
+	}
+	if a.delay > 0 {
+		time.Sleep(a.delay)
 	}
 	var t *time.Timer
 	for {

@@ -49,6 +49,9 @@ type JetStreamOptions struct {
 	// ArchiveDurable names the archiver's durable consumer; default "archive". Two archives of
 	// the same stream (two hosts, each a full copy) need two names.
 	ArchiveDurable string
+
+	// archiveDelay slows each archive write: a seam for tests of an archiver behind the stream.
+	archiveDelay time.Duration
 }
 
 // DefaultStream is JetStreamOptions.Stream's default.
@@ -290,7 +293,7 @@ func startJetStream(ctx context.Context, o JetStreamOptions, store *Store, logf 
 	}
 	r := &jsRunner{bus: b, pub: &publisher{js: b.js, stream: b.opts.Stream, sensors: make(map[string]*PublishStats)}}
 	if !b.opts.NoArchive {
-		r.arch = &archiver{store: store, stream: b.stream, durable: b.opts.ArchiveDurable, logf: logf}
+		r.arch = &archiver{store: store, stream: b.stream, durable: b.opts.ArchiveDurable, logf: logf, delay: o.archiveDelay}
 		actx, cancel := context.WithCancel(context.Background())
 		r.cancel, r.done = cancel, make(chan struct{})
 		go func() {
