@@ -163,23 +163,10 @@ func (is *IdentitySource) buildTimestamp(ctx context.Context) string {
 	if is.GokrazyURL == "" {
 		return unknownValue
 	}
-	ctx, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, is.GokrazyURL, nil)
-	if err != nil {
-		return unknownValue
-	}
-	req.Header.Set("Accept", "application/json")
-	req.SetBasicAuth("gokrazy", string(is.Password))
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return unknownValue
-	}
-	defer resp.Body.Close()
 	var doc struct {
 		BuildTimestamp string
 	}
-	if resp.StatusCode != http.StatusOK || json.NewDecoder(io.LimitReader(resp.Body, 4<<20)).Decode(&doc) != nil || doc.BuildTimestamp == "" {
+	if getGokrazyJSON(ctx, is.GokrazyURL, is.Password, &doc) != nil || doc.BuildTimestamp == "" {
 		return unknownValue
 	}
 	return doc.BuildTimestamp

@@ -3,6 +3,7 @@ package status
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"time"
@@ -24,26 +25,13 @@ func (g *GokrazyServices) Stopped(ctx context.Context) map[string]bool {
 	if g == nil || g.URL == "" {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, g.URL, nil)
-	if err != nil {
-		return nil
-	}
-	req.Header.Set("Accept", "application/json")
-	req.SetBasicAuth("gokrazy", string(g.Password))
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil
-	}
-	defer resp.Body.Close()
 	var doc struct {
 		Services []struct {
 			Path    string
 			Stopped bool
 		}
 	}
-	if resp.StatusCode != http.StatusOK || json.NewDecoder(io.LimitReader(resp.Body, 4<<20)).Decode(&doc) != nil {
+	if getGokrazyJSON(ctx, g.URL, g.Password, &doc) != nil {
 		return nil
 	}
 	out := map[string]bool{}
@@ -63,4 +51,26 @@ func markStopped(ds []*DaemonStatus, stopped map[string]bool) {
 			d.Error = "stopped by gokrazy after it exited with status 125 (waiting for its configuration) or 0: set it up on the configuration page"
 		}
 	}
+}
+
+// getGokrazyJSON reads gokrazy's status page as JSON (it needs the device password) into v,
+// within a second.
+func getGokrazyJSON(ctx context.Context, url string, password []byte, v any) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Accept", "application/json")
+	req.SetBasicAuth("gokrazy", string(password))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("gokrazy: %s", resp.Status)
+	}
+	return json.NewDecoder(io.LimitReader(resp.Body, 4<<20)).Decode(v)
 }
