@@ -138,7 +138,9 @@ func drain(t testing.TB, c *Consumer) (ids []uint32, seqs []uint64) {
 		if d.Segments == 0 || time.Now().After(deadline) {
 			return ids, seqs
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		// Two polls: Next looks once at the start and once after its poll interval, so a segment
+		// quarantined on the first look ends this wait as soon as the second finds nothing.
+		ctx, cancel := context.WithTimeout(context.Background(), 2*c.opts.PollInterval)
 		s, err := c.Next(ctx)
 		cancel()
 		if errors.Is(err, context.DeadlineExceeded) {
