@@ -8,16 +8,17 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"log"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/sie-europe/dnssensor/appliance/config"
 	"github.com/sie-europe/dnssensor/appliance/netconf/dhcpc"
 	"github.com/sie-europe/dnssensor/hardware"
-	"github.com/vishvananda/netlink"
+	"github.com/sie-europe/dnssensor/internal/cli"
 )
 
 // Options configure netconfd.
@@ -85,20 +86,7 @@ func ParseFlags(args []string, stderr io.Writer) (*Options, error) {
 
 // Main runs netconfd with args and returns the process exit code.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	o, err := ParseFlags(args, stderr)
-	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		fmt.Fprintf(stderr, "netconfd: %v\n", err)
-		return 2
-	}
-	logger := log.New(stderr, "netconfd: ", 0)
-	if err := Run(ctx, o, logger.Printf); err != nil {
-		fmt.Fprintf(stderr, "netconfd: %v\n", err)
-		return 1
-	}
-	return 0
+	return cli.Main(ctx, "netconfd", args, stderr, ParseFlags, Run)
 }
 
 // Run configures the ports and keeps them configured until ctx ends; then it releases the DHCP

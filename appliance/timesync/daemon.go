@@ -8,12 +8,13 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"log"
 	"net"
 	"os"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/sie-europe/dnssensor/internal/cli"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -65,21 +66,11 @@ func ParseFlags(args []string, stderr io.Writer) (*Options, error) {
 
 // Main runs timed with args and returns the process exit code.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	o, err := ParseFlags(args, stderr)
-	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		fmt.Fprintf(stderr, "timed: %v\n", err)
-		return 2
-	}
-	lg := log.New(stderr, "timed: ", 0)
-	d := &Daemon{Opts: o, Clock: Kernel{}, Logf: lg.Printf}
-	if err := d.Run(ctx); err != nil {
-		fmt.Fprintf(stderr, "timed: %v\n", err)
-		return 1
-	}
-	return 0
+	return cli.Main(ctx, "timed", args, stderr, ParseFlags,
+		func(ctx context.Context, o *Options, logf func(string, ...any)) error {
+			d := &Daemon{Opts: o, Clock: Kernel{}, Logf: logf}
+			return d.Run(ctx)
+		})
 }
 
 // Daemon keeps the clock synchronised.
