@@ -23,6 +23,13 @@ import (
 // every request (headless chromium has no login dialog).
 func browser(t *testing.T, auth string) context.Context {
 	t.Helper()
+	// Generous: chromium's first start on a loaded 2-core machine takes seconds.
+	return browserFor(t, auth, 3*time.Minute)
+}
+
+// browserFor is browser with the session's whole time budget given.
+func browserFor(t *testing.T, auth string, budget time.Duration) context.Context {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("starts a browser")
 	}
@@ -34,8 +41,7 @@ func browser(t *testing.T, auth string) context.Context {
 		chromedp.WindowSize(420, 1400)) // a phone's width
 	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
 	ctx, cancelB := chromedp.NewContext(actx)
-	// Generous: chromium's first start on a loaded 2-core machine takes seconds.
-	ctx, cancelT := context.WithTimeout(ctx, 3*time.Minute)
+	ctx, cancelT := context.WithTimeout(ctx, budget)
 	t.Cleanup(func() { cancelT(); cancelB(); cancelA() })
 	if err := chromedp.Do(ctx); err != nil { // starts the browser
 		t.Fatalf("starting chromium: %v", err)

@@ -64,10 +64,12 @@ type Page struct {
 	FirstFailurePath []string        `json:"first_failure_path,omitempty"`
 	Chain            []*Node         `json:"chain"`
 	Daemons          []*DaemonStatus `json:"daemons"`
-	// Counters, Identity and Logs are filled by the server (view.go).
+	// Counters, Identity, Logs and Process are filled by the server (view.go).
 	Counters *Counters   `json:"counters,omitempty"`
 	Identity *Identity   `json:"identity,omitempty"`
 	Logs     []DaemonLog `json:"logs,omitempty"`
+	// Process is statusd's own CPU time and resident set (self.go).
+	Process *Process `json:"process,omitempty"`
 }
 
 // PageSchema names the version of the JSON page.

@@ -5,8 +5,8 @@ import (
 	"time"
 )
 
-// addViews adds the sections beside the chain: the sampled counters, the identity and the recent
-// log lines. Each is optional; the page renders without any of them.
+// addViews adds the sections beside the chain: the sampled counters, the identity, the recent
+// log lines and statusd's own cost. Each is optional; the page renders without any of them.
 func (s *Server) addViews(ctx context.Context, p *Page) {
 	if s.Sampler != nil {
 		p.Counters = s.Sampler.Counters(p.Time)
@@ -22,5 +22,8 @@ func (s *Server) addViews(ctx context.Context, p *Page) {
 	}
 	if s.LogLines > 0 {
 		p.Logs = collectLogs(ctx, p.Daemons, s.LogLines)
+	}
+	if proc, err := readProcess(); err == nil {
+		p.Process = proc
 	}
 }
