@@ -52,7 +52,9 @@ func startFakeSensord(t *testing.T) *fakeSensord {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- (&health.Server{Daemon: "sensord", Tree: tree, Registry: reg, Logf: t.Logf}).Serve(ctx, ln) }()
+	go func() {
+		done <- (&health.Server{Daemon: "sensord", Tree: tree, Registry: reg, Logf: t.Logf}).Serve(ctx, ln)
+	}()
 	t.Cleanup(func() { cancel(); <-done })
 	return fs
 }
