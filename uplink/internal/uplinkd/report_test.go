@@ -182,3 +182,20 @@ func TestReportSensordMissing(t *testing.T) {
 		}
 	}
 }
+
+// TestReportScrubbed: a check's detail that carries a secret (a URL's user information, an API
+// key after its key word) leaves the box redacted, and the path is the checks' names.
+func TestReportScrubbed(t *testing.T) {
+	rep := &health.Report{Checks: []*health.Check{{Name: "spool", OK: true, Children: []*health.Check{
+		{Name: "destination sie", OK: false, FirstFailure: true, Since: time.Unix(1700000000, 0),
+			Detail: "backing off; last error: dial wss://user:hunter2@sie.example/: refused",
+			Fix:    "check api_key=0123456789abcdef and the network"},
+		{Name: "loss ledger", OK: false}}}}}
+	f, n := failures("uplinkd", rep)
+	if n != 2 || f == nil || strings.Join(f.Path, "/") != "spool/destination sie" || f.SinceUnixMs != 1700000000000 {
+		t.Fatalf("failures: %d, %+v", n, f)
+	}
+	if strings.Contains(f.Detail, "hunter2") || strings.Contains(f.Fix, "0123456789abcdef") || !strings.Contains(f.Detail, "[redacted]") {
+		t.Errorf("not scrubbed: detail %q, fix %q", f.Detail, f.Fix)
+	}
+}
