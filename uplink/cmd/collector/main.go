@@ -179,6 +179,7 @@ func selftestSetup(opts *collector.Options) error {
 			"ca_file":      opts.CertFile,
 			"dir":          opts.Store.Dir,
 			"metrics":      "http://" + maddr + "/metrics",
+			"fleet":        "http://" + maddr + "/fleet",
 		})
 	}
 	return nil

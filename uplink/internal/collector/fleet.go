@@ -282,6 +282,9 @@ var fleetTmpl = template.Must(template.New("fleet.html").Funcs(template.FuncMap{
 	"ago":    func(s float64) string { return (time.Duration(s) * time.Second).String() },
 	"uptime": func(s uint64) string { return (time.Duration(s) * time.Second).String() },
 	"join":   strings.Join,
+	"ms": func(ms uint64) string {
+		return time.UnixMilli(int64(min(ms, math.MaxInt64))).UTC().Format("2006-01-02 15:04:05")
+	},
 }).ParseFS(fleetAssets, "fleetassets/fleet.html"))
 
 // pages are the fleet's documents, served on the collector's metrics address (-metrics) and on

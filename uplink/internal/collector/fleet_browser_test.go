@@ -77,7 +77,8 @@ func TestFleetBrowser(t *testing.T) {
 			}
 		case "site2-broken":
 			if !strings.Contains(r.Check, "sensord: capture › port eth1 › frames on eth1") ||
-				!strings.Contains(r.Check, "Fix: check the cable from the tap to eth1") || r.Border != "rgb(204, 34, 34)" {
+				!strings.Contains(r.Check, "Fix: check the cable from the tap to eth1") ||
+				!strings.Contains(r.Check, "failing since 2026-03-01 11:55:00 UTC") || r.Border != "rgb(204, 34, 34)" {
 				t.Errorf("broken sensor: %+v", r)
 			}
 		case "site1-green":

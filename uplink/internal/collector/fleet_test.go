@@ -38,7 +38,7 @@ func greenReport() *sielink.HealthReport {
 func redReport() *sielink.HealthReport {
 	return &sielink.HealthReport{Version: "sbom-2", UptimeSeconds: 60, RecordsPerSecond: rate(0),
 		FirstFailure: &sielink.FailedCheck{Daemon: "sensord", Path: []string{"capture", "port eth1", "frames on eth1"},
-			Detail: "1520 frames, none in the last 5m0s", Fix: "check the cable from the tap to eth1"}, FailingChecks: 2}
+			Detail: "1520 frames, none in the last 5m0s", Fix: "check the cable from the tap to eth1", SinceUnixMs: 1772366100000}, FailingChecks: 2}
 }
 
 func rowOf(t *testing.T, v FleetView, sensor string) FleetSensor {
