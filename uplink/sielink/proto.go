@@ -402,8 +402,9 @@ type field struct {
 	data []byte
 }
 
-// next consumes one field. Groups and fixed-width fields are skipped
-// over as values the schema does not use; the caller rejects them where
+// next consumes one field. Groups and 32-bit fields are skipped over
+// as values the schema does not use (a 64-bit one's value is in val:
+// HealthReport's doubles); the caller rejects them where
 // a known field has the wrong wire type.
 func next(b []byte) (f field, rest []byte, err error) {
 	num, typ, n := protowire.ConsumeTag(b)
@@ -417,6 +418,8 @@ func next(b []byte) (f field, rest []byte, err error) {
 		f.val, n = protowire.ConsumeVarint(b)
 	case protowire.BytesType:
 		f.data, n = protowire.ConsumeBytes(b)
+	case protowire.Fixed64Type:
+		f.val, n = protowire.ConsumeFixed64(b)
 	default:
 		n = protowire.ConsumeFieldValue(num, typ, b)
 	}

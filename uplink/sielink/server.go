@@ -94,6 +94,9 @@ type Server struct {
 	Auth Authenticator
 	// Handler receives the payloads.
 	Handler Handler
+	// Reports, if set, receives the sensors' health reports (LogRecord payloads, see
+	// HealthReport); without it they are decoded, counted and dropped.
+	Reports Reporter
 	// Heartbeat is our interval; default 30 s.
 	Heartbeat time.Duration
 	// HandshakeTimeout bounds the wait for the client's first
@@ -165,6 +168,7 @@ type SensorStats struct {
 	LinkLossPayloads uint64    `json:"link_loss_payloads"` //
 	PathLossBytes    uint64    `json:"path_loss_bytes"`    //
 	PathLossPayloads uint64    `json:"path_loss_payloads"` //
+	Reports          uint64    `json:"reports"`            // health reports received
 	RemoteAddr       string    `json:"remote_addr,omitempty"`
 }
 
@@ -652,6 +656,10 @@ func (s *session) data(p *Payload) error {
 	if p == nil {
 		s.srv.cnt.malformed.Add(1)
 		s.invalid("data message without payload")
+		return nil
+	}
+	if p.PayloadType == PayloadLogRecord && p.CompressionType == CompressionNone {
+		s.report(p)
 		return nil
 	}
 	if p.PayloadType != PayloadNmsgContainer || p.CompressionType != CompressionNone {

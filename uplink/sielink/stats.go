@@ -6,7 +6,7 @@ type counters struct {
 	payloadsSent, bytesSent                 counter
 	heartbeatsSent, heartbeatsReceived      counter
 	alerts, malformed, oversize, unexpected counter
-	syncs                                   counter
+	syncs, reportsSent                      counter
 	possiblyLostPayloads, possiblyLostBytes counter
 }
 
@@ -24,6 +24,7 @@ type Stats struct {
 	Oversize           uint64 `json:"oversize"`            // received messages above the cap, discarded
 	Unexpected         uint64 `json:"unexpected"`          // Data or unknown message types received
 	Syncs              uint64 `json:"syncs"`               // successful Syncs (pongs)
+	ReportsSent        uint64 `json:"reports_sent"`        // health reports written (SendReport)
 	// PossiblyLost counts payloads written but not confirmed by a Sync
 	// when their connection ended: the upper bound of what drops lost.
 	PossiblyLostPayloads uint64 `json:"possibly_lost_payloads"`
@@ -44,6 +45,7 @@ func (c *counters) snapshot() Stats {
 		Oversize:             c.oversize.Load(),
 		Unexpected:           c.unexpected.Load(),
 		Syncs:                c.syncs.Load(),
+		ReportsSent:          c.reportsSent.Load(),
 		PossiblyLostPayloads: c.possiblyLostPayloads.Load(),
 		PossiblyLostBytes:    c.possiblyLostBytes.Load(),
 	}

@@ -43,6 +43,8 @@ func main() {
 	flag.BoolVar(&opts.Store.Sync, "fsync", true, "fsync each container before the sensor can see it confirmed (survives a power cut of this host)")
 	flag.Int64Var(&opts.Store.Quota, "quota", 0, "octets each sensor's directory may hold; over it the sensor's session is refused and its data waits in its spool (0: no quota)")
 	flag.StringVar(&opts.MetricsListen, "metrics", "127.0.0.1:9125", "metrics listen address (loopback only; empty disables)")
+	flag.StringVar(&opts.Fleet.Listen, "fleet", "", "serve the fleet page (every sensor's last health report as HTML, JSON and Prometheus metrics) also on this loopback `ADDR` (it is always at /fleet on -metrics)")
+	flag.DurationVar(&opts.Fleet.Silent, "fleet-silent", collector.DefaultFleetSilent, "a sensor that has not reported for this `DURATION` turns red on the fleet page (sensors report every 60 s)")
 	flag.DurationVar(&opts.Heartbeat, "heartbeat", 30*time.Second, "sielink heartbeat interval")
 	flag.IntVar(&opts.MaxUnauthenticated, "max-unauthenticated", collector.DefaultMaxUnauthenticated, "connections that are not sessions (yet) beyond which new ones are closed at once")
 	flag.IntVar(&opts.MaxSessionsPerSensor, "max-sessions-per-sensor", sielink.DefaultMaxSessionsPerSensor, "concurrent sessions one sensor may hold")
@@ -73,6 +75,10 @@ func main() {
 		fmt.Fprintln(os.Stderr, "collector: -quota must be ≥ 0, -max-unauthenticated and -max-sessions-per-sensor ≥ 1")
 		os.Exit(2)
 	}
+	if err := checkFleetFlags(opts.Fleet); err != nil {
+		fmt.Fprintf(os.Stderr, "collector: %v\n", err)
+		os.Exit(2)
+	}
 	if js.DupWindow <= 0 || js.MaxBytes < 0 || js.MaxAge < 0 || js.Replicas < 0 {
 		fmt.Fprintln(os.Stderr, "collector: -nats-dup-window must be > 0, -nats-max-bytes, -nats-max-age and -nats-replicas ≥ 0")
 		os.Exit(2)
@@ -88,6 +94,19 @@ func main() {
 	if err != nil {
 		logger.Fatalf("collector: %v", err)
 	}
+}
+
+// checkFleetFlags refuses a fleet page that would mislead or be exposed.
+func checkFleetFlags(f collector.FleetOptions) error {
+	if f.Silent < collector.MinFleetSilent {
+		return fmt.Errorf("-fleet-silent %v: must be at least %v, and above twice the sensors' report interval (uplinkd's report_interval, 60 s by default) or healthy sensors flicker red; e.g. -fleet-silent 5m", f.Silent, collector.MinFleetSilent)
+	}
+	if f.Listen != "" {
+		if err := collector.CheckLoopback(f.Listen); err != nil {
+			return fmt.Errorf("-fleet %s: %v: the page has no authentication; listen on 127.0.0.1:PORT or [::1]:PORT and put an authenticating proxy in front, or -fleet '' to disable it", f.Listen, err)
+		}
+	}
+	return nil
 }
 
 // run is main without the exits, so that every deferred close (the forward spool's seal) runs
@@ -160,6 +179,7 @@ func selftestSetup(opts *collector.Options) error {
 			"ca_file":      opts.CertFile,
 			"dir":          opts.Store.Dir,
 			"metrics":      "http://" + maddr + "/metrics",
+			"fleet":        "http://" + maddr + "/fleet",
 		})
 	}
 	return nil

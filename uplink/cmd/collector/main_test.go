@@ -12,11 +12,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/sie-europe/dnssensor/nmsg"
+	"github.com/sie-europe/dnssensor/uplink/internal/collector"
 	"github.com/sie-europe/dnssensor/uplink/sielink"
 	"github.com/sie-europe/dnssensor/uplink/sielink/sielinktest"
 	"github.com/sie-europe/dnssensor/uplink/spool"
@@ -158,5 +160,30 @@ func TestFailedStartSealsForwardSpool(t *testing.T) {
 	inRAM, _ := filepath.Glob(filepath.Join(ram, "*.seg"))
 	if len(onDisk) == 0 || len(inRAM) != 0 {
 		t.Errorf("after the failed start: %d segments on disk, %d in RAM; want the RAM tier moved to disk\n%s", len(onDisk), len(inRAM), out)
+	}
+}
+
+// TestFleetFlags: a -fleet-silent that would flicker healthy sensors red, or a fleet page on a
+// non-loopback address, is refused naming the flag.
+func TestFleetFlags(t *testing.T) {
+	for _, tc := range []struct {
+		f    collector.FleetOptions
+		want string // "" accepted
+	}{
+		{collector.FleetOptions{Silent: 5 * time.Minute}, ""},
+		{collector.FleetOptions{Silent: 5 * time.Minute, Listen: "127.0.0.1:9126"}, ""},
+		{collector.FleetOptions{Silent: 5 * time.Minute, Listen: "[::1]:9126"}, ""},
+		{collector.FleetOptions{Silent: 5 * time.Second}, "-fleet-silent 5s: must be at least 10s"},
+		{collector.FleetOptions{Silent: 0}, "-fleet-silent 0s"},
+		{collector.FleetOptions{Silent: 5 * time.Minute, Listen: "0.0.0.0:9126"}, "-fleet 0.0.0.0:9126: not a loopback address"},
+		{collector.FleetOptions{Silent: 5 * time.Minute, Listen: "9126"}, "-fleet 9126: want host:port"},
+	} {
+		err := checkFleetFlags(tc.f)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%+v: %v", tc.f, err)
+		case tc.want != "" && (err == nil || !strings.HasPrefix(err.Error(), tc.want)):
+			t.Errorf("%+v: %v, want %q…", tc.f, err, tc.want)
+		}
 	}
 }

@@ -43,6 +43,8 @@ type Options struct {
 	// MetricsListen serves the health contract (internal/health: /health.json, /metrics,
 	// /metrics.json) and /status.json (Snapshot); it must be a loopback address. Empty disables.
 	MetricsListen string
+	// Fleet configures the fleet view (fleet.go): the sensors' health reports.
+	Fleet FleetOptions
 	// Heartbeat is the sielink heartbeat; default 30 s.
 	Heartbeat time.Duration
 	// MaxUnauthenticated caps connections that are not (yet) sielink sessions: TLS handshakes,
@@ -82,6 +84,12 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return err
 	}
+	fleet, stopFleet, err := startFleet(opts.Fleet, opts.Store.Dir, keys.Sensors(), opts.Logf)
+	if err != nil {
+		return err
+	}
+	// Runs after the sessions' shutdown (deferred before it): their last reports are saved.
+	defer stopFleet()
 	store, err := NewStore(opts.Store)
 	if err != nil {
 		return err
@@ -99,7 +107,7 @@ func Run(ctx context.Context, opts Options) error {
 	if opts.Forward != nil {
 		handler = &storeForward{store: handler, fwd: opts.Forward}
 	}
-	srv := &sielink.Server{Auth: keys, Handler: handler, Heartbeat: opts.Heartbeat, Logf: opts.Logf,
+	srv := &sielink.Server{Auth: keys, Handler: handler, Reports: fleet, Heartbeat: opts.Heartbeat, Logf: opts.Logf,
 		MaxSessionsPerSensor: opts.MaxSessionsPerSensor}
 
 	tln, err := listen(opts)
@@ -133,7 +141,7 @@ func Run(ctx context.Context, opts Options) error {
 			return err
 		}
 	}
-	m := &metrics{srv: srv, store: store, gate: ln, quota: opts.Store.Quota, sensors: keys.Sensors(), js: js}
+	m := &metrics{srv: srv, store: store, gate: ln, quota: opts.Store.Quota, sensors: keys.Sensors(), js: js, fleet: fleet}
 	if opts.metricsHook != nil {
 		opts.metricsHook(m)
 	}
@@ -379,6 +387,7 @@ type metrics struct {
 	quota   int64
 	sensors []string // of the keys file, each a check in /health.json
 	js      *jsRunner
+	fleet   *Fleet
 }
 
 // Snapshot is the collector's state in one document (/status.json); /metrics and /metrics.json

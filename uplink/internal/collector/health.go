@@ -24,9 +24,16 @@ const healthWindow = 5 * time.Minute
 func (m *metrics) serveHealth(ctx context.Context, ln net.Listener, listen string, logf sielink.Logf) error {
 	reg := health.NewRegistry()
 	reg.MustRegister(&promCollector{snap: m.snapshot})
+	extra := map[string]http.Handler{"/status.json": http.HandlerFunc(m.serveStatus)}
+	if m.fleet != nil {
+		reg.MustRegister(&fleetCollector{f: m.fleet})
+		for path, h := range m.fleet.pages() {
+			extra[path] = h
+		}
+	}
 	srv := &health.Server{Daemon: "collector", Tree: m.healthTree(listen, time.Now), Registry: reg,
 		Logf:  func(format string, args ...any) { logTo(logf, format, args...) },
-		Extra: map[string]http.Handler{"/status.json": http.HandlerFunc(m.serveStatus)}}
+		Extra: extra}
 	return srv.Serve(ctx, ln)
 }
 

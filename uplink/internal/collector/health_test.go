@@ -85,7 +85,7 @@ func TestHealthContract(t *testing.T) {
 	if err != nil {
 		t.Fatalf("/metrics does not parse: %v\n%s", err, body)
 	}
-	ours := 0
+	ours, fleet := 0, 0
 	for name, f := range fams {
 		if f.GetHelp() == "" {
 			t.Errorf("%s has no HELP", name)
@@ -96,7 +96,15 @@ func TestHealthContract(t *testing.T) {
 		if !strings.HasPrefix(name, "dnssensor_collector_") {
 			t.Errorf("%s: want the dnssensor_collector_ prefix", name)
 		}
+		if strings.HasPrefix(name, "dnssensor_collector_fleet_") {
+			fleet++
+			continue
+		}
 		ours++
+	}
+	// Before any health report: the fleet's counts, and red and silent for each expected sensor.
+	if fleet != 4 {
+		t.Errorf("%d fleet families, want 4 (sensors, sensor_red, sensor_silent, reports_total)", fleet)
 	}
 	if want := len(serverMetrics) + len(sensorMetrics); ours != want {
 		t.Errorf("%d collector families, want %d", ours, want)

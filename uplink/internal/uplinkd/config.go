@@ -55,6 +55,9 @@ type Destination struct {
 	Channel    uint32   `json:"channel,omitempty"` // default 202
 	Heartbeat  Duration `json:"heartbeat,omitempty"`
 	CAFile     string   `json:"ca_file,omitempty"` // extra roots (a SOC collector's own CA)
+	// HealthReports sends the box's health summary to this destination (default true; see
+	// report.go): the collector's fleet view shows it.
+	HealthReports *bool `json:"health_reports,omitempty"`
 
 	// nmsg-udp
 	Addr string `json:"addr,omitempty"` // host:port
@@ -76,6 +79,12 @@ type Config struct {
 	// ShutdownGrace is how long SIGTERM lets the current segment finish (default 20s, well
 	// inside gokrazy's 100 s).
 	ShutdownGrace Duration `json:"shutdown_grace"`
+	// ReportInterval is how often the health summary goes to the sielink destinations, besides
+	// at once when the box's first failing check changes (default 60s).
+	ReportInterval Duration `json:"report_interval"`
+	// SensordHealth is sensord's health socket, read for the summary (default
+	// /run/sensord/health.sock); "none" on a host without sensord (a SOC collector's uplinkd).
+	SensordHealth string `json:"sensord_health"`
 
 	dirWait time.Duration // how long New waits for a missing spool directory (DirWait)
 }
@@ -95,7 +104,7 @@ func ParseConfig(data []byte, name string) (*Config, error) {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&c); err != nil {
-		return nil, fmt.Errorf("%s: %v (keys: spool.dir, spool.disk_dir, destinations[], metrics, retry_max, shutdown_grace)", name, err)
+		return nil, fmt.Errorf("%s: %v (keys: spool.dir, spool.disk_dir, destinations[], metrics, retry_max, shutdown_grace, report_interval, sensord_health)", name, err)
 	}
 	// encoding/json stops after the first value and keeps the last of duplicate keys: either
 	// would let a pasted or merged file mean something other than what its reader sees.
@@ -185,6 +194,15 @@ func (c *Config) checkAll() []error {
 	}
 	if c.ShutdownGrace.Duration < 0 {
 		bad("shutdown_grace: want a positive duration like \"20s\", got %v", c.ShutdownGrace)
+	}
+	if c.ReportInterval.Duration == 0 {
+		c.ReportInterval.Duration = DefaultReportInterval
+	}
+	if c.ReportInterval.Duration < MinReportInterval {
+		bad("report_interval: want a duration of at least %v like \"60s\", got %v", MinReportInterval, c.ReportInterval)
+	}
+	if c.SensordHealth == "" {
+		c.SensordHealth = DefaultSensordHealth
 	}
 	return errs
 }

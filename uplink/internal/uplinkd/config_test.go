@@ -132,10 +132,10 @@ func TestSpoolDirWaitedFor(t *testing.T) {
 // TestCheckAllEveryKey: a configuration with every key wrong gets one message per key, each
 // starting with it, so the status page can show each next to its field.
 func TestCheckAllEveryKey(t *testing.T) {
-	errs := CheckAll([]byte(`{"metrics": "0.0.0.0:9410", "retry_max": "-1s", "shutdown_grace": "-2s",
+	errs := CheckAll([]byte(`{"metrics": "0.0.0.0:9410", "retry_max": "-1s", "shutdown_grace": "-2s", "report_interval": "10ms",
 		"destinations": [{"type": "sielink", "url": "https://a"}, {"type": "kafka"}, {"type": "nmsg-udp", "name": "sielink0"}]}`))
 	want := []string{"spool.dir", "destinations[0].url", "destinations[0].sensor", "destinations[0].api_key_file",
-		"destinations[1].type", "destinations[2].name", "destinations[2].addr", "metrics", "retry_max", "shutdown_grace"}
+		"destinations[1].type", "destinations[2].name", "destinations[2].addr", "metrics", "retry_max", "shutdown_grace", "report_interval"}
 	var got []string
 	for _, e := range errs {
 		k, _, _ := strings.Cut(e.Error(), ": ")

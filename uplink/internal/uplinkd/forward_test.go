@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sie-europe/dnssensor/internal/testenv"
 	"github.com/sie-europe/dnssensor/uplink/sielink/sielinktest"
 )
 
@@ -90,6 +91,12 @@ func TestSOCForwardsToSIE(t *testing.T) {
 		}
 		time.Sleep(300 * time.Millisecond)
 	}
+	// The sensor's uplinkd reported its health to the SOC, whose fleet page (real processes,
+	// default flags) shows it.
+	testenv.WaitFor(t, "sensor1 on the SOC's fleet page", func() bool {
+		s := fleetSensor(t, socMetrics, "sensor1")
+		return s != nil && s.LastSeen != nil && s.Version != "" && s.Loss != nil
+	})
 	up1.term(t)
 	// Stopping the SOC collector seals its forward spool's last segment (Close returns after it);
 	// then up2 must take it.

@@ -46,7 +46,7 @@ func (s *Supervisor) listenHealth() ([]net.Listener, error) {
 func (s *Supervisor) serveHealth(ctx context.Context, lns []net.Listener) error {
 	reg := health.NewRegistry()
 	reg.MustRegister(&promCollector{s: s})
-	srv := &health.Server{Daemon: "uplinkd", Tree: s.healthTree(time.Now), Registry: reg, Logf: s.logf, Log: s.Log,
+	srv := &health.Server{Daemon: "uplinkd", Tree: s.tree, Registry: reg, Logf: s.logf, Log: s.Log,
 		Extra: map[string]http.Handler{"/status.json": http.HandlerFunc(s.serveStatus)}}
 	return srv.Serve(ctx, lns...)
 }

@@ -185,6 +185,9 @@ type Supervisor struct {
 	// Log holds uplinkd's recent log lines for the contract's /log.json; nil serves none.
 	Log *health.LogRing
 
+	// tree is uplinkd's health tree, served (health.go) and summarised upstream (report.go).
+	tree *health.Tree
+
 	// reported is, per destination, the spool loss already sent as linkLoss. It is durable so a
 	// restart does not report the same loss twice.
 	reported     map[string]sielink.LossCounter
@@ -241,6 +244,7 @@ func New(cfg *Config, logf func(string, ...any)) (*Supervisor, error) {
 	}
 	s.reportedFile = filepath.Join(dir, "uplinkd-reported.json")
 	s.loadReported()
+	s.tree = s.healthTree(time.Now)
 	return s, nil
 }
 
@@ -273,6 +277,8 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		bg.Go(func() error { return d.run(bgCtx) })
 	}
 	bg.Go(func() error { return s.serveHealth(hctx, lns) })
+	rp := newReporter(s)
+	bg.Go(func() error { return s.reportLoop(bgCtx, rp) })
 	err = s.loop(ctx)
 	stopHealth()
 	stopBG()
