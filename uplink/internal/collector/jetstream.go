@@ -204,6 +204,7 @@ type publisher struct {
 type PublishStats struct {
 	Published  uint64    `json:"published"`  // containers the stream acknowledged as new
 	Duplicates uint64    `json:"duplicates"` // resends the stream recognised (message id) and stored once
+	InProcess  uint64    `json:"in_process"` // publishes that found the same container being stored by another (a resend racing its first send) and waited for that outcome
 	Errors     uint64    `json:"errors"`     // publishes that failed (held and retried; the data stays in the sensor's spool)
 	LastError  string    `json:"last_error,omitempty"`
 	LastSeq    uint64    `json:"last_stream_seq"`
@@ -222,7 +223,7 @@ func (p *publisher) Deliver(d *sielink.Delivery) error {
 		opts = append(opts, jetstream.WithMsgID(msgID(d.Sensor, id, seq)))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), cmpDur(p.timeout, PublishTimeout))
-	ack, err := p.js.PublishMsg(ctx, msg, opts...)
+	ack, waits, err := p.publish(ctx, msg, opts)
 	cancel()
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -231,6 +232,7 @@ func (p *publisher) Deliver(d *sielink.Delivery) error {
 		st = &PublishStats{}
 		p.sensors[d.Sensor] = st
 	}
+	st.InProcess += waits
 	if err != nil {
 		st.Errors++
 		st.LastError = err.Error()
@@ -247,6 +249,38 @@ func (p *publisher) Deliver(d *sielink.Delivery) error {
 	}
 	st.Published++
 	return nil
+}
+
+// errCodeMsgIDInProcess is the stream's answer to a publish whose message id another publish
+// has proposed and the cluster has not applied yet ("409 duplicate message id is in process").
+const errCodeMsgIDInProcess jetstream.ErrorCode = 10158
+
+// inProcessWait bounds the pause between publishes of a container that is in process elsewhere.
+const inProcessWait = 200 * time.Millisecond
+
+// publish publishes msg until the stream decides. A resend that races its first send (the
+// sensor's earlier session, here or at another collector, is still publishing it) finds the
+// message id in process: the container is then neither stored nor refused, and only the first
+// publish's outcome tells which. So the publish is repeated, quickly at first, until the stream
+// answers with the stored sequence (a duplicate) or, if the first one failed, stores it. It
+// returns how often it waited so.
+func (p *publisher) publish(ctx context.Context, msg *nats.Msg, opts []jetstream.PublishOpt) (*jetstream.PubAck, uint64, error) {
+	var waits uint64
+	for wait := time.Millisecond; ; wait = min(2*wait, inProcessWait) {
+		ack, err := p.js.PublishMsg(ctx, msg, opts...)
+		var apiErr *jetstream.APIError
+		if err == nil || !errors.As(err, &apiErr) || apiErr.ErrorCode != errCodeMsgIDInProcess {
+			return ack, waits, err
+		}
+		waits++
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, waits, err
+		case <-t.C:
+		}
+	}
 }
 
 func (p *publisher) stats() map[string]PublishStats {
