@@ -2,19 +2,24 @@ package collector
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/sie-europe/dnssensor/internal/testenv"
 	"github.com/sie-europe/dnssensor/uplink/sielink"
 )
 
@@ -36,29 +41,85 @@ func freePorts(t *testing.T, n int) []int {
 	return ports
 }
 
-// natsNode is one server of a loopback cluster, restartable on its ports and store.
+// natsNodeEnv makes the test binary a NATS node: the separate nats-server processes of the
+// cluster tests, so that a node can be killed (SIGKILL) like a real one. Its value is the node's
+// nodeConfig as JSON.
+const natsNodeEnv = "DNSSENSOR_TEST_NATS_NODE"
+
+func TestMain(m *testing.M) {
+	if cfg := os.Getenv(natsNodeEnv); cfg != "" {
+		os.Exit(runNATSNode(cfg))
+	}
+	os.Exit(m.Run())
+}
+
+type nodeConfig struct {
+	Name              string
+	Port, ClusterPort int
+	Routes            string
+	Dir               string
+}
+
+func runNATSNode(cfg string) int {
+	var c nodeConfig
+	if err := json.Unmarshal([]byte(cfg), &c); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	s, err := server.NewServer(&server.Options{
+		ServerName: c.Name, Host: "127.0.0.1", Port: c.Port,
+		JetStream: true, StoreDir: c.Dir, NoSigs: true, NoLog: true,
+		Cluster: server.ClusterOpts{Name: "soc", Host: "127.0.0.1", Port: c.ClusterPort},
+		Routes:  server.RoutesFromStr(c.Routes),
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	s.Start()
+	// The node lives until the test kills it, or until its stdin closes: the test process died.
+	io.Copy(io.Discard, os.Stdin)
+	s.Shutdown()
+	return 0
+}
+
+// natsNode is one nats-server process of a loopback cluster, restartable on its ports and store.
 type natsNode struct {
-	opts *server.Options
-	s    *server.Server
+	cfg nodeConfig
+	cmd *exec.Cmd
 }
 
 func (n *natsNode) start(t *testing.T) {
 	t.Helper()
-	o := *n.opts
-	s, err := server.NewServer(&o)
-	if err != nil {
+	cfg, _ := json.Marshal(n.cfg)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), natsNodeEnv+"="+string(cfg))
+	cmd.Stderr = os.Stderr
+	if _, err := cmd.StdinPipe(); err != nil {
 		t.Fatal(err)
 	}
-	s.Start()
-	if !s.ReadyForConnections(30 * time.Second) {
-		t.Fatalf("NATS node %s did not start", o.ServerName)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
 	}
-	n.s = s
+	n.cmd = cmd
+	url := fmt.Sprintf("nats://127.0.0.1:%d", n.cfg.Port)
+	testenv.WaitFor(t, "NATS node "+n.cfg.Name+" to accept connections", func() bool {
+		nc, err := nats.Connect(url, nats.Timeout(time.Second))
+		if err != nil {
+			return false
+		}
+		nc.Close()
+		return true
+	})
 }
 
-func (n *natsNode) stop() {
-	n.s.Shutdown()
-	n.s.WaitForShutdown()
+// kill ends the node's process with SIGKILL: what it had not written is lost, as in a crash.
+func (n *natsNode) kill() {
+	if n.cmd != nil {
+		n.cmd.Process.Kill()
+		n.cmd.Wait()
+		n.cmd = nil
+	}
 }
 
 func startCluster(t *testing.T, size int) ([]*natsNode, string) {
@@ -71,34 +132,35 @@ func startCluster(t *testing.T, size int) ([]*natsNode, string) {
 	var nodes []*natsNode
 	root := t.TempDir()
 	for i := 0; i < size; i++ {
-		n := &natsNode{opts: &server.Options{
-			ServerName: fmt.Sprintf("n%d", i), Host: "127.0.0.1", Port: ports[i],
-			JetStream: true, StoreDir: filepath.Join(root, fmt.Sprintf("n%d", i)), NoSigs: true, NoLog: true,
-			Cluster: server.ClusterOpts{Name: "soc", Host: "127.0.0.1", Port: ports[size+i]},
-			Routes:  server.RoutesFromStr(strings.Join(routes, ",")),
-		}}
-		nodes = append(nodes, n)
-	}
-	var wg sync.WaitGroup
-	for _, n := range nodes {
-		wg.Add(1)
-		go func() { defer wg.Done(); n.start(t) }()
-	}
-	wg.Wait()
-	// A stream can be created once the nodes elected the meta leader; asked before, the first
-	// request of a collector timed out (10 s).
-	deadline := time.Now().Add(60 * time.Second)
-	for !slices.ContainsFunc(nodes, func(n *natsNode) bool { return n.s.JetStreamIsLeader() }) ||
-		slices.ContainsFunc(nodes, func(n *natsNode) bool { return !n.s.JetStreamIsCurrent() }) {
-		if time.Now().After(deadline) {
-			t.Fatal("the NATS cluster elected no JetStream meta leader within 60 s")
-		}
-		time.Sleep(20 * time.Millisecond)
+		nodes = append(nodes, &natsNode{cfg: nodeConfig{
+			Name: fmt.Sprintf("n%d", i), Port: ports[i], ClusterPort: ports[size+i],
+			Routes: strings.Join(routes, ","), Dir: filepath.Join(root, fmt.Sprintf("n%d", i)),
+		}})
 	}
 	t.Cleanup(func() {
 		for _, n := range nodes {
-			n.stop()
+			n.kill()
 		}
+	})
+	for _, n := range nodes {
+		n.start(t)
+	}
+	// A stream can be created once the nodes elected the meta leader; asked before, the first
+	// request of a collector timed out (10 s).
+	nc, err := nats.Connect(strings.Join(urls, ","))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, "the NATS cluster's JetStream meta leader", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_, err := js.AccountInfo(ctx)
+		return err == nil
 	})
 	return nodes, strings.Join(urls, ",")
 }
@@ -228,9 +290,9 @@ func simSensor(ctx context.Context, name string, conts [][]byte, cfg func(i int,
 	return nil
 }
 
-// TestClusterProof: a 3-node NATS cluster on loopback, an R3 stream, 2 collectors (one archives),
-// simulated sensors pushing real records; one NATS node and then the archiving collector are
-// stopped while the sensors send, and restarted: every record is in the archive exactly once.
+// TestClusterProof: a 3-node NATS cluster on loopback (separate processes), an R3 stream, 2 collectors (one archives),
+// simulated sensors pushing real records; one NATS node (SIGKILL) and then the archiving collector
+// are stopped while the sensors send, and restarted: every record is in the archive exactly once.
 // The short version runs always (not with -short); DNSSENSOR_NATS_PROOF=1 runs the scale:
 // 100 sensors.
 func TestClusterProof(t *testing.T) {
@@ -305,8 +367,8 @@ func TestClusterProof(t *testing.T) {
 	// The sensors may send half: a NATS node stops a quarter in, the rest of the half goes
 	// through the two nodes left.
 	waitSeq(allowed(0.25))
-	t.Logf("%v: stopping NATS node n1 at stream sequence %d", time.Since(start).Round(time.Millisecond), stream().LastSeq)
-	nodes[1].stop()
+	t.Logf("%v: killing NATS node n1 at stream sequence %d", time.Since(start).Round(time.Millisecond), stream().LastSeq)
+	nodes[1].kill()
 	waitSeq(allowed(0.5))
 	nodes[1].start(t)
 	// The archiving collector stops as the sensors start on the third quarter: those with a
