@@ -24,7 +24,7 @@ import (
 )
 
 // freePorts returns n loopback ports that were free a moment ago.
-func freePorts(t *testing.T, n int) []int {
+func freePorts(t testing.TB, n int) []int {
 	var ports []int
 	var lns []net.Listener
 	for i := 0; i < n; i++ {
@@ -89,7 +89,7 @@ type natsNode struct {
 	cmd *exec.Cmd
 }
 
-func (n *natsNode) start(t *testing.T) {
+func (n *natsNode) start(t testing.TB) {
 	t.Helper()
 	cfg, _ := json.Marshal(n.cfg)
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
@@ -122,7 +122,7 @@ func (n *natsNode) kill() {
 	}
 }
 
-func startCluster(t *testing.T, size int) ([]*natsNode, string) {
+func startCluster(t testing.TB, size int) ([]*natsNode, string) {
 	ports := freePorts(t, 2*size)
 	var routes, urls []string
 	for i := 0; i < size; i++ {
