@@ -59,6 +59,10 @@ func main() {
 	flag.DurationVar(&js.MaxAge, "nats-max-age", 0, "age after which the stream discards a container (0: no bound)")
 	noArchive := flag.Bool("no-archive", false, "only take data into the stream; another collector's archiver writes the files")
 	flag.StringVar(&js.ArchiveDurable, "archive-durable", "archive", "the archiver's durable consumer name (one per archive copy)")
+	flag.StringVar(&js.ForwardDurable, "forward-durable", "forward", "the durable consumer that feeds -forward-spool from the stream (collectors sharing the name share the work)")
+	fanUDP := flag.String("fanout-udp", "", "also send the stream as NMSG/UDP to `host:port` (nmsgtool -l), a durable consumer fanout-udp")
+	fanMTU := flag.Int("fanout-udp-mtu", 1280, "datagram size of -fanout-udp")
+	fanJSON := flag.String("fanout-json", "", "also append the stream's base:dnsqr records to `FILE` as nmsgtool -J lines, a durable consumer fanout-json")
 	selftest := flag.Bool("selftest-server", false, "run on loopback with a generated certificate and keys; print connection details as JSON")
 	var fwd spool.Options
 	flag.StringVar(&fwd.Dir, "forward-spool", "", "also spool everything received into this RAM-tier `DIR`, for an uplinkd on this host to forward to SIE Europe")
@@ -82,6 +86,16 @@ func main() {
 	if js.DupWindow <= 0 || js.MaxBytes < 0 || js.MaxAge < 0 || js.Replicas < 0 {
 		fmt.Fprintln(os.Stderr, "collector: -nats-dup-window must be > 0, -nats-max-bytes, -nats-max-age and -nats-replicas ≥ 0")
 		os.Exit(2)
+	}
+	if *direct && (*fanUDP != "" || *fanJSON != "") {
+		fmt.Fprintln(os.Stderr, "collector: -fanout-udp and -fanout-json read the JetStream stream: drop -direct or them")
+		os.Exit(2)
+	}
+	if *fanUDP != "" {
+		js.FanOut = append(js.FanOut, collector.FanOut{Durable: "fanout-udp", UDP: *fanUDP, MTU: *fanMTU})
+	}
+	if *fanJSON != "" {
+		js.FanOut = append(js.FanOut, collector.FanOut{Durable: "fanout-json", JSONFile: *fanJSON})
 	}
 	if !*direct {
 		js.Sync, js.NoArchive = opts.Store.Sync, *noArchive

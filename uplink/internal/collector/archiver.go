@@ -35,6 +35,7 @@ type ArchiverStats struct {
 	Durable    string    `json:"durable"`
 	Archived   uint64    `json:"archived"`   // containers written
 	Skipped    uint64    `json:"skipped"`    // redelivered containers the archive already held
+	GapFilled  uint64    `json:"gap_filled"` // containers read from the stream because their delivery came out of order
 	Duplicates uint64    `json:"duplicates"` // containers the store recognised by (sequence_id, sequence)
 	StreamSeq  uint64    `json:"stream_seq"` // stream sequence the archive holds through
 	Pending    uint64    `json:"pending"`    // messages in the stream not yet delivered to the archiver
@@ -69,14 +70,19 @@ func (a *archiver) update(f func(*ArchiverStats)) {
 	a.mu.Unlock()
 }
 
-// run consumes until ctx ends; it reconnects by itself (nats.go) and recreates its pull on errors.
-func (a *archiver) run(ctx context.Context) error {
-	cfg := jetstream.ConsumerConfig{
-		Durable: a.durable, AckPolicy: jetstream.AckExplicitPolicy, AckWait: archiverAckWait,
+// archiverConsumer is the archiver's durable pull consumer.
+func archiverConsumer(durable string) jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable: durable, AckPolicy: jetstream.AckExplicitPolicy, AckWait: archiverAckWait,
 		DeliverPolicy: jetstream.DeliverAllPolicy, MaxAckPending: 1024,
 		FilterSubject: subjectPrefix + ">",
 		Description:   "the collector's file archive",
 	}
+}
+
+// run consumes until ctx ends; it reconnects by itself (nats.go) and recreates its pull on errors.
+func (a *archiver) run(ctx context.Context) error {
+	cfg := archiverConsumer(a.durable)
 	a.update(func(s *ArchiverStats) { s.Durable, s.StreamSeq = a.durable, a.store.Archived() })
 	for ctx.Err() == nil {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -137,27 +143,76 @@ func (a *archiver) handle(ctx context.Context, msg jetstream.Msg) error {
 		a.update(func(s *ArchiverStats) { s.Skipped++ })
 		return msg.Ack()
 	}
-	if floor := a.store.Archived(); seq > floor+1 && floor > 0 || floor == 0 && seq > 1 {
-		// Stream sequences are dense and the filter takes every subject of the stream: a gap is
-		// containers the stream's limits (age, bytes) discarded before the archive had them.
-		a.update(func(s *ArchiverStats) { s.Lost.Limits += seq - floor - 1 })
+	if floor := a.store.Archived(); seq > floor+1 {
+		// A consumer delivers in stream order except what it redelivers: a message delivered
+		// before a restart or a failover of the consumer's leader and never acknowledged comes
+		// again only after AckWait, behind later ones. Archiving this one first would raise the
+		// floor over it, and its redelivery would be skipped as already archived: lost. So the
+		// archive takes the messages in between from the stream itself, in order; only those the
+		// stream no longer holds (its limits discarded them) are lost.
+		if err := a.fillGap(ctx, floor+1, seq, msg); err != nil {
+			return err
+		}
 	}
-	sensor, ok := subjectSensor(msg.Subject())
+	if err := a.archive(ctx, msg.Subject(), msg.Data(), seq, msg); err != nil {
+		return err
+	}
+	return msg.Ack()
+}
+
+// fillGap archives the stream's messages from through to-1 by reading them from the stream, and
+// counts those it no longer holds as lost to its limits. cur is the message that revealed the
+// gap: its acknowledgement deadline is extended while the gap is filled.
+func (a *archiver) fillGap(ctx context.Context, from, to uint64, cur jetstream.Msg) error {
+	info, err := a.stream.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("stream info for the sequences %d-%d not delivered in order: %w", from, to-1, err)
+	}
+	if first := info.State.FirstSeq; from < first {
+		gone := min(first, to) - from
+		a.update(func(s *ArchiverStats) { s.Lost.Limits += gone })
+		from += gone
+		a.store.archivedThrough(from - 1)
+	}
+	for seq := from; seq < to; seq++ {
+		cur.InProgress()
+		raw, err := a.stream.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			a.update(func(s *ArchiverStats) { s.Lost.Limits++ })
+			a.store.archivedThrough(seq)
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("reading stream sequence %d (not delivered in order): %w", seq, err)
+		}
+		a.update(func(s *ArchiverStats) { s.GapFilled++ })
+		if err := a.archive(ctx, raw.Subject, raw.Data, seq, cur); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// archive writes one container of the stream into the files. It returns nil once the container
+// is written or counted as lost, and an error only when ctx ended first. cur is the delivered
+// message being handled: a write that stalls extends its acknowledgement deadline.
+func (a *archiver) archive(ctx context.Context, subject string, data []byte, seq uint64, cur jetstream.Msg) error {
+	sensor, ok := subjectSensor(subject)
 	if ok {
 		ok = auth.ValidSensorName(sensor)
 	}
 	if !ok {
-		logTo(a.logf, "collector: archiver: stream sequence %d on subject %q, not one the collector publishes: skipped", seq, msg.Subject())
+		logTo(a.logf, "collector: archiver: stream sequence %d on subject %q, not one the collector publishes: skipped", seq, subject)
 		a.update(func(s *ArchiverStats) { s.Lost.BadSubject++ })
 		a.store.archivedThrough(seq)
-		return msg.Ack()
+		return nil
 	}
 	if a.delay > 0 {
 		time.Sleep(a.delay)
 	}
 	var t *time.Timer
 	for {
-		dup, err := a.store.Archive(sensor, msg.Data(), seq)
+		dup, err := a.store.Archive(sensor, data, seq)
 		if err == nil {
 			a.update(func(s *ArchiverStats) {
 				if dup {
@@ -167,7 +222,7 @@ func (a *archiver) handle(ctx context.Context, msg jetstream.Msg) error {
 				}
 				s.StreamSeq, s.LastWrite, s.Stalled = seq, time.Now(), false
 			})
-			return msg.Ack()
+			return nil
 		}
 		var ref *sielink.Refusal
 		if errors.As(err, &ref) && errors.Is(err, ErrOverQuota) {
@@ -175,12 +230,12 @@ func (a *archiver) handle(ctx context.Context, msg jetstream.Msg) error {
 			// archive can only count it.
 			a.update(func(s *ArchiverStats) { s.Lost.Quota++; s.StreamSeq = seq })
 			a.store.archivedThrough(seq)
-			return msg.Ack()
+			return nil
 		}
 		// Disk full or a write error: the message stays unacknowledged and is offered again,
 		// nothing after it is written meanwhile (stream order is what makes Archived exact).
 		a.update(func(s *ArchiverStats) { s.Stalls++; s.Stalled = true; s.LastError = err.Error() })
-		msg.InProgress()
+		cur.InProgress()
 		if t == nil {
 			t = time.NewTimer(time.Second)
 			defer t.Stop()

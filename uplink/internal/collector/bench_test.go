@@ -1,6 +1,7 @@
 package collector
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sie-europe/dnssensor/nmsg"
 	"github.com/sie-europe/dnssensor/uplink/sielink"
 	"github.com/sie-europe/dnssensor/uplink/sielink/sielinktest"
 )
@@ -146,5 +148,127 @@ func BenchmarkLoopbackCopy(b *testing.B) {
 				b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "payloads/s")
 			})
 		}
+	}
+}
+
+// BenchmarkSensorsToArchive is the end-to-end figure: several sensors at once send
+// 64 KiB or 1000 KiB containers of ~250-octet records over sielink/TLS into one collector, timed until the
+// file archive holds every record: straight into the files (path=direct), through the embedded
+// single-node JetStream server (path=r1), and through a 3-node cluster of nats-server processes
+// on loopback with an R3 stream (path=r3). Each sensor sends b.N containers; records/s is the
+// figure to compare (the ratio to path=direct). Nothing is fsynced on any path.
+func BenchmarkSensorsToArchive(b *testing.B) {
+	for _, path := range []string{"direct", "r1", "r3"} {
+		for _, c := range []struct{ sensors, size int }{{8, 64 << 10}, {32, 64 << 10}, {8, 1000 << 10}} {
+			b.Run(fmt.Sprintf("path=%s/sensors=%d/container=%dKiB", path, c.sensors, c.size>>10), func(b *testing.B) {
+				benchSensors(b, path, c.sensors, c.size)
+			})
+		}
+	}
+}
+
+func benchSensors(b *testing.B, path string, sensors, size int) {
+	names := make([]string, sensors)
+	for i := range names {
+		names[i] = fmt.Sprintf("bench%d", i)
+	}
+	dir := b.TempDir()
+	certPEM, keyPEM, _ := sielinktest.CertPEM("127.0.0.1")
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	os.WriteFile(certFile, certPEM, 0o644)
+	os.WriteFile(keyFile, keyPEM, 0o600)
+	keysFile, apiKeys, _ := sielinktest.WriteKeys(dir, names...)
+	ready := make(chan string, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	opts := Options{Listen: "127.0.0.1:0", CertFile: certFile, KeyFile: keyFile, KeysFile: keysFile,
+		Store: StoreOptions{Dir: filepath.Join(dir, "nmsg"), Rotate: time.Hour},
+		Ready: func(a, _ string) { ready <- a }}
+	var m *metrics
+	switch path {
+	case "r1":
+		opts.JetStream = &JetStreamOptions{}
+	case "r3":
+		_, urls := startCluster(b, 3)
+		opts.JetStream = &JetStreamOptions{URL: urls}
+	}
+	if opts.JetStream != nil {
+		opts.metricsHook = func(mm *metrics) { m = mm }
+	}
+	go func() { done <- Run(ctx, opts) }()
+	addr := <-ready
+	conns := make([]*sielink.Conn, sensors)
+	for i, n := range names {
+		c, err := sielink.Dial(ctx, sielink.Config{URL: "wss://" + addr, Name: n, APIKeyFile: apiKeys[n],
+			TLS: &tls.Config{RootCAs: x509Pool(b, certPEM)}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		conns[i] = c
+	}
+	records := size / 260
+	// Distinct containers: the stream's duplicate detection must not drop any (sequence ids
+	// differ per sensor, sequences per container).
+	conts := make([][][]byte, sensors)
+	for i := range conts {
+		var buf bytes.Buffer
+		w, err := nmsg.NewFileWriter(&buf, nmsg.FileOptions{SequenceID: uint64(i + 1), MaxSize: size})
+		if err != nil {
+			b.Fatal(err)
+		}
+		rng := rand.New(rand.NewPCG(uint64(i), 2))
+		d := make([]byte, 250)
+		for range b.N * records {
+			for j := range d {
+				d[j] = byte(rng.Uint32())
+			}
+			if err := w.Write(&nmsg.Payload{Vid: 1, Msgtype: 9, TimeSec: 1700000000, Data: d}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		w.Close()
+		conts[i] = splitContainers(buf.Bytes())
+	}
+	b.ResetTimer()
+	start := time.Now()
+	errc := make(chan error, sensors)
+	for i, c := range conns {
+		go func() {
+			for _, ct := range conts[i] {
+				if err := c.Send(ctx, ct, sielink.LossCounter{}); err != nil {
+					errc <- err
+					return
+				}
+			}
+			errc <- c.Sync(ctx)
+		}()
+	}
+	for range conns {
+		if err := <-errc; err != nil {
+			b.Fatal(err)
+		}
+	}
+	for m != nil {
+		js := m.js.snapshot()
+		if js.Archiver.StreamSeq >= js.LastSeq {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	el := time.Since(start)
+	b.StopTimer()
+	total := 0
+	for _, c := range conts {
+		total += len(c)
+	}
+	b.ReportMetric(float64(sensors*b.N*records)/el.Seconds(), "records/s")
+	b.ReportMetric(float64(total)/el.Seconds(), "containers/s")
+	for _, c := range conns {
+		c.Close()
+	}
+	cancel()
+	if err := <-done; err != nil {
+		b.Fatal(err)
 	}
 }

@@ -97,14 +97,16 @@ func Run(ctx context.Context, opts Options) error {
 	var handler admitHandler = store
 	var js *jsRunner
 	if opts.JetStream != nil {
-		if js, err = startJetStream(ctx, *opts.JetStream, store, opts.Logf); err != nil {
+		jo := *opts.JetStream
+		jo.forward = opts.Forward // a consumer of the stream
+		if js, err = startJetStream(ctx, jo, store, opts.Logf); err != nil {
 			store.Close()
 			return err
 		}
 		defer js.close()
 		handler = js.pub
 	}
-	if opts.Forward != nil {
+	if opts.Forward != nil && js == nil {
 		handler = &storeForward{store: handler, fwd: opts.Forward}
 	}
 	srv := &sielink.Server{Auth: keys, Handler: handler, Reports: fleet, Heartbeat: opts.Heartbeat, Logf: opts.Logf,

@@ -189,6 +189,21 @@ var archiverMetrics = []struct {
 
 var archiveLost = cdesc("archive_lost_total", "Containers the archive will never hold, by reason (quota: the sensor's directory was full; limits: the stream's size or age limit discarded them first; bad_subject: not published by a collector).", "reason")
 
+// consumerMetrics are the families of the stream's other consumers (forward, fan-outs).
+var consumerMetrics = []struct {
+	desc  *prometheus.Desc
+	typ   prometheus.ValueType
+	value func(*ConsumerStats) float64
+}{
+	{cdesc("consumer_stream_seq", "Stream sequence of the last container the consumer handed on.", "durable", "kind"), prometheus.GaugeValue, func(c *ConsumerStats) float64 { return float64(c.StreamSeq) }},
+	{cdesc("consumer_pending", "Containers in the stream the consumer has not been delivered yet.", "durable", "kind"), prometheus.GaugeValue, func(c *ConsumerStats) float64 { return float64(c.Pending) }},
+	{cdesc("consumer_handled_total", "Containers handed on and acknowledged.", "durable", "kind"), prometheus.CounterValue, func(c *ConsumerStats) float64 { return float64(c.Handled) }},
+	{cdesc("consumer_redelivered_total", "Containers handed on again after a redelivery (at least once).", "durable", "kind"), prometheus.CounterValue, func(c *ConsumerStats) float64 { return float64(c.Redelivered) }},
+	{cdesc("consumer_errors_total", "Hand-overs that failed and were retried.", "durable", "kind"), prometheus.CounterValue, func(c *ConsumerStats) float64 { return float64(c.Errors) }},
+	{cdesc("consumer_skipped_total", "Payloads the feed cannot render (not base:dnsqr, undecodable).", "durable", "kind"), prometheus.CounterValue, func(c *ConsumerStats) float64 { return float64(c.Skipped) }},
+	{cdesc("consumer_running", "1 while the consumer consumes the stream.", "durable", "kind"), prometheus.GaugeValue, func(c *ConsumerStats) float64 { return b2f(c.Running) }},
+}
+
 // publishMetrics are per-sensor families of the way into the stream.
 var publishMetrics = []struct {
 	desc  *prometheus.Desc
@@ -211,6 +226,9 @@ func (c *promCollector) Describe(ch chan<- *prometheus.Desc) {
 		ch <- m.desc
 	}
 	ch <- archiveLost
+	for _, m := range consumerMetrics {
+		ch <- m.desc
+	}
 	for _, m := range publishMetrics {
 		ch <- m.desc
 	}
@@ -246,6 +264,12 @@ func (c *promCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(archiveLost, prometheus.CounterValue, float64(a.Lost.Quota), "quota")
 			ch <- prometheus.MustNewConstMetric(archiveLost, prometheus.CounterValue, float64(a.Lost.Limits), "limits")
 			ch <- prometheus.MustNewConstMetric(archiveLost, prometheus.CounterValue, float64(a.Lost.BadSubject), "bad_subject")
+		}
+		for i := range j.Consumers {
+			c := &j.Consumers[i]
+			for _, m := range consumerMetrics {
+				ch <- prometheus.MustNewConstMetric(m.desc, m.typ, m.value(c), c.Durable, c.Kind)
+			}
 		}
 	}
 }

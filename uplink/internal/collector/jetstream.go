@@ -1,6 +1,7 @@
 package collector
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -50,6 +51,15 @@ type JetStreamOptions struct {
 	// the same stream (two hosts, each a full copy) need two names.
 	ArchiveDurable string
 
+	// ForwardDurable names the durable consumer that feeds Options.Forward (the spool an uplinkd
+	// ships to SIE Europe) from the stream; default "forward".
+	ForwardDurable string
+	// FanOut feeds the SOC's own analysis from the stream, each a durable consumer.
+	FanOut []FanOut
+
+	// forward is Options.Forward: with the stream, a consumer of it rather than a step of the
+	// sensor's session.
+	forward sielink.Handler
 	// archiveDelay slows each archive write: a seam for tests of an archiver behind the stream.
 	archiveDelay time.Duration
 }
@@ -204,6 +214,7 @@ type publisher struct {
 type PublishStats struct {
 	Published  uint64    `json:"published"`  // containers the stream acknowledged as new
 	Duplicates uint64    `json:"duplicates"` // resends the stream recognised (message id) and stored once
+	InProcess  uint64    `json:"in_process"` // publishes that found the same container being stored by another (a resend racing its first send) and waited for that outcome
 	Errors     uint64    `json:"errors"`     // publishes that failed (held and retried; the data stays in the sensor's spool)
 	LastError  string    `json:"last_error,omitempty"`
 	LastSeq    uint64    `json:"last_stream_seq"`
@@ -222,7 +233,7 @@ func (p *publisher) Deliver(d *sielink.Delivery) error {
 		opts = append(opts, jetstream.WithMsgID(msgID(d.Sensor, id, seq)))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), cmpDur(p.timeout, PublishTimeout))
-	ack, err := p.js.PublishMsg(ctx, msg, opts...)
+	ack, waits, err := p.publish(ctx, msg, opts)
 	cancel()
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -231,6 +242,7 @@ func (p *publisher) Deliver(d *sielink.Delivery) error {
 		st = &PublishStats{}
 		p.sensors[d.Sensor] = st
 	}
+	st.InProcess += waits
 	if err != nil {
 		st.Errors++
 		st.LastError = err.Error()
@@ -247,6 +259,38 @@ func (p *publisher) Deliver(d *sielink.Delivery) error {
 	}
 	st.Published++
 	return nil
+}
+
+// errCodeMsgIDInProcess is the stream's answer to a publish whose message id another publish
+// has proposed and the cluster has not applied yet ("409 duplicate message id is in process").
+const errCodeMsgIDInProcess jetstream.ErrorCode = 10158
+
+// inProcessWait bounds the pause between publishes of a container that is in process elsewhere.
+const inProcessWait = 200 * time.Millisecond
+
+// publish publishes msg until the stream decides. A resend that races its first send (the
+// sensor's earlier session, here or at another collector, is still publishing it) finds the
+// message id in process: the container is then neither stored nor refused, and only the first
+// publish's outcome tells which. So the publish is repeated, quickly at first, until the stream
+// answers with the stored sequence (a duplicate) or, if the first one failed, stores it. It
+// returns how often it waited so.
+func (p *publisher) publish(ctx context.Context, msg *nats.Msg, opts []jetstream.PublishOpt) (*jetstream.PubAck, uint64, error) {
+	var waits uint64
+	for wait := time.Millisecond; ; wait = min(2*wait, inProcessWait) {
+		ack, err := p.js.PublishMsg(ctx, msg, opts...)
+		var apiErr *jetstream.APIError
+		if err == nil || !errors.As(err, &apiErr) || apiErr.ErrorCode != errCodeMsgIDInProcess {
+			return ack, waits, err
+		}
+		waits++
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, waits, err
+		case <-t.C:
+		}
+	}
 }
 
 func (p *publisher) stats() map[string]PublishStats {
@@ -284,6 +328,27 @@ type jsRunner struct {
 
 	cancel context.CancelFunc
 	done   chan struct{}
+
+	// consumers hand the stream on: the forward to SIE Europe, the fan-outs.
+	consumers     []*streamConsumer
+	stopConsumers context.CancelFunc
+	consumersDone sync.WaitGroup
+}
+
+// closeConsumers stops the forward and fan-out consumers (what they had not acknowledged is
+// handed on again at the next start) and closes their feeds.
+func (r *jsRunner) closeConsumers() {
+	if r.stopConsumers != nil {
+		r.stopConsumers()
+		r.consumersDone.Wait()
+		r.stopConsumers = nil
+	}
+	for _, c := range r.consumers {
+		if c.close != nil {
+			c.close()
+		}
+	}
+	r.consumers = nil
 }
 
 func startJetStream(ctx context.Context, o JetStreamOptions, store *Store, logf sielink.Logf) (*jsRunner, error) {
@@ -292,6 +357,29 @@ func startJetStream(ctx context.Context, o JetStreamOptions, store *Store, logf 
 		return nil, err
 	}
 	r := &jsRunner{bus: b, pub: &publisher{js: b.js, stream: b.opts.Stream, sensors: make(map[string]*PublishStats)}}
+	if o.forward != nil {
+		r.consumers = append(r.consumers, &streamConsumer{stream: b.stream, durable: cmp.Or(o.ForwardDurable, "forward"),
+			desc: "the collector's forward to SIE Europe", feed: forwardFeed(o.forward), logf: logf,
+			st: ConsumerStats{Durable: cmp.Or(o.ForwardDurable, "forward"), Kind: "forward"}})
+	}
+	for i, f := range o.FanOut {
+		c, err := newFanOut(i, f, b.stream, logf)
+		if err != nil {
+			r.closeConsumers()
+			b.Close()
+			return nil, err
+		}
+		r.consumers = append(r.consumers, c)
+	}
+	cctx, cancel := context.WithCancel(context.Background())
+	r.stopConsumers = cancel
+	for _, c := range r.consumers {
+		r.consumersDone.Add(1)
+		go func() {
+			defer r.consumersDone.Done()
+			c.run(cctx)
+		}()
+	}
 	if !b.opts.NoArchive {
 		r.arch = &archiver{store: store, stream: b.stream, durable: b.opts.ArchiveDurable, logf: logf, delay: o.archiveDelay}
 		actx, cancel := context.WithCancel(context.Background())
@@ -336,22 +424,24 @@ func (r *jsRunner) close() {
 		return
 	}
 	r.stopArchiver()
+	r.closeConsumers()
 	r.bus.Close()
 }
 
 // JetStreamSnapshot is the stream's and the archiver's state (/status.json).
 type JetStreamSnapshot struct {
-	URL       string         `json:"url"` // empty: embedded
-	Stream    string         `json:"stream"`
-	Replicas  int            `json:"replicas"`
-	DupWindow string         `json:"duplicate_window"`
-	Connected bool           `json:"connected"`
-	Messages  uint64         `json:"messages"`
-	Bytes     uint64         `json:"bytes"`
-	FirstSeq  uint64         `json:"first_seq"`
-	LastSeq   uint64         `json:"last_seq"`
-	InfoError string         `json:"info_error,omitempty"`
-	Archiver  *ArchiverStats `json:"archiver,omitempty"`
+	URL       string          `json:"url"` // empty: embedded
+	Stream    string          `json:"stream"`
+	Replicas  int             `json:"replicas"`
+	DupWindow string          `json:"duplicate_window"`
+	Connected bool            `json:"connected"`
+	Messages  uint64          `json:"messages"`
+	Bytes     uint64          `json:"bytes"`
+	FirstSeq  uint64          `json:"first_seq"`
+	LastSeq   uint64          `json:"last_seq"`
+	InfoError string          `json:"info_error,omitempty"`
+	Archiver  *ArchiverStats  `json:"archiver,omitempty"`
+	Consumers []ConsumerStats `json:"consumers,omitempty"` // forward, fan-outs
 }
 
 func (r *jsRunner) snapshot() *JetStreamSnapshot {
@@ -368,6 +458,9 @@ func (r *jsRunner) snapshot() *JetStreamSnapshot {
 	if r.arch != nil {
 		a := r.arch.stats()
 		s.Archiver = &a
+	}
+	for _, c := range r.consumers {
+		s.Consumers = append(s.Consumers, c.stats())
 	}
 	return s
 }

@@ -350,3 +350,63 @@ func TestStopDrainsArchive(t *testing.T) {
 	}
 	equalRecords(t, want, got)
 }
+
+// TestArchiverOutOfOrderDelivery: messages delivered to the durable consumer and never
+// acknowledged (a collector that died with them, a consumer leader that failed over) come again
+// only after AckWait, behind later ones. The archive must still hold every container: before, the
+// later message raised the floor over the missing ones, they were counted as lost to the
+// stream's limits and their redelivery skipped as archived (TestClusterProof lost 29 records so).
+func TestArchiverOutOfOrderDelivery(t *testing.T) {
+	archive := filepath.Join(t.TempDir(), "nmsg")
+	var want records
+	conts := sequenced(t, 11, 300, &want)
+	tc := startCollector(t, func(o *Options) {
+		o.Store.Dir = archive
+		o.JetStream = &JetStreamOptions{NoArchive: true}
+	})
+	sendAll(t, tc, "alpha", conts)
+	if err := tc.stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	// The first containers are delivered to the archiver's consumer and left unacknowledged.
+	ctx := ctxT(t, 30*time.Second)
+	b, err := openBus(ctx, JetStreamOptions{}, archive, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := b.stream.CreateOrUpdateConsumer(ctx, archiverConsumer("archive"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const held = 3
+	batch, err := cons.FetchNoWait(held)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for range batch.Messages() {
+		n++
+	}
+	if n != held {
+		t.Fatalf("fetched %d messages, want %d", n, held)
+	}
+	b.Close()
+
+	tc = startCollector(t, func(o *Options) {
+		o.Store.Dir = archive
+		o.JetStream = &JetStreamOptions{}
+	})
+	js := waitArchived(t, tc)
+	if js.Archiver.Lost != (LossStats{}) || js.Archiver.GapFilled != held {
+		t.Errorf("archiver %+v: want %d containers filled from the stream and nothing lost", *js.Archiver, held)
+	}
+	if err := tc.stop(); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := readDir(t, filepath.Join(archive, "alpha"))
+	if len(got) != len(want) {
+		t.Errorf("%d records in the archive, want %d", len(got), len(want))
+	}
+	equalRecords(t, want, got)
+}
