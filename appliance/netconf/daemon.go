@@ -110,6 +110,9 @@ func Run(ctx context.Context, o *Options, logf func(string, ...any)) error {
 	}
 	d := &daemon{o: o, logf: logf, taps: map[string]*TapReport{}, tapErr: map[string]string{}, ctx: ctx,
 		hs: &healthState{txAtSilence: map[string]uint64{}}, managed6: make(chan struct{}, 1)}
+	// The steps between power-on and the management address, in the log with the kernel's
+	// uptime: the first HTTP answer after a boot waits for them.
+	logf("started%s", sinceBoot())
 	// Tap ports first: they are silent from the moment they come up, whatever the management
 	// side does next.
 	d.configureTaps()
@@ -333,6 +336,7 @@ func (d *daemon) reload() error {
 		if err := netlink.LinkSetUp(d.mgmtLink); err != nil {
 			return fmt.Errorf("management port %s: link up: %w", d.o.Mgmt, err)
 		}
+		d.logf("management port %s up%s", d.o.Mgmt, sinceBoot())
 		d.mgmtUp = true
 	}
 	if sn == nil || !sn.Addr.IsValid() {
@@ -477,4 +481,14 @@ func (d *daemon) writeLinks() {
 	if err := writeJSON(filepath.Join(d.o.RunDir, LinksFile), links); err != nil {
 		d.logf("%v", err)
 	}
+}
+
+// sinceBoot is " (N.NN s after boot)" from the kernel's uptime, or "" where it cannot be read.
+func sinceBoot() string {
+	b, err := os.ReadFile("/proc/uptime")
+	if err != nil {
+		return ""
+	}
+	up, _, _ := strings.Cut(string(b), " ")
+	return " (" + up + " s after boot)"
 }

@@ -119,6 +119,7 @@ func (m *mgmtPort) Apply(prev, cur dhcpc.Lease) error {
 		if err := m.set(prev.Addr, prev.Router, cur.Addr, cur.Router, unix.RTPROT_DHCP); err != nil {
 			return err
 		}
+		m.logf("management port %s: address %s from DHCP%s", m.iface, cur.Addr, sinceBoot())
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
