@@ -89,6 +89,11 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return cli.Main(ctx, "netconfd", args, stderr, ParseFlags, Run)
 }
 
+// tapsAfter bounds how long the tap ports and the health server wait for the management
+// port's first address at start (a DHCP server's answer takes well under a second); a variable
+// for TestManagementFirst, whose loaded machine may take longer.
+var tapsAfter = 2 * time.Second
+
 // Run configures the ports and keeps them configured until ctx ends; then it releases the DHCP
 // lease and removes the management address (a static address stays: the box must stay
 // reachable while netconfd restarts).
@@ -98,19 +103,18 @@ func Run(ctx context.Context, o *Options, logf func(string, ...any)) error {
 	}
 	d := &daemon{o: o, logf: logf, taps: map[string]*TapReport{}, tapErr: map[string]string{}, ctx: ctx,
 		hs: &healthState{txAtSilence: map[string]uint64{}}, managed6: make(chan struct{}, 1)}
-	// Tap ports first: they are silent from the moment they come up, whatever the management
-	// side does next.
-	d.configureTaps()
+	// The steps between power-on and the management address, in the log with the kernel's
+	// uptime: the first HTTP answer after a boot waits for them.
+	logf("started%s", sinceBoot())
 
-	hctx, stopHealth := context.WithCancel(ctx)
-	waitHealth, err := serveHealth(hctx, o, d.hs, logf)
-	if err != nil {
-		stopHealth()
-		return err
-	}
-	defer func() { stopHealth(); waitHealth() }()
-
-	d.m = &mgmtPort{iface: o.Mgmt, runDir: o.RunDir, resolvConf: o.ResolvConf, logf: logf, onPublish: d.hs.setAddr}
+	// The management port first: its address is what the box's first answer after a boot waits
+	// for. The tap ports and the health server follow once it has one (or after tapsAfter):
+	// setting up a tap port (offloads, a jumbo MTU, link up: receive buffers filled under the
+	// kernel's RTNL lock) took 1.7 s of a QEMU guest's boot before the management port even came
+	// up, and side by side it held up the DHCP address as long. The tap ports lose nothing by
+	// waiting: each is made silent before its own link up, and nothing else brings one up.
+	d.m = &mgmtPort{iface: o.Mgmt, runDir: o.RunDir, resolvConf: o.ResolvConf, logf: logf, onPublish: d.hs.setAddr,
+		addressed: make(chan struct{})}
 	if err := d.m.setConfigError(""); err != nil {
 		return err
 	}
@@ -130,6 +134,21 @@ func Run(ctx context.Context, o *Options, logf func(string, ...any)) error {
 	if err := d.reload(); err != nil {
 		return err
 	}
+	select {
+	case <-d.m.addressed:
+	case <-time.After(tapsAfter):
+	case <-ctx.Done():
+	}
+	d.configureTaps()
+
+	hctx, stopHealth := context.WithCancel(ctx)
+	waitHealth, err := serveHealth(hctx, o, d.hs, logf)
+	if err != nil {
+		stopHealth()
+		return err
+	}
+	defer func() { stopHealth(); waitHealth() }()
+
 	var ra rdnss
 	raCtx, stopRA := context.WithCancel(ctx)
 	raDone := make(chan struct{})
@@ -321,6 +340,7 @@ func (d *daemon) reload() error {
 		if err := netlink.LinkSetUp(d.mgmtLink); err != nil {
 			return fmt.Errorf("management port %s: link up: %w", d.o.Mgmt, err)
 		}
+		d.logf("management port %s up%s", d.o.Mgmt, sinceBoot())
 		d.mgmtUp = true
 	}
 	if sn == nil || !sn.Addr.IsValid() {
@@ -465,4 +485,14 @@ func (d *daemon) writeLinks() {
 	if err := writeJSON(filepath.Join(d.o.RunDir, LinksFile), links); err != nil {
 		d.logf("%v", err)
 	}
+}
+
+// sinceBoot is " (N.NN s after boot)" from the kernel's uptime, or "" where it cannot be read.
+func sinceBoot() string {
+	b, err := os.ReadFile("/proc/uptime")
+	if err != nil {
+		return ""
+	}
+	up, _, _ := strings.Cut(string(b), " ")
+	return " (" + up + " s after boot)"
 }

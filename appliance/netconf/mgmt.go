@@ -66,6 +66,9 @@ type mgmtPort struct {
 	logf       func(string, ...any)
 	// onPublish, if set, sees every addressing published (the health tree).
 	onPublish func(Addressing)
+	// addressed, if set, is closed when the port first has an IPv4 address (DHCP or static).
+	addressed chan struct{}
+	addrOnce  sync.Once
 
 	mu     sync.Mutex
 	lease  *dhcpc.Lease
@@ -119,6 +122,8 @@ func (m *mgmtPort) Apply(prev, cur dhcpc.Lease) error {
 		if err := m.set(prev.Addr, prev.Router, cur.Addr, cur.Router, unix.RTPROT_DHCP); err != nil {
 			return err
 		}
+		m.logf("management port %s: address %s from DHCP%s", m.iface, cur.Addr, sinceBoot())
+		m.markAddressed()
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -196,10 +201,19 @@ func (m *mgmtPort) setStatic(sn *config.StaticNet) error {
 	if err := m.set(p.Addr6, p.GW6, n.Addr6, n.GW6, unix.RTPROT_STATIC); err != nil {
 		return err
 	}
+	if n.Addr.IsValid() {
+		m.markAddressed()
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.static = sn
 	return m.publish()
+}
+
+func (m *mgmtPort) markAddressed() {
+	if m.addressed != nil {
+		m.addrOnce.Do(func() { close(m.addressed) })
+	}
 }
 
 // setConfigError records why the configuration was refused (empty: it was applied).

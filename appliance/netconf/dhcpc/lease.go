@@ -78,16 +78,21 @@ type Applier interface {
 	Remove(l Lease) error
 }
 
-// Clock is time for the state machine. After must behave like time.After.
+// Clock is time for the state machine. After must behave like time.After, Until like
+// context.WithDeadline.
 type Clock interface {
 	Now() time.Time
 	After(d time.Duration) <-chan time.Time
+	Until(ctx context.Context, t time.Time) (context.Context, context.CancelFunc)
 }
 
 type realClock struct{}
 
 func (realClock) Now() time.Time                         { return time.Now() }
 func (realClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
+func (realClock) Until(ctx context.Context, t time.Time) (context.Context, context.CancelFunc) {
+	return context.WithDeadline(ctx, t)
+}
 
 // RealClock is the wall clock.
 var RealClock Clock = realClock{}
@@ -258,12 +263,18 @@ func (c *Client) keep(ctx context.Context, l Lease) (Lease, bool) {
 func (c *Client) phase(ctx context.Context, s State, l Lease, deadline time.Time) (next Lease, renewed, gone bool) {
 	c.state(s, l)
 	for c.Clock.Now().Before(deadline) {
+		// An exchange ends with its phase (RFC 8415 §18.2.4-5: a RENEW's retransmissions until
+		// T2, a REBIND's until the lease expires; RFC 2131 likewise): the exchanger's own
+		// retransmissions (2 s doubling to 30 s in nclient6) would otherwise keep an expired
+		// address on the port, or start rebinding late.
+		actx, cancel := c.Clock.Until(ctx, deadline)
 		var err error
 		if s == Renewing {
-			next, err = c.Ex.Renew(ctx, l)
+			next, err = c.Ex.Renew(actx, l)
 		} else {
-			next, err = c.Ex.Rebind(ctx, l)
+			next, err = c.Ex.Rebind(actx, l)
 		}
+		cancel()
 		if ctx.Err() != nil {
 			return l, false, false
 		}
@@ -275,6 +286,10 @@ func (c *Client) phase(ctx context.Context, s State, l Lease, deadline time.Time
 			return l, false, true
 		}
 		now := c.Clock.Now()
+		if !now.Before(deadline) {
+			c.logf("%s %s: %v (no answer by %s)", s, l.Addr, err, deadline.Format(time.RFC3339))
+			break
+		}
 		wait := c.retryIn(now, deadline)
 		c.logf("%s %s: %v (again in %v)", s, l.Addr, err, wait)
 		if !c.wait(ctx, wait) {

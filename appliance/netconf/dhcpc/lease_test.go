@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -18,9 +19,42 @@ var t0 = time.Date(2026, 12, 5, 0, 0, 0, 0, time.UTC)
 
 // fakeClock is a Clock that moves only when the test advances it.
 type fakeClock struct {
-	mu      sync.Mutex
-	now     time.Time
-	waiters []waiter
+	mu        sync.Mutex
+	now       time.Time
+	waiters   []waiter
+	deadlines []*deadline
+	// blocked counts exchanges waiting for their context to end: only then is a deadline what
+	// the client waits for (an exchange that answers at once leaves its deadline unwaited).
+	blocked int
+}
+
+type deadline struct {
+	at     time.Time
+	cancel context.CancelFunc
+}
+
+func (f *fakeClock) Until(ctx context.Context, t time.Time) (context.Context, context.CancelFunc) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	ctx, cancel := context.WithCancel(ctx)
+	if !t.After(f.now) {
+		cancel()
+		return ctx, cancel
+	}
+	d := &deadline{at: t, cancel: cancel}
+	f.deadlines = append(f.deadlines, d)
+	return ctx, func() {
+		f.mu.Lock()
+		f.deadlines = slices.DeleteFunc(f.deadlines, func(x *deadline) bool { return x == d })
+		f.mu.Unlock()
+		cancel()
+	}
+}
+
+func (f *fakeClock) block(n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.blocked += n
 }
 
 type waiter struct {
@@ -53,10 +87,14 @@ func (f *fakeClock) next(t *testing.T) time.Time {
 	testenv.WaitFor(t, "the client to sleep", func() bool {
 		f.mu.Lock()
 		defer f.mu.Unlock()
-		if len(f.waiters) == 0 {
+		switch {
+		case len(f.waiters) > 0:
+			at = f.waiters[0].at
+		case f.blocked > 0 && len(f.deadlines) > 0:
+			at = f.deadlines[0].at
+		default:
 			return false
 		}
-		at = f.waiters[0].at
 		return true
 	})
 	return at
@@ -76,6 +114,13 @@ func (f *fakeClock) advanceTo(at time.Time) {
 		}
 	}
 	f.waiters = kept
+	f.deadlines = slices.DeleteFunc(f.deadlines, func(d *deadline) bool {
+		if d.at.After(at) {
+			return false
+		}
+		d.cancel()
+		return true
+	})
 }
 
 // world is the fake network and interface: every call is logged with the clock time.
@@ -106,10 +151,29 @@ func (w *world) entries() []string {
 	return append([]string(nil), w.log...)
 }
 
-func (w *world) Acquire(ctx context.Context) (Lease, error)         { return w.record("acquire", Lease{}) }
-func (w *world) Renew(ctx context.Context, l Lease) (Lease, error)  { return w.record("renew", l) }
-func (w *world) Rebind(ctx context.Context, l Lease) (Lease, error) { return w.record("rebind", l) }
-func (w *world) Release(l Lease) error                              { _, err := w.record("release", l); return err }
+func (w *world) Acquire(ctx context.Context) (Lease, error) { return w.record("acquire", Lease{}) }
+func (w *world) Renew(ctx context.Context, l Lease) (Lease, error) {
+	return w.exchange(ctx, "renew", l)
+}
+func (w *world) Rebind(ctx context.Context, l Lease) (Lease, error) {
+	return w.exchange(ctx, "rebind", l)
+}
+
+// errHang makes an exchange wait for its context, like a client retransmitting to a server that
+// never answers.
+var errHang = errors.New("no answer yet")
+
+func (w *world) exchange(ctx context.Context, call string, l Lease) (Lease, error) {
+	nl, err := w.record(call, l)
+	if errors.Is(err, errHang) {
+		w.clock.block(1)
+		<-ctx.Done()
+		w.clock.block(-1)
+		return Lease{}, ctx.Err()
+	}
+	return nl, err
+}
+func (w *world) Release(l Lease) error { _, err := w.record("release", l); return err }
 func (w *world) Apply(prev, cur Lease) error {
 	_, err := w.record("apply "+cur.Addr.String(), cur)
 	return err
@@ -183,6 +247,26 @@ func TestServerGone(t *testing.T) {
 		"remove 192.0.2.10/24@16m40s", // expiry, 2.5 s later
 		"acquire@16m40s",
 	})
+}
+
+// TestExchangeEndsWithPhase: an exchange that retransmits without an answer (a server gone; the
+// exchanger's own back-off reaches 30 s in nclient6) is cut off at the end of its phase: the
+// renewal at T2, where rebinding starts, and the rebinding at expiry, where the address goes on
+// time. Without the bound the RENEW ran on past the lease's end.
+func TestExchangeEndsWithPhase(t *testing.T) {
+	w := &world{clock: &fakeClock{now: t0}}
+	w.answer = func(call string, n int, l Lease) (Lease, error) {
+		switch {
+		case call == "acquire" && n == 1:
+			return w.lease(100*time.Second, 50*time.Second, 87*time.Second), nil
+		case call == "renew", call == "rebind":
+			return Lease{}, errHang
+		case ok(call):
+			return Lease{}, nil
+		}
+		return Lease{}, errTimeout
+	}
+	run(t, w, []string{"acquire@0s", "apply 192.0.2.10/24@0s", "renew@50s", "rebind@1m27s", "remove 192.0.2.10/24@1m40s", "acquire@1m40s"})
 }
 
 // TestRenewed: every renewal is handed to the Applier (the expiry moves on); the next renewal is
