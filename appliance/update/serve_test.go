@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -17,14 +18,28 @@ import (
 
 func TestMainExitCodes(t *testing.T) {
 	tmp := t.TempDir()
+	none := filepath.Join(tmp, "none")
+	file := func(name, content string) string {
+		p := filepath.Join(tmp, name)
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	good := file("good.json", `{"repository": "http://r.example/tuf", "interval": "2h", "window": "01:00-03:00"}`)
+	badInterval := file("bad.json", `{"repository": "http://r.example/tuf", "interval": "5s"}`)
 	for _, tc := range []struct {
 		args []string
 		code int
 		want string
 	}{
-		{nil, 125, "-repo"},
-		{[]string{"-repo", "http://r", "-trusted-root", filepath.Join(tmp, "none")}, 125, "-trusted-root"},
-		{[]string{"-repo", "http://r", "-window", "7-9"}, 2, "-window"},
+		// No box configuration and no flag: not configured, which gokrazy leaves stopped.
+		{[]string{"-config", none}, 125, "update.repository"},
+		// The repository from the box configuration gets as far as the trusted root.
+		{[]string{"-config", good, "-trusted-root", none}, 125, "-trusted-root"},
+		{[]string{"-config", none, "-repo", "http://r", "-trusted-root", none}, 125, "-trusted-root"},
+		{[]string{"-config", badInterval}, 2, "update.interval"},
+		{[]string{"-config", none, "-repo", "http://r", "-window", "7-9"}, 2, "-window"},
 		{[]string{"-bogus"}, 2, "bogus"},
 	} {
 		var out, errb bytes.Buffer
