@@ -68,6 +68,8 @@ type Page struct {
 	Counters *Counters   `json:"counters,omitempty"`
 	Identity *Identity   `json:"identity,omitempty"`
 	Logs     []DaemonLog `json:"logs,omitempty"`
+	// Updates is updated's state (updates.go).
+	Updates *Updates `json:"updates,omitempty"`
 }
 
 // PageSchema names the version of the JSON page.
