@@ -29,15 +29,15 @@ type Updates struct {
 	// Checks are updated's health checks (repository → updates), depth first.
 	Checks []*health.Check `json:"checks,omitempty"`
 	// The rest is updated's /state.json.
-	Version        int64            `json:"version"`
-	BuildTimestamp string           `json:"build_timestamp,omitempty"`
-	Paused         bool             `json:"paused"`
-	Pending        *UpdatePending   `json:"pending,omitempty"`
-	LastCheck      time.Time        `json:"last_check,omitzero"`
-	LastResult     string           `json:"last_result,omitempty"`
-	LastError      string           `json:"last_error,omitempty"`
-	Failed         []UpdateFailure  `json:"failed,omitempty"`
-	History        []UpdateEvent    `json:"history,omitempty"` // newest first
+	Version        int64           `json:"version"`
+	BuildTimestamp string          `json:"build_timestamp,omitempty"`
+	Paused         bool            `json:"paused"`
+	Pending        *UpdatePending  `json:"pending,omitempty"`
+	LastCheck      time.Time       `json:"last_check,omitzero"`
+	LastResult     string          `json:"last_result,omitempty"`
+	LastError      string          `json:"last_error,omitempty"`
+	Failed         []UpdateFailure `json:"failed,omitempty"`
+	History        []UpdateEvent   `json:"history,omitempty"` // newest first
 	// Shown is the newest part of History, for the HTML page.
 	Shown []UpdateEvent `json:"-"`
 }
