@@ -197,6 +197,17 @@ func (s *Server) Page(ctx context.Context) *Page {
 	if to == 0 {
 		to = 2 * time.Second
 	}
+	// updated is asked beside the others, with its own time limit: asked after them, it got what
+	// they left of one, and a loaded box showed it "not running" while it answered.
+	var updates chan *Updates
+	if s.UpdatedSocket != "" {
+		updates = make(chan *Updates, 1)
+		go func() {
+			uctx, cancel := context.WithTimeout(ctx, to)
+			defer cancel()
+			updates <- readUpdates(uctx, s.UpdatedSocket)
+		}()
+	}
 	ctx, cancel := context.WithTimeout(ctx, to)
 	defer cancel()
 	ds := Collect(ctx, s.Daemons, s.Known)
@@ -204,8 +215,9 @@ func (s *Server) Page(ctx context.Context) *Page {
 	markStopped(ds, stopped)
 	p := compose(s.now(), ds, s.Clock)
 	s.addViews(ctx, p)
-	if s.UpdatedSocket != "" {
-		p.Updates = readUpdates(ctx, s.UpdatedSocket, stopped)
+	if updates != nil {
+		p.Updates = <-updates
+		markUpdatesStopped(p.Updates, stopped)
 	}
 	return p
 }

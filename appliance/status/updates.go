@@ -84,16 +84,12 @@ const (
 	updatesNotRunning    = "updated does not answer on its socket: see its log on gokrazy's page"
 )
 
-// readUpdates asks updated for its health and state. stopped is gokrazy's list of stopped
-// services (nil: unknown).
-func readUpdates(ctx context.Context, socket string, stopped map[string]bool) *Updates {
+// readUpdates asks updated for its health and state.
+func readUpdates(ctx context.Context, socket string) *Updates {
 	u := &Updates{State: "running"}
 	rep, err := health.Get(ctx, socket)
 	if err != nil {
 		u.State, u.Error = "not running", updatesNotRunning
-		if stopped["/user/updated"] {
-			u.State, u.Error = "not configured", updatesNotConfigured
-		}
 		return u
 	}
 	u.Checks = flatten(rep.Checks)
@@ -113,6 +109,14 @@ func readUpdates(ctx context.Context, socket string, stopped map[string]bool) *U
 	}
 	u.Shown = u.History[:min(len(u.History), maxHistoryShown)]
 	return u
+}
+
+// markUpdatesStopped: updated not answering because gokrazy stopped it (exit 125) is not
+// configured. stopped is gokrazy's list of stopped services (nil: unknown).
+func markUpdatesStopped(u *Updates, stopped map[string]bool) {
+	if u.State == "not running" && stopped["/user/updated"] {
+		u.State, u.Error = "not configured", updatesNotConfigured
+	}
 }
 
 func flatten(cs []*health.Check) []*health.Check {

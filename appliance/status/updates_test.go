@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"html"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -205,5 +206,34 @@ func TestIdentityReadsUpdatedState(t *testing.T) {
 	}
 	if id := write(update.State{}).Read(context.Background()); id.LastUpdate != nil || id.UpdateNote != "no update yet" {
 		t.Errorf("fresh state: %+v %q", id.LastUpdate, id.UpdateNote)
+	}
+}
+
+// TestUpdatesOwnTimeLimit: a hung daemon uses up the page's time limit; updated, answering at
+// once, is still read (it was asked after the others with what they left, and a loaded box
+// showed it "not running" in QEMU).
+func TestUpdatesOwnTimeLimit(t *testing.T) {
+	_, sock, _ := realUpdated(t)
+	fx := newFixture(t)
+	fx.srv.UpdatedSocket = sock
+	hung := filepath.Join(socketDir(t), "hung.sock")
+	ln, err := net.Listen("unix", hung)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // held open, unanswered, until the test ends
+		}
+	}()
+	fx.srv.Daemons[1].Socket = hung
+	fx.srv.Timeout = time.Second
+	if u := fx.page(t).Updates; u == nil || u.State != "running" || u.Version != 2 {
+		t.Errorf("updated beside a hung daemon: %+v", u)
 	}
 }
