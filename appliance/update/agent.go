@@ -74,7 +74,9 @@ type Config struct {
 type Agent struct {
 	cfg Config
 
-	mu  sync.Mutex // guards st
+	mu  sync.Mutex // guards st; never held across disk I/O (the page reads the state meanwhile)
+	// saveMu orders the saves: a state file written to disk is never older than one before it.
+	saveMu sync.Mutex
 	st  *State
 	now chan struct{} // "update now"
 }
@@ -168,12 +170,20 @@ func (a *Agent) State() State {
 	return s
 }
 
-// save writes the state; the caller holds no lock.
+// update changes the state and writes it; the caller holds no lock. The state lock is released
+// before the write: an fsync can take seconds on a busy card, and the health socket (the status
+// page, with its time limit) must not wait for it.
 func (a *Agent) update(f func(s *State)) error {
+	a.saveMu.Lock()
+	defer a.saveMu.Unlock()
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	f(a.st)
-	return saveState(filepath.Join(a.cfg.Dir, "state.json"), a.st)
+	b, err := json.MarshalIndent(a.st, "", "  ")
+	a.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return saveState(filepath.Join(a.cfg.Dir, "state.json"), b)
 }
 
 // crashPoint is where tests cut the power: a step returns ErrStopped when it says so.

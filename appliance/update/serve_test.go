@@ -10,7 +10,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/sie-europe/dnssensor/internal/health"
 	"github.com/sie-europe/dnssensor/internal/health/healthtest"
@@ -88,5 +90,52 @@ func TestLocalAPI(t *testing.T) {
 	case <-a.now:
 	default:
 		t.Error("update now did not reach the run loop")
+	}
+}
+
+// TestHealthDoesNotWaitForDisk: while a state save waits on the disk (an fsync on a busy card
+// took seconds in QEMU), the health socket still answers: the status page, with its 2 s limit,
+// showed updated "not running" after every check.
+func TestHealthDoesNotWaitForDisk(t *testing.T) {
+	w := newWorld(t)
+	a := w.agent()
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	old := syncDir
+	syncDir = func(d *os.File) error {
+		once.Do(func() { close(entered) })
+		<-release
+		return d.Sync()
+	}
+	defer func() { syncDir = old }()
+	paused := make(chan error, 1)
+	go func() { paused <- a.Pause(true) }()
+	<-entered
+	srv := httptest.NewServer(a.Handler())
+	defer srv.Close()
+	answered := make(chan int, 1)
+	go func() {
+		resp, err := http.Get(srv.URL + "/health.json")
+		if err != nil {
+			answered <- 0
+			return
+		}
+		resp.Body.Close()
+		answered <- resp.StatusCode
+	}()
+	select {
+	case code := <-answered:
+		if code != http.StatusOK {
+			t.Errorf("health during a save: %d", code)
+		}
+	case <-time.After(20 * time.Second):
+		t.Error("the health socket waited for the disk")
+	}
+	close(release)
+	if err := <-paused; err != nil {
+		t.Fatal(err)
+	}
+	if !a.State().Paused {
+		t.Error("pause not kept")
 	}
 }
