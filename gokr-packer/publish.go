@@ -24,21 +24,26 @@ func runKeys(args []string, stdout, stderr io.Writer) error {
 	n := fs.Int("root-keys", 1, "number of root keys")
 	threshold := fs.Int("root-threshold", 1, "root keys needed to sign root metadata")
 	rotateFrom := fs.String("rotate-from", "", "rotate -repo from the keys in `OLDDIR` to the new ones in -dir")
-	repoDir := fs.String("repo", "", "repository `DIR` (with -rotate-from)")
+	repoDir := fs.String("repo", "", "repository `DIR`: with -rotate-from the one to rotate; alone, a new repository to create (its root.json can be baked into images with -tuf-root before the first publish)")
 	if err := fs.Parse(args); err != nil {
 		return usageError{err}
 	}
 	if *dir == "" {
 		return usageError{fmt.Errorf("-dir is required")}
 	}
-	if (*rotateFrom == "") != (*repoDir == "") {
-		return usageError{fmt.Errorf("-rotate-from and -repo go together")}
+	if *rotateFrom != "" && *repoDir == "" {
+		return usageError{fmt.Errorf("-rotate-from needs -repo (the repository to rotate)")}
+	}
+	if *repoDir != "" && *rotateFrom == "" && tufrepo.Exists(*repoDir) {
+		return usageError{fmt.Errorf("-repo %s already holds a repository: rotate its keys with -rotate-from", *repoDir)}
 	}
 	var old *tufrepo.Keys
-	if *rotateFrom != "" {
+	if *repoDir != "" {
 		if err := tufrepo.CheckApart(*repoDir, *dir); err != nil {
 			return usageError{err}
 		}
+	}
+	if *rotateFrom != "" {
 		var err error
 		if old, err = tufrepo.LoadKeys(*rotateFrom); err != nil {
 			return usageError{fmt.Errorf("-rotate-from: %w", err)}
@@ -55,6 +60,12 @@ func runKeys(args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		out["rotated"] = *repoDir
+	} else if *repoDir != "" {
+		r := &tufrepo.Repo{Dir: *repoDir, Keys: k}
+		if err := r.Init(); err != nil {
+			return err
+		}
+		out["repo"] = *repoDir
 	}
 	return json.NewEncoder(stdout).Encode(out)
 }

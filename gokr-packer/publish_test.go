@@ -75,3 +75,38 @@ func TestKeysAndPublishCLI(t *testing.T) {
 		}
 	}
 }
+
+// TestKeysCreateRepo: keys -repo creates the repository with the new keys, so images can carry
+// its root.json before the first release (one image build fewer in ci/qemu-tuf-test); the first
+// publish then adds to it; an existing repository is refused (that is -rotate-from's job).
+func TestKeysCreateRepo(t *testing.T) {
+	tmp := t.TempDir()
+	keys, repo := filepath.Join(tmp, "keys"), filepath.Join(tmp, "repo")
+	var out, errb bytes.Buffer
+	if err := run(context.Background(), []string{"keys", "-dir", keys, "-repo", repo}, &out, &errb); err != nil {
+		t.Fatalf("keys -repo: %v\n%s", err, errb.String())
+	}
+	root, err := os.ReadFile(filepath.Join(repo, "root.json"))
+	if err != nil || !bytes.Contains(root, []byte(`"_type": "root"`)) && !bytes.Contains(root, []byte(`"_type":"root"`)) {
+		t.Fatalf("root.json: %v\n%s", err, root)
+	}
+	res := packer.Result{Image: "sensor-amd64", BuildTimestamp: "2026-01-01T00:00:00Z"}
+	res.RootImg, res.BootImg, res.MBRImg = filepath.Join(tmp, "root"), filepath.Join(tmp, "boot"), filepath.Join(tmp, "mbr")
+	for _, f := range []string{res.RootImg, res.BootImg, res.MBRImg} {
+		os.WriteFile(f, []byte(f), 0o644)
+	}
+	b, _ := json.Marshal(res)
+	built := filepath.Join(tmp, "built.json")
+	os.WriteFile(built, b, 0o644)
+	out.Reset()
+	if err := run(context.Background(), []string{"publish", "-repo", repo, "-keys", keys, "-built", built}, &out, &errb); err != nil || !strings.Contains(out.String(), `"version":1`) {
+		t.Fatalf("first publish into it: %v\n%s%s", err, out.String(), errb.String())
+	}
+	if after, _ := os.ReadFile(filepath.Join(repo, "root.json")); !bytes.Equal(after, root) {
+		t.Error("the first publish replaced the root the images carry")
+	}
+	errb.Reset()
+	if err := run(context.Background(), []string{"keys", "-dir", filepath.Join(tmp, "keys2"), "-repo", repo}, &out, &errb); err == nil || !strings.Contains(err.Error(), "-rotate-from") {
+		t.Errorf("keys -repo on an existing repository: %v, want a refusal naming -rotate-from", err)
+	}
+}

@@ -1,7 +1,7 @@
 // Package boxconfig is the box configuration an operator writes, dnssensor.json: one file with a
 // section per daemon ("sensor": sensord's -config object, "uplink": uplinkd's -config file,
-// "network": netconfd's section). Each section is judged by its owner's own rules
-// (sensor/sensorconfig, uplink/uplinkconfig, appliance/config), every wrong key reported on its own,
+// "network": netconfd's section, "update": updated's). Each section is judged by its owner's own
+// rules (sensor/sensorconfig, uplink/uplinkconfig, appliance/config, appliance/update/updateconfig), every wrong key reported on its own,
 // and only a configuration without any is applied: split into the daemons' files on /perm, each
 // replaced atomically, the box file itself last.
 package boxconfig
@@ -21,6 +21,7 @@ import (
 	"strings"
 
 	"github.com/sie-europe/dnssensor/appliance/config"
+	"github.com/sie-europe/dnssensor/appliance/update/updateconfig"
 	"github.com/sie-europe/dnssensor/sensor/sensorconfig"
 	"github.com/sie-europe/dnssensor/uplink/uplinkconfig"
 )
@@ -34,6 +35,7 @@ type Box struct {
 	Sensor  map[string]any `json:"sensor,omitempty"`
 	Uplink  map[string]any `json:"uplink,omitempty"`
 	Network map[string]any `json:"network,omitempty"`
+	Update  map[string]any `json:"update,omitempty"`
 }
 
 // FieldError is one wrong key, named from the top of the box file ("sensor.resolver",
@@ -72,6 +74,7 @@ func (l Layout) PrevFile() string    { return filepath.Join(l.Perm, "dnssensor.j
 func (l Layout) SensorFile() string  { return filepath.Join(l.Perm, "sensord", "config.json") }
 func (l Layout) UplinkFile() string  { return filepath.Join(l.Perm, "uplinkd", "config.json") }
 func (l Layout) NetworkFile() string { return filepath.Join(l.Perm, "netconfd", "config.json") }
+func (l Layout) UpdateFile() string  { return filepath.Join(l.Perm, "updated", "config.json") }
 
 // APIKeyFile is where the API key of the uplink destination named name is kept (mode 0600).
 func (l Layout) APIKeyFile(name string) string {
@@ -80,17 +83,17 @@ func (l Layout) APIKeyFile(name string) string {
 
 // Daemon files by daemon, in the order they are written.
 func (l Layout) files() [][2]string {
-	return [][2]string{{"sensord", l.SensorFile()}, {"uplinkd", l.UplinkFile()}, {"netconfd", l.NetworkFile()}}
+	return [][2]string{{"sensord", l.SensorFile()}, {"uplinkd", l.UplinkFile()}, {"netconfd", l.NetworkFile()}, {"updated", l.UpdateFile()}}
 }
 
-// Parse decodes a box file; only the three sections are allowed, each an object.
+// Parse decodes a box file; only the four sections are allowed, each an object.
 func Parse(data []byte) (*Box, error) {
 	var raw map[string]json.RawMessage
 	if err := json.Unmarshal(data, &raw); err != nil || raw == nil {
 		if err == nil {
 			err = errors.New("null")
 		}
-		return nil, Errors{{Msg: fmt.Sprintf("not a JSON object with sections sensor, uplink and network: %v", err)}}
+		return nil, Errors{{Msg: fmt.Sprintf("not a JSON object with sections sensor, uplink, network and update: %v", err)}}
 	}
 	var b Box
 	var errs Errors
@@ -103,8 +106,10 @@ func Parse(data []byte) (*Box, error) {
 			dst = &b.Uplink
 		case "network":
 			dst = &b.Network
+		case "update":
+			dst = &b.Update
 		default:
-			errs = append(errs, FieldError{k, "unknown section; the sections are sensor, uplink and network"})
+			errs = append(errs, FieldError{k, "unknown section; the sections are sensor, uplink, network and update"})
 			continue
 		}
 		if err := json.Unmarshal(raw[k], dst); err != nil || *dst == nil {
@@ -135,7 +140,7 @@ var destName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 func Check(b *Box, l Layout) (*Files, Errors) {
 	var errs Errors
 	f := &Files{Daemon: map[string][]byte{}, Secrets: map[string][]byte{}}
-	stored := Box{Sensor: b.Sensor, Network: b.Network}
+	stored := Box{Sensor: b.Sensor, Network: b.Network, Update: b.Update}
 	if b.Sensor != nil {
 		data, _ := json.Marshal(b.Sensor)
 		for _, e := range sensorconfig.Check(data, SensordArgs) {
@@ -166,6 +171,15 @@ func Check(b *Box, l Layout) (*Files, Errors) {
 			}
 		}
 		f.Daemon["netconfd"] = indent(data)
+	}
+	if b.Update != nil {
+		data, _ := json.Marshal(b.Update)
+		if _, uerrs := updateconfig.Parse(data); uerrs != nil {
+			for _, e := range uerrs {
+				errs = append(errs, FieldError{join("update", e.Key), e.Msg})
+			}
+		}
+		f.Daemon["updated"] = indent(data)
 	}
 	if errs != nil {
 		return nil, errs
@@ -289,7 +303,7 @@ func Load(l Layout) (b *Box, found bool, err error) {
 		path string
 		dst  *map[string]any
 		sub  string
-	}{{l.SensorFile(), &b.Sensor, ""}, {l.UplinkFile(), &b.Uplink, ""}, {l.NetworkFile(), &b.Network, "network"}} {
+	}{{l.SensorFile(), &b.Sensor, ""}, {l.UplinkFile(), &b.Uplink, ""}, {l.NetworkFile(), &b.Network, "network"}, {l.UpdateFile(), &b.Update, ""}} {
 		data, err := os.ReadFile(f.path)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue

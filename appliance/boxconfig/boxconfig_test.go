@@ -14,6 +14,7 @@ const everyFieldWrong = `{
   "sensor": {"resolver": "192.0.2.1,not-an-ip", "rd": "2", "zero-resolver": "maybe", "qname-exclude": "a..b", "spool": "/x"},
   "uplink": {"metrics": "0.0.0.0:1", "destinations": [{"type": "sielink", "url": "https://a", "api_key": "two words"}]},
   "network": {"static": {"address": "198.51.100.10", "gateway": "bad", "dns": ["x"]}},
+  "update": {"repository": "tuf.example.net", "interval": "often", "window": "2-5"},
   "extra": {}
 }`
 
@@ -46,7 +47,8 @@ func TestEveryFieldWrong(t *testing.T) {
 	}
 	want := []string{"sensor.spool", "sensor.zero-resolver", "sensor.resolver", "sensor.rd", "sensor.qname-exclude",
 		"uplink.destinations[0].api_key", "uplink.destinations[0].url", "uplink.destinations[0].sensor",
-		"uplink.metrics", "network.static.address", "network.static.gateway", "network.static.dns[0]"}
+		"uplink.metrics", "network.static.address", "network.static.gateway", "network.static.dns[0]",
+		"update.repository", "update.interval", "update.window"}
 	count := map[string]int{}
 	for _, e := range errs {
 		count[e.Key]++
@@ -87,13 +89,16 @@ func equal(a, b map[string]string) bool {
 // given, reports only the daemons it affects and keeps the previous box file.
 func TestApplySplits(t *testing.T) {
 	l := Layout{Perm: t.TempDir()}
-	good := `{"sensor": {"resolver": "192.0.2.53", "rd": "0"}, "uplink": {"destinations": [{"type": "sielink", "url": "wss://sie.example.net", "sensor": "s1", "api_key": "secret-key-1"}]}, "network": {"static": {"dns": ["198.51.100.53"]}}}`
+	good := `{"sensor": {"resolver": "192.0.2.53", "rd": "0"}, "uplink": {"destinations": [{"type": "sielink", "url": "wss://sie.example.net", "sensor": "s1", "api_key": "secret-key-1"}]}, "network": {"static": {"dns": ["198.51.100.53"]}}, "update": {"repository": "https://tuf.example.net/sensor", "window": "02:00-05:00"}}`
 	changed, err := CheckAndApply(l, []byte(good))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if strings.Join(changed, ",") != "uplinkd,sensord,netconfd" {
+	if strings.Join(changed, ",") != "uplinkd,sensord,netconfd,updated" {
 		t.Errorf("changed %q", changed)
+	}
+	if upd, _ := os.ReadFile(l.UpdateFile()); !bytes.Contains(upd, []byte(`"repository": "https://tuf.example.net/sensor"`)) || !bytes.Contains(upd, []byte(`"window": "02:00-05:00"`)) {
+		t.Errorf("updated's file:\n%s", upd)
 	}
 	box, _ := os.ReadFile(l.BoxFile())
 	if bytes.Contains(box, []byte("secret-key-1")) {
@@ -167,6 +172,57 @@ func TestSensordArgsMatchImages(t *testing.T) {
 					t.Errorf("%s: sensord's %s is not in boxconfig.SensordArgs", img, f)
 				}
 			}
+		}
+	}
+}
+
+// TestUpdatedMatchesImages: every image runs updated on the box configuration's update file and
+// its own image's releases (a box following another image's releases would flash the wrong
+// hardware's root).
+func TestUpdatedMatchesImages(t *testing.T) {
+	imgs, _ := filepath.Glob("../../images/*.json")
+	if len(imgs) == 0 {
+		t.Fatal("no images/*.json")
+	}
+	for _, img := range imgs {
+		data, err := os.ReadFile(img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var cfg struct {
+			Name     string `json:"name"`
+			Programs []struct {
+				Package string   `json:"package"`
+				Flags   []string `json:"flags"`
+			} `json:"programs"`
+		}
+		if err := json.Unmarshal(data, &cfg); err != nil {
+			t.Fatalf("%s: %v", img, err)
+		}
+		found := false
+		for _, p := range cfg.Programs {
+			if !strings.HasSuffix(p.Package, "/appliance/cmd/updated") {
+				continue
+			}
+			found = true
+			flags := map[string]string{}
+			for i := 0; i+1 < len(p.Flags); i += 2 {
+				flags[p.Flags[i]] = p.Flags[i+1]
+			}
+			if got, want := flags["-config"], (Layout{Perm: "/perm"}).UpdateFile(); got != want {
+				t.Errorf("%s: updated -config %q, want %q", img, got, want)
+			}
+			if flags["-image"] != cfg.Name {
+				t.Errorf("%s: updated -image %q, want the image's own name %q", img, flags["-image"], cfg.Name)
+			}
+			for _, f := range []string{"-repo", "-interval", "-window"} {
+				if _, ok := flags[f]; ok {
+					t.Errorf("%s: updated %s: that is the box configuration's (update section)", img, f)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("%s: no updated", img)
 		}
 	}
 }

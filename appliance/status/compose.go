@@ -70,6 +70,8 @@ type Page struct {
 	Logs     []DaemonLog `json:"logs,omitempty"`
 	// Process is statusd's own CPU time and resident set (self.go).
 	Process *Process `json:"process,omitempty"`
+	// Updates is updated's state (updates.go).
+	Updates *Updates `json:"updates,omitempty"`
 }
 
 // PageSchema names the version of the JSON page.

@@ -338,6 +338,12 @@ var networkFields = []struct{ key, label, help string }{
 	{"ntp", "NTP servers", "comma-separated; empty: from DHCP"},
 }
 
+var updateFields = []struct{ key, label, help string }{
+	{"repository", "Update repository", "the TUF repository's URL (gokr-packer publish); empty: no automatic updates"},
+	{"interval", "Check every", "e.g. 1h (default), at least 1m"},
+	{"window", "Maintenance window", "HH:MM-HH:MM in UTC, e.g. 02:00-05:00; empty: any time"},
+}
+
 // sielinkIndex is the uplink destination the form edits: the first sielink one, or a new one.
 func sielinkIndex(up map[string]any) (int, map[string]any) {
 	dests, _ := up["destinations"].([]any)
@@ -402,7 +408,11 @@ func formFor(b *boxconfig.Box, l boxconfig.Layout) []section {
 	for _, nf := range networkFields {
 		net.Fields = append(net.Fields, &field{Key: "network.static." + nf.key, Label: nf.label, Help: nf.help, Kind: "text", Value: str(st[nf.key])})
 	}
-	return []section{sens, up, net}
+	upd := section{Title: "Automatic updates"}
+	for _, uf := range updateFields {
+		upd.Fields = append(upd.Fields, &field{Key: "update." + uf.key, Label: uf.label, Help: uf.help, Kind: "text", Value: str(b.Update[uf.key])})
+	}
+	return []section{sens, up, net, upd}
 }
 
 func list(s string) []any {
@@ -509,6 +519,21 @@ func fromForm(b *boxconfig.Box, r *http.Request) boxconfig.Errors {
 		netw["static"] = st
 	}
 	b.Network = netw
+
+	upd := map[string]any{}
+	for k, v := range b.Update {
+		upd[k] = v
+	}
+	for _, uf := range updateFields {
+		delete(upd, uf.key)
+		if v := val("update." + uf.key); v != "" {
+			upd[uf.key] = v
+		}
+	}
+	b.Update = upd
+	if len(upd) == 0 {
+		b.Update = nil // no repository: updated stays not configured
+	}
 	return errs
 }
 

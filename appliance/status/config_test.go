@@ -126,6 +126,9 @@ func everyFieldWrongForm(tok string) url.Values {
 		"network.static.gateway6":        {"nope"},
 		"network.static.dns":             {"x"},
 		"network.static.ntp":             {"y"},
+		"update.repository":              {"ftp://tuf.example.net"},
+		"update.interval":                {"5s"},
+		"update.window":                  {"02:00"},
 	}
 }
 
@@ -153,7 +156,7 @@ func TestConfigEveryFieldWrong(t *testing.T) {
 	want := []string{"sensor.resolver", "sensor.authoritative", "sensor.rd", "sensor.qname-exclude", "sensor.qname-include",
 		"uplink.destinations[0].url", "uplink.destinations[0].sensor", "uplink.destinations[0].channel", "uplink.destinations[0].api_key",
 		"network.static.address", "network.static.gateway", "network.static.address6", "network.static.gateway6",
-		"network.static.dns[0]", "network.static.ntp[0]"}
+		"network.static.dns[0]", "network.static.ntp[0]", "update.repository", "update.interval", "update.window"}
 	for _, k := range want {
 		if per[k] != 1 {
 			t.Errorf("%s: %d messages, want 1", k, per[k])

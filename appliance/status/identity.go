@@ -224,6 +224,15 @@ func readUpdateState(path string) (*UpdateState, string) {
 	if err != nil {
 		return nil, fmt.Sprintf("%s: %v", path, err)
 	}
+	if st, ok, err := lastUpdateOf(b); ok {
+		if err != nil {
+			return nil, fmt.Sprintf("%s: unreadable (%v)", path, err)
+		}
+		if st == nil {
+			return nil, "no update yet"
+		}
+		return st, ""
+	}
 	var st UpdateState
 	if err := json.Unmarshal(b, &st); err != nil || st.Result == "" {
 		if err == nil {
@@ -232,4 +241,28 @@ func readUpdateState(path string) (*UpdateState, string) {
 		return nil, fmt.Sprintf("%s: unreadable (%v)", path, err)
 	}
 	return &st, ""
+}
+
+// lastUpdateOf reads the last update's outcome from updated's own state file (schema
+// dnssensor.updated/v1; ok is false for another document): the newer of the last commit (a
+// history event) and the last failure.
+func lastUpdateOf(b []byte) (st *UpdateState, ok bool, err error) {
+	var doc updatedStateDoc
+	if json.Unmarshal(b, &doc) != nil || doc.Schema != UpdatedStateSchema {
+		return nil, false, nil
+	}
+	for i := len(doc.History) - 1; i >= 0; i-- {
+		e := doc.History[i]
+		if e.Version != 0 && e.What == fmt.Sprintf("version %d committed", e.Version) {
+			st = &UpdateState{Time: e.At, Result: "ok", Detail: e.What}
+			break
+		}
+	}
+	if n := len(doc.Failed); n > 0 {
+		f := doc.Failed[n-1]
+		if st == nil || f.At.After(st.Time) {
+			st = &UpdateState{Time: f.At, Result: "rolled back", Detail: fmt.Sprintf("version %d: %s", f.Version, f.Reason)}
+		}
+	}
+	return st, true, nil
 }

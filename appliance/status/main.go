@@ -35,6 +35,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cf := registerConfigFlags(fs)
 	sampleEvery := fs.Duration("sample-every", defaultEvery, "how often to sample the daemons' counters for the rates and the 24-hour chart (at least 1s)")
 	gokrazyURL := fs.String("gokrazy-url", "http://127.0.0.1/", "gokrazy's own status page, asked (with the device password) for the image's build timestamp; empty: not asked")
+	updated := fs.String("updated", health.SocketPath("updated"), "updated's health `SOCKET`: the page's update section and its Update now and Pause buttons; empty: none")
 	logLines := fs.Int("log-lines", defaultLogLines, "how many recent log lines of each daemon the page shows (0: none)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -88,6 +89,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	s.Ident.GokrazyURL = *gokrazyURL
 	s.Services = &GokrazyServices{URL: *gokrazyURL, Password: pw}
 	s.LogLines = *logLines
+	s.UpdatedSocket = *updated
 	s.Clock = KernelClock
 	go s.Sampler.Run(ctx)
 	var lns []net.Listener

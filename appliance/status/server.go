@@ -61,6 +61,9 @@ type Server struct {
 	// Clock reads the kernel's clock state for the "clock synchronised" link (KernelClock); nil:
 	// unknown.
 	Clock func() (ClockState, error)
+	// UpdatedSocket is updated's health socket: the page's update section and its buttons
+	// (updates.go); "" leaves them out.
+	UpdatedSocket string
 
 	once    sync.Once
 	xsrfKey []byte
@@ -100,6 +103,9 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /status.json", s.servePage)
 	mux.Handle("GET /assets/", http.FileServerFS(assets))
 	mux.Handle("POST /refresh", s.xsrf(http.HandlerFunc(s.refresh)))
+	mux.Handle("POST /updates/now", s.xsrf(s.updateAction("/update-now")))
+	mux.Handle("POST /updates/pause", s.xsrf(s.updateAction("/pause")))
+	mux.Handle("POST /updates/resume", s.xsrf(s.updateAction("/resume")))
 	s.configRoutes(mux)
 	return s.auth(securityHeaders(mux))
 }
@@ -191,12 +197,28 @@ func (s *Server) Page(ctx context.Context) *Page {
 	if to == 0 {
 		to = 2 * time.Second
 	}
+	// updated is asked beside the others, with its own time limit: asked after them, it got what
+	// they left of one, and a loaded box showed it "not running" while it answered.
+	var updates chan *Updates
+	if s.UpdatedSocket != "" {
+		updates = make(chan *Updates, 1)
+		go func() {
+			uctx, cancel := context.WithTimeout(ctx, to)
+			defer cancel()
+			updates <- readUpdates(uctx, s.UpdatedSocket)
+		}()
+	}
 	ctx, cancel := context.WithTimeout(ctx, to)
 	defer cancel()
 	ds := Collect(ctx, s.Daemons, s.Known)
-	markStopped(ds, s.Services.Stopped(ctx))
+	stopped := s.Services.Stopped(ctx)
+	markStopped(ds, stopped)
 	p := compose(s.now(), ds, s.Clock)
 	s.addViews(ctx, p)
+	if updates != nil {
+		p.Updates = <-updates
+		markUpdatesStopped(p.Updates, stopped)
+	}
 	return p
 }
 

@@ -67,6 +67,7 @@ type Config struct {
 	Sleep      func(ctx context.Context, d time.Duration) error // nil: a timer
 	TestBooted func() (bool, error)                             // nil: /proc/cmdline
 	BootID     func() (string, error)                           // nil: /proc/sys/kernel/random/boot_id
+	Cmdline    func() (string, error)                           // nil: /proc/cmdline
 	Logf       func(format string, args ...any)
 }
 
@@ -74,9 +75,11 @@ type Config struct {
 type Agent struct {
 	cfg Config
 
-	mu  sync.Mutex // guards st
-	st  *State
-	now chan struct{} // "update now"
+	mu sync.Mutex // guards st; never held across disk I/O (the page reads the state meanwhile)
+	// saveMu orders the saves: a state file written to disk is never older than one before it.
+	saveMu sync.Mutex
+	st     *State
+	now    chan struct{} // "update now"
 }
 
 // ErrStopped is returned by steps cut short by a simulated power cut (tests) or a context end.
@@ -116,6 +119,12 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.BootID == nil {
 		cfg.BootID = procBootID
+	}
+	if cfg.Cmdline == nil {
+		cfg.Cmdline = func() (string, error) {
+			b, err := os.ReadFile("/proc/cmdline")
+			return string(b), err
+		}
 	}
 	if cfg.Logf == nil {
 		cfg.Logf = log.Printf
@@ -168,12 +177,20 @@ func (a *Agent) State() State {
 	return s
 }
 
-// save writes the state; the caller holds no lock.
+// update changes the state and writes it; the caller holds no lock. The state lock is released
+// before the write: an fsync can take seconds on a busy card, and the health socket (the status
+// page, with its time limit) must not wait for it.
 func (a *Agent) update(f func(s *State)) error {
+	a.saveMu.Lock()
+	defer a.saveMu.Unlock()
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	f(a.st)
-	return saveState(filepath.Join(a.cfg.Dir, "state.json"), a.st)
+	b, err := json.MarshalIndent(a.st, "", "  ")
+	a.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return saveState(filepath.Join(a.cfg.Dir, "state.json"), b)
 }
 
 // crashPoint is where tests cut the power: a step returns ErrStopped when it says so.
@@ -433,7 +450,7 @@ func (a *Agent) install(ctx context.Context, rel tufrepo.Custom, targets map[str
 	}{{tufrepo.BootImg, "/update/bootonly", &st.BootSHA256}, {tufrepo.MBRImg, "/update/mbr", &st.MBRSHA256}} {
 		tf := targets[w.name]
 		sum := hex.EncodeToString(tf.Hashes["sha256"])
-		if sum == *w.have {
+		if sum == *w.have && !(w.name == tufrepo.BootImg && a.cmdlineWorn()) {
 			continue
 		}
 		// Boot partition and MBR are written in place, not beside the running ones: verified in
@@ -463,6 +480,18 @@ func (a *Agent) install(ctx context.Context, rel tufrepo.Custom, targets map[str
 		return err
 	}
 	return a.testboot(ctx)
+}
+
+// cmdlineWorn tells whether gokrazy's edits of earlier test boots are left on the command line.
+// gokrazy edits cmdline.txt in place, inside the file's length (the packer leaves 64 bytes of
+// room): a test boot appends " gokrazy.try_boot_inactive=1" (28 bytes), which the test-booted
+// system turns into " gokrazy.switch_on_boot=1" and never removes. The third test boot's flag
+// no longer fits, is cut off, and the box boots its old root instead (seen in QEMU: the third
+// update failed as "the test boot runs the old build"). Writing the release's boot partition
+// again gives a fresh command line (gokrazy's bootonly sets root= to the running root).
+func (a *Agent) cmdlineWorn() bool {
+	c, err := a.cfg.Cmdline()
+	return err != nil || strings.Contains(c, "gokrazy.switch_on_boot=1")
 }
 
 // abandon drops a pending update that failed before the test boot: nothing boots the partial

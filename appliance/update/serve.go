@@ -20,6 +20,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/sie-europe/dnssensor/appliance/update/updateconfig"
 	"github.com/sie-europe/dnssensor/internal/gokrazyapi"
 	"github.com/sie-europe/dnssensor/internal/health"
 )
@@ -146,7 +147,8 @@ func machineID(p string) (string, error) {
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	flags := flag.NewFlagSet("updated", flag.ContinueOnError)
 	flags.SetOutput(stderr)
-	repo := flags.String("repo", "", "TUF repository `URL` (where gokr-packer publish's directory is served)")
+	cfgFile := flags.String("config", "/perm/updated/config.json", "the box configuration's update section (`FILE`, written by statusd from dnssensor.json); its keys win over -repo, -interval and -window")
+	repo := flags.String("repo", "", "TUF repository `URL` (where gokr-packer publish's directory is served); the box configuration's update.repository wins")
 	img := flags.String("image", "", "image `NAME` whose releases to follow, e.g. sensor-amd64")
 	root := flags.String("trusted-root", "/etc/updated/root.json", "the repository's root.json baked into the image (`FILE`)")
 	dir := flags.String("dir", "/perm/updated", "state `DIR` (state.json, the TUF metadata)")
@@ -170,13 +172,27 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if flags.NArg() > 0 {
 		return bad("unexpected arguments %q", flags.Args())
 	}
-	if *repo == "" {
-		fmt.Fprintln(stderr, "updated: not configured: give -repo URL (the TUF repository)")
-		return 125
-	}
 	w, err := ParseWindow(*window)
 	if err != nil {
 		return bad("%v", err)
+	}
+	// The image's flags are the defaults; the operator's box configuration decides.
+	bc, found, err := updateconfig.Load(*cfgFile)
+	if err != nil {
+		return bad("-config %v", err)
+	}
+	if found {
+		*repo = bc.Repository
+		if bc.Interval > 0 {
+			*interval = bc.Interval
+		}
+		if bc.Window != nil {
+			w = bc.Window
+		}
+	}
+	if *repo == "" {
+		fmt.Fprintf(stderr, "updated: not configured: no update.repository in the box configuration (dnssensor.json, stored as %s) and no -repo URL\n", *cfgFile)
+		return 125
 	}
 	if *interval <= 0 || *jitter < 0 || *gateDeadline <= 0 {
 		return bad("-interval and -gate-deadline must be positive, -jitter not negative")

@@ -108,11 +108,7 @@ func loadState(p string) (*State, error) {
 
 // saveState replaces the file atomically and durably (fsync of file and directory): after a
 // power cut the file is the old state or the new one, never a mix.
-func saveState(p string, s *State) error {
-	b, err := json.MarshalIndent(s, "", "  ")
-	if err != nil {
-		return err
-	}
+func saveState(p string, b []byte) error {
 	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 		return err
 	}
@@ -124,5 +120,8 @@ func saveState(p string, s *State) error {
 		return err
 	}
 	defer d.Close()
-	return d.Sync() // the rename itself
+	return syncDir(d) // the rename itself
 }
+
+// syncDir is a test seam: a slow disk is simulated by blocking here.
+var syncDir = func(d *os.File) error { return d.Sync() }

@@ -201,7 +201,7 @@ func TestBuildImage(t *testing.T) {
 	}
 	ext := filepath.Join(dir, "root")
 	runTool(t, unsquashfs, "-d", ext, a.RootImg)
-	for _, p := range []string{"gokrazy/init", "user/netconfd", "user/statusd", "user/timed", "gokrazy/randomd", "user/sensord"} {
+	for _, p := range []string{"gokrazy/init", "user/netconfd", "user/statusd", "user/timed", "gokrazy/randomd", "user/updated", "user/sensord"} {
 		if _, err := os.Stat(filepath.Join(ext, p)); err != nil {
 			t.Errorf("root file system: %v", err)
 		}

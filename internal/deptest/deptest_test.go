@@ -151,7 +151,7 @@ func TestNoTestHelpersInBinaries(t *testing.T) {
 }
 
 // devicePrograms are the programs that go into the image.
-var devicePrograms = []string{"./sensor/cmd/sensord", "./uplink/cmd/uplinkd", "./appliance/cmd/netconfd", "./appliance/cmd/statusd"}
+var devicePrograms = []string{"./sensor/cmd/sensord", "./uplink/cmd/uplinkd", "./appliance/cmd/netconfd", "./appliance/cmd/statusd", "./appliance/cmd/updated"}
 
 // TestDeviceProgramsPureGo: with cgo enabled, no non-standard package in a device program's graph
 // has cgo files (libpcap or ZeroMQ bindings would make the image build depend on a C toolchain
