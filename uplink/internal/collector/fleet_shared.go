@@ -56,39 +56,26 @@ const fleetRetry = time.Second
 // fleetFlush bounds how long a stopping collector tries to put the reports still waiting.
 const fleetFlush = 5 * time.Second
 
-// shareFleet opens (or creates) the bucket with the stream's replicas and starts sharing f;
-// stop puts what is waiting (at most fleetFlush) and ends the watch. Call stop before the bus
-// closes.
-func shareFleet(ctx context.Context, f *Fleet, b *bus, logf sielink.Logf) (stop func(), err error) {
-	cfg := jetstream.KeyValueConfig{
-		Bucket: FleetBucket, Description: "the last health report of every dnssensor sensor, by sensor",
-		History: 1, Replicas: b.opts.Replicas, Storage: jetstream.FileStorage, MaxValueSize: fleetValueMax,
-	}
-	var kv jetstream.KeyValue
-	// As for the stream: a cluster may still be electing its meta leader.
-	for {
-		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		kv, err = b.js.CreateOrUpdateKeyValue(cctx, cfg)
-		cancel()
-		if err == nil {
-			break
-		}
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("jetstream: creating the fleet's bucket %s: %w", FleetBucket, err)
-		}
-		logTo(logf, "collector: jetstream: creating the fleet's bucket %s: %v (retrying)", FleetBucket, err)
-		select {
-		case <-ctx.Done():
-		case <-time.After(fleetRetry):
-		}
-	}
-	s := &fleetShare{f: f, kv: kv, logf: logf, pending: map[string]*fleetEntry{},
+// shareFleet starts sharing f through the bucket (created with the stream's replicas if it is
+// missing); stop puts what is waiting (at most fleetFlush) and ends the watch. Call stop before
+// the bus closes. The bucket is opened in the background: a collector serves its sensors at
+// once (a new R3 bucket takes seconds to elect its leader, and a failing one must not keep the
+// data out), and the reports wait meanwhile.
+func shareFleet(f *Fleet, b *bus, logf sielink.Logf) (stop func()) {
+	s := &fleetShare{f: f, logf: logf, pending: map[string]*fleetEntry{},
 		kick: make(chan struct{}, 1), stopping: make(chan struct{})}
-	wctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
-	s.wg.Add(2)
-	go func() { defer s.wg.Done(); s.put() }()
-	go func() { defer s.wg.Done(); s.watch(wctx) }()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		if s.kv = s.open(ctx, b); s.kv == nil {
+			return
+		}
+		s.wg.Add(2)
+		go func() { defer s.wg.Done(); s.put() }()
+		go func() { defer s.wg.Done(); s.watch(ctx) }()
+	}()
 	f.mu.Lock()
 	f.share = s
 	f.mu.Unlock()
@@ -96,10 +83,36 @@ func shareFleet(ctx context.Context, f *Fleet, b *bus, logf sielink.Logf) (stop 
 		f.mu.Lock()
 		f.share = nil
 		f.mu.Unlock()
-		close(s.stopping)
-		s.cancel() // after the flush: the put loop ends first
+		close(s.stopping) // the put loop flushes, then ends
+		s.cancel()        // the opening and the watch end
 		s.wg.Wait()
-	}, nil
+	}
+}
+
+// open creates or opens the bucket, retrying until ctx ends (then nil): as for the stream, a
+// cluster may still be electing its meta leader, or lack a quorum for a while.
+func (s *fleetShare) open(ctx context.Context, b *bus) jetstream.KeyValue {
+	cfg := jetstream.KeyValueConfig{
+		Bucket: FleetBucket, Description: "the last health report of every dnssensor sensor, by sensor",
+		History: 1, Replicas: b.opts.Replicas, Storage: jetstream.FileStorage, MaxValueSize: fleetValueMax,
+	}
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		kv, err := b.js.CreateOrUpdateKeyValue(cctx, cfg)
+		cancel()
+		if err == nil {
+			return kv
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		logTo(s.logf, "collector: fleet: creating the bucket %s: %v (retrying; the fleet page shows this collector's sensors meanwhile)", FleetBucket, err)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(fleetRetry):
+		}
+	}
 }
 
 // offer queues a report to be put; it never blocks the session that received it.
