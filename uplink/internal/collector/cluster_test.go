@@ -242,9 +242,12 @@ func (g *gate) limit(n int) (int, <-chan struct{}) {
 
 // simSensor sends its containers at least once: after a broken session it dials the next
 // collector and resends everything after the last Sync that succeeded, as a sensor's spool does.
-func simSensor(ctx context.Context, name string, conts [][]byte, cfg func(i int, sensor string) sielink.Config, batch int, g *gate) error {
+// With report, it then sends that health report (as uplinkd does) and syncs, so the collector
+// of its last session has read it.
+func simSensor(ctx context.Context, name string, conts [][]byte, cfg func(i int, sensor string) sielink.Config, batch int, g *gate, report *sielink.HealthReport) error {
 	confirmed, attempt := 0, 0
-	for confirmed < len(conts) {
+	reported := report == nil
+	for confirmed < len(conts) || !reported {
 		if ctx.Err() != nil {
 			return fmt.Errorf("%s: %d of %d containers confirmed: %w", name, confirmed, len(conts), ctx.Err())
 		}
@@ -284,6 +287,14 @@ func simSensor(ctx context.Context, name string, conts [][]byte, cfg func(i int,
 			if err == nil {
 				confirmed = end
 			}
+		}
+		if confirmed == len(conts) && !reported && err == nil {
+			if err = conn.SendReport(ctx, report); err == nil {
+				sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+				err = conn.Sync(sctx)
+				cancel()
+			}
+			reported = err == nil
 		}
 		conn.Close()
 	}
@@ -353,7 +364,9 @@ func TestClusterProof(t *testing.T) {
 	errc := make(chan error, sensors)
 	sendStart := time.Now()
 	for _, n := range names {
-		go func() { errc <- simSensor(ctx, n, conts[n], cfg, 8, g) }()
+		rep := greenReport()
+		rep.Sensor, rep.Version = n, "proof-"+n
+		go func() { errc <- simSensor(ctx, n, conts[n], cfg, 8, g, rep) }()
 	}
 	stream := func() *JetStreamSnapshot { return fetchSnapshot(t, b.metrics).JetStream }
 	waitSeq := func(seq uint64) {
@@ -393,6 +406,19 @@ func TestClusterProof(t *testing.T) {
 		}
 	}
 	sent := time.Since(sendStart)
+	// Each sensor reported at the end to the collector of its last session, one or the other:
+	// both fleet pages show every sensor, the restarted collector too.
+	for _, tc := range []*testCollector{a, b} {
+		testenv.WaitFor(t, "both collectors' fleet pages to show every sensor's report", func() bool {
+			v := fetchFleet(t, tc.metrics)
+			for _, n := range names {
+				if row := fleetRow(v, n); row == nil || row.LastSeen == nil || row.Version != "proof-"+n || row.State != "green" {
+					return false
+				}
+			}
+			return len(v.Sensors) == len(names)
+		})
+	}
 	js := waitArchived(t, a)
 	archived := time.Since(sendStart)
 	if err := a.stop(); err != nil {

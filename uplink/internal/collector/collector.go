@@ -105,6 +105,8 @@ func Run(ctx context.Context, opts Options) error {
 		}
 		defer js.close()
 		handler = js.pub
+		// Every collector on the stream shows the whole fleet, whichever one a sensor reports to.
+		defer shareFleet(fleet, js.bus, opts.Logf)() // stops before js.close: the last reports are put while the bus is open
 	}
 	if opts.Forward != nil && js == nil {
 		handler = &storeForward{store: handler, fwd: opts.Forward}

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -82,6 +83,8 @@ type Fleet struct {
 	expected []string // the keys file's sensors: shown red ("never reported") until they report
 	dirty    bool
 	reports  uint64
+	// share, with JetStream, hands each report to the other collectors (fleet_shared.go).
+	share *fleetShare
 }
 
 // fleetEntry is what is kept (and saved) per sensor.
@@ -156,10 +159,45 @@ func (f *Fleet) load() {
 // Report keeps r as sensor's last state (sielink.Reporter).
 func (f *Fleet) Report(sensor string, r *sielink.HealthReport) {
 	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.sensors[sensor] = &fleetEntry{Received: f.now(), Report: *r}
+	e := &fleetEntry{Received: f.now(), Report: *r}
+	f.sensors[sensor] = e
 	f.dirty = true
 	f.reports++
+	share := f.share
+	f.mu.Unlock()
+	if share != nil {
+		share.offer(sensor, e)
+	}
+}
+
+// apply keeps a report another collector received (or this one, coming back through the shared
+// bucket) unless the fleet knows a newer one of the sensor: reports put late (a retry after a
+// failed put) cannot replace a newer state. Only the keys file's sensors are kept, as in load.
+func (f *Fleet) apply(sensor string, e *fleetEntry) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !slices.Contains(f.expected, sensor) {
+		return false
+	}
+	if old := f.sensors[sensor]; old != nil && !e.Received.After(old.Received) {
+		return false
+	}
+	// A collector whose clock runs ahead must not keep the sensor green beyond -fleet-silent on
+	// this one's clock: an arrival in the future counts as now.
+	if now := f.now(); e.Received.After(now) {
+		e.Received = now
+	}
+	f.sensors[sensor] = e
+	f.dirty = true
+	return true
+}
+
+// newer reports whether the fleet holds a report of sensor that arrived after t.
+func (f *Fleet) newer(sensor string, t time.Time) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	old := f.sensors[sensor]
+	return old != nil && old.Received.After(t)
 }
 
 // Save writes the state if it changed since the last save.
