@@ -105,6 +105,9 @@ func Run(ctx context.Context, opts Options) error {
 		}
 		defer js.close()
 		handler = js.pub
+		if jo.Pipeline {
+			handler = pipelinedPublisher{js.pub}
+		}
 	}
 	if opts.Forward != nil && js == nil {
 		handler = &storeForward{store: handler, fwd: opts.Forward}

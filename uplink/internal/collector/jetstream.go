@@ -45,6 +45,12 @@ type JetStreamOptions struct {
 	// Sync makes the embedded server fsync every message before its PubAck (the -fsync of the
 	// direct path); a cluster's durability is its replicas and its own sync setting.
 	Sync bool
+	// Pipeline publishes a session's containers without waiting for each PubAck (up to 4 MiB
+	// or 256 containers in flight) and answers the sensor's ping only once every container
+	// before it has its PubAck; a ping whose containers are not all acknowledged within 4 s
+	// ends the session unanswered (the sensor resends) instead of holding it. For a cluster
+	// whose round trip is long (nodes on other hosts); on one loaded host it gained nothing.
+	Pipeline bool
 	// NoArchive leaves the stream to the other collectors' archivers: this one only ingests.
 	NoArchive bool
 	// ArchiveDurable names the archiver's durable consumer; default "archive". Two archives of

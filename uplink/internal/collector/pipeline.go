@@ -16,7 +16,9 @@ import (
 // containers) waiting for their PubAck at once: waiting for each PubAck before reading the next
 // container bounded a session to one stream round trip per container (R3: a replication quorum
 // each). The sensor's ping is still answered only after every container before it has its
-// PubAck (sielink.Pipeline), so a confirmation never runs ahead of the stream.
+// PubAck (sielink.Pipeline), so a confirmation never runs ahead of the stream. Off by default
+// (JetStreamOptions.Pipeline): on the 2-core test machine the path is bound by CPU, and
+// pipelining gained nothing there (uplink/README.md).
 const (
 	pipelineBytes = 4 << 20 // a few containers of 1 MiB, 64 of 64 KiB; copied, so per session memory
 	pipelineCount = 256
@@ -25,8 +27,12 @@ const (
 // errPipelineClosed ends what a session's pipeline still held when the session ended.
 var errPipelineClosed = errors.New("jetstream: session ended")
 
-// Pipeline makes the publisher a sielink.Pipeliner.
-func (p *publisher) Pipeline(sensor string) sielink.Pipeline {
+// pipelinedPublisher is the publisher as a sielink.Pipeliner (JetStreamOptions.Pipeline).
+type pipelinedPublisher struct{ *publisher }
+
+func (p pipelinedPublisher) Pipeline(sensor string) sielink.Pipeline { return p.pipeline(sensor) }
+
+func (p *publisher) pipeline(sensor string) *pubPipeline {
 	ctx, cancel := context.WithCancel(context.Background())
 	pp := &pubPipeline{p: p, sensor: sensor, ctx: ctx, cancel: cancel,
 		queue: make(chan *inFlight, pipelineCount), changed: make(chan struct{}), done: make(chan struct{})}

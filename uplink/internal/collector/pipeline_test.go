@@ -33,6 +33,7 @@ func TestPipelineConfirmsAfterPubAck(t *testing.T) {
 	}
 	tc := startCollector(t, func(o *Options) {
 		o.JetStream = &JetStreamOptions{
+			Pipeline: true,
 			pubFail: func(data []byte) bool {
 				mu.Lock()
 				defer mu.Unlock()
