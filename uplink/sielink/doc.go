@@ -17,7 +17,9 @@
 // only while reading. A Handler that cannot store a payload ends the
 // session before anything later is read, or (Stall) keeps the session
 // and stops reading until the payload is stored, so no ping after an
-// unstored payload is ever answered.
+// unstored payload is ever answered. A Handler that stores asynchronously
+// (Pipeliner) lets the session read on, and the server then answers a
+// ping only once the Pipeline reports every payload before it stored.
 //
 // Message encoding is hand-written on protowire rather than generated:
 // the messages are small, and hand-written decoding lets the decoder

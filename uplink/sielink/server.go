@@ -80,6 +80,37 @@ type stallError struct{ err error }
 func (e *stallError) Error() string { return e.err.Error() }
 func (e *stallError) Unwrap() error { return e.err }
 
+// Pipeliner is an optional interface of a Handler that stores asynchronously: a session then
+// reads on while earlier payloads are still being stored, instead of waiting for each (one round
+// trip to a replicated log per payload would bound a session's rate). The pong keeps its
+// meaning: a ping is answered only after the session's Pipeline confirmed (Wait) every payload
+// read before it.
+type Pipeliner interface {
+	// Pipeline is asked once per session, after its handshake.
+	Pipeline(sensor string) Pipeline
+}
+
+// Pipeline stores one session's payloads. Its methods are called on the session's goroutine.
+type Pipeline interface {
+	// Start begins storing d and may return before it is stored: d.Payload.Data is valid only
+	// until Start returns, so a Pipeline copies what it keeps. stored is called once d is
+	// stored, with whether it was a resend the Pipeline recognised (see Delivery.Duplicate),
+	// before a Wait that covers d returns. Start may block to bound what is in flight. Its
+	// errors are those of Handler.Deliver: Stall holds the session and starts d again later,
+	// others end it.
+	Start(d *Delivery, stored func(duplicate bool)) error
+	// Wait returns nil once every payload started before the call is stored, or an error if
+	// that did not happen before ctx ended: the session then ends with those payloads
+	// unconfirmed, and the sensor sends them again.
+	Wait(ctx context.Context) error
+	// Close ends the pipeline when the session ends; what was not stored was not confirmed.
+	Close()
+}
+
+// pongMargin is the part of the WebSocket library's window for answering a ping (5 s) that is
+// left for writing the pong after a Pipeline's Wait.
+const pongMargin = time.Second
+
 // HandlerFunc adapts a function to Handler.
 type HandlerFunc func(d *Delivery) error
 
@@ -130,7 +161,7 @@ type serverCounters struct {
 	heartbeatTimeouts, shutdownsSent, finishedReceived     counter
 	malformed, oversize, invalidContainers, unsupported    counter
 	handlerErrors, stalls, refusedSessions, tooMany        counter
-	badHeartbeat                                           counter
+	badHeartbeat, unconfirmedPings                         counter
 }
 
 // ServerStats are a Server's counters.
@@ -152,6 +183,9 @@ type ServerStats struct {
 	Refused           uint64 `json:"refused"`            // sessions the Handler refused (Admitter), e.g. over quota
 	TooManySessions   uint64 `json:"too_many_sessions"`  // sessions refused above MaxSessionsPerSensor
 	BadHeartbeat      uint64 `json:"bad_heartbeat"`      // peers announcing no or an unbounded heartbeat
+	// UnconfirmedPings are pings whose payloads a Pipeline had not stored within the pong's
+	// window: each ended its session unanswered (the sensor resends).
+	UnconfirmedPings uint64 `json:"unconfirmed_pings"`
 }
 
 // SensorStats are the counters of one sensor, over all its sessions.
@@ -291,13 +325,17 @@ func (srv *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}()
 	// Origin is not checked: the API key authenticates the client, and
 	// sensors are not browsers that could be tricked into connecting.
-	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
+	// The library answers a ping while reading, on this goroutine: with a Pipeline, only once
+	// everything read before the ping is stored. s is set before anything is read.
+	var s *session
+	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true,
+		OnPingReceived: func(ctx context.Context, _ []byte) bool { return s.pingReceived(ctx) }})
 	if err != nil {
 		srv.cnt.rejectedOther.Add(1)
 		return
 	}
 	ws.SetReadLimit(-1)
-	s := &session{
+	s = &session{
 		srv:      srv,
 		ws:       ws,
 		sensor:   sensor,
@@ -322,6 +360,10 @@ func (srv *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	srv.cnt.accepted.Add(1)
+	if p, ok := srv.Handler.(Pipeliner); ok {
+		s.pipe = p.Pipeline(sensor)
+		defer s.pipe.Close()
+	}
 	s.sc = sc
 	s.sc.mu.Lock()
 	s.sc.s.Sessions++
@@ -412,6 +454,7 @@ func (srv *Server) Stats() ServerStats {
 		Refused:           c.refusedSessions.Load(),
 		TooManySessions:   c.tooMany.Load(),
 		BadHeartbeat:      c.badHeartbeat.Load(),
+		UnconfirmedPings:  c.unconfirmedPings.Load(),
 	}
 }
 
@@ -450,6 +493,31 @@ type session struct {
 	shutdown       chan struct{}
 	reasm          *nmsg.Reassembler
 	rbuf           []byte
+	pipe           Pipeline // of a Pipeliner Handler, else nil
+}
+
+// pingReceived tells the WebSocket library whether to answer a ping. With a Pipeline it waits
+// until every payload read before the ping is stored; if that takes longer than the library
+// leaves for the pong, the ping stays unanswered and the session ends, so that no pong ever
+// confirms what is not stored and the sensor resends what it had not seen confirmed.
+func (s *session) pingReceived(ctx context.Context) bool {
+	if s.pipe == nil {
+		return true
+	}
+	wctx := ctx
+	if dl, ok := ctx.Deadline(); ok {
+		var cancel context.CancelFunc
+		wctx, cancel = context.WithDeadline(ctx, dl.Add(-pongMargin))
+		defer cancel()
+	}
+	err := s.pipe.Wait(wctx)
+	if err == nil {
+		return true
+	}
+	s.srv.cnt.unconfirmedPings.Add(1)
+	s.srv.log.Printf("bad", "sielink: %s (%s): payloads not stored in time to answer a ping (%v): ending the session, the sensor resends them", s.remote, s.sensor, err)
+	s.cancel()
+	return false
 }
 
 func (s *session) requestShutdown() {
@@ -681,8 +749,30 @@ func (s *session) data(p *Payload) error {
 	st.LastSeen = time.Now()
 	s.sc.mu.Unlock()
 	d := Delivery{Sensor: s.sensor, Remote: s.remote, Payload: p, Records: records}
+	if s.pipe != nil {
+		// The loss is counted once the payload is stored; p is reused by the next message.
+		var link, path LossCounter
+		if p.LinkLoss != nil {
+			link = *p.LinkLoss
+		}
+		if p.PathLoss != nil {
+			path = *p.PathLoss
+		}
+		stored := func(duplicate bool) {
+			if duplicate {
+				return
+			}
+			s.sc.mu.Lock()
+			st.LinkLossBytes += link.Bytes
+			st.LinkLossPayloads += link.Payloads
+			st.PathLossBytes += path.Bytes
+			st.PathLossPayloads += path.Payloads
+			s.sc.mu.Unlock()
+		}
+		return s.deliver(func() error { return s.pipe.Start(&d, stored) })
+	}
 	if s.srv.Handler != nil {
-		if err := s.deliver(&d); err != nil {
+		if err := s.deliver(func() error { return s.srv.Handler.Deliver(&d) }); err != nil {
 			return err
 		}
 	}
@@ -704,12 +794,13 @@ func (s *session) data(p *Payload) error {
 	return nil
 }
 
-// deliver hands d to the Handler. It runs on the read loop, so while it retries a stalled
-// payload nothing more is read and no ping is answered: the sensor sees none of it confirmed.
-func (s *session) deliver(d *Delivery) error {
+// deliver hands a payload to the Handler (or the Pipeline). It runs on the read loop, so while
+// it retries a stalled payload nothing more is read and no ping is answered: the sensor sees
+// none of it confirmed.
+func (s *session) deliver(handle func() error) error {
 	var t *time.Timer
 	for {
-		err := s.srv.Handler.Deliver(d)
+		err := handle()
 		if err == nil {
 			return nil
 		}

@@ -55,6 +55,7 @@ func main() {
 	flag.StringVar(&js.Stream, "nats-stream", collector.DefaultStream, "JetStream stream name")
 	flag.IntVar(&js.Replicas, "nats-replicas", 0, "stream replicas (default 3 with -nats, 1 embedded)")
 	flag.DurationVar(&js.DupWindow, "nats-dup-window", collector.DefaultDupWindow, "how long the stream recognises a resent container (sensor, sequence_id, sequence) and stores it once")
+	flag.BoolVar(&js.Pipeline, "nats-pipeline", false, "publish a session's containers without waiting for each PubAck (the sensor's ping is still answered only after all before it were acknowledged); for a cluster with a long round trip")
 	flag.Int64Var(&js.MaxBytes, "nats-max-bytes", 0, "octets the stream may hold; the oldest are discarded first (0: no bound)")
 	flag.DurationVar(&js.MaxAge, "nats-max-age", 0, "age after which the stream discards a container (0: no bound)")
 	noArchive := flag.Bool("no-archive", false, "only take data into the stream; another collector's archiver writes the files")

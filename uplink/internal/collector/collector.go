@@ -107,6 +107,9 @@ func Run(ctx context.Context, opts Options) error {
 		handler = js.pub
 		// Every collector on the stream shows the whole fleet, whichever one a sensor reports to.
 		defer shareFleet(fleet, js.bus, opts.Logf)() // stops before js.close: the last reports are put while the bus is open
+		if jo.Pipeline {
+			handler = pipelinedPublisher{js.pub}
+		}
 	}
 	if opts.Forward != nil && js == nil {
 		handler = &storeForward{store: handler, fwd: opts.Forward}

@@ -45,6 +45,12 @@ type JetStreamOptions struct {
 	// Sync makes the embedded server fsync every message before its PubAck (the -fsync of the
 	// direct path); a cluster's durability is its replicas and its own sync setting.
 	Sync bool
+	// Pipeline publishes a session's containers without waiting for each PubAck (up to 4 MiB
+	// or 256 containers in flight) and answers the sensor's ping only once every container
+	// before it has its PubAck; a ping whose containers are not all acknowledged within 4 s
+	// ends the session unanswered (the sensor resends) instead of holding it. For a cluster
+	// whose round trip is long (nodes on other hosts); on one loaded host it gained nothing.
+	Pipeline bool
 	// NoArchive leaves the stream to the other collectors' archivers: this one only ingests.
 	NoArchive bool
 	// ArchiveDurable names the archiver's durable consumer; default "archive". Two archives of
@@ -62,6 +68,9 @@ type JetStreamOptions struct {
 	forward sielink.Handler
 	// archiveDelay slows each archive write: a seam for tests of an archiver behind the stream.
 	archiveDelay time.Duration
+	// pubFail and pubAck are the publisher's failHook and ackHook (pipeline.go).
+	pubFail func(data []byte) bool
+	pubAck  func(ctx context.Context, data []byte)
 }
 
 // DefaultStream is JetStreamOptions.Stream's default.
@@ -154,7 +163,8 @@ func openBus(ctx context.Context, o JetStreamOptions, storeDir string, logf siel
 		return nil, fmt.Errorf("jetstream: connecting to %q (-nats): %w", url, err)
 	}
 	b.nc = nc
-	if b.js, err = jetstream.New(nc); err != nil {
+	// An asynchronous publish (pipeline.go) whose PubAck does not come is published again.
+	if b.js, err = jetstream.New(nc, jetstream.WithPublishAsyncTimeout(PublishTimeout)); err != nil {
 		b.Close()
 		return nil, fmt.Errorf("jetstream: %w", err)
 	}
@@ -205,6 +215,12 @@ type publisher struct {
 	js      jetstream.JetStream
 	stream  string
 	timeout time.Duration
+	retry   time.Duration // between publishes of a container whose PubAck failed; default 1 s
+
+	// Seams for tests of the pipeline (pipeline.go): failHook turns a container's first PubAck
+	// into a failure, ackHook runs after a PubAck, before the container counts as stored.
+	failHook func(data []byte) bool
+	ackHook  func(ctx context.Context, data []byte)
 
 	mu      sync.Mutex
 	sensors map[string]*PublishStats
@@ -225,40 +241,57 @@ type PublishStats struct {
 // (the data stays unconfirmed) and the publish is tried again.
 const PublishTimeout = 10 * time.Second
 
-func (p *publisher) Deliver(d *sielink.Delivery) error {
-	msg := nats.NewMsg(subject(d.Payload.Channel, d.Sensor))
-	msg.Data = d.Payload.Data // copied into the connection's buffer before PublishMsg returns
+// newPubMsg is a container's message, with its message id when the container has a sequence.
+func (p *publisher) newPubMsg(sensor string, channel uint32, data []byte) (*nats.Msg, []jetstream.PublishOpt) {
+	msg := nats.NewMsg(subject(channel, sensor))
+	msg.Data = data
 	opts := []jetstream.PublishOpt{jetstream.WithExpectStream(p.stream)}
-	if id, seq, ok := nmsg.ContainerSequence(d.Payload.Data); ok {
-		opts = append(opts, jetstream.WithMsgID(msgID(d.Sensor, id, seq)))
+	if id, seq, ok := nmsg.ContainerSequence(data); ok {
+		opts = append(opts, jetstream.WithMsgID(msgID(sensor, id, seq)))
 	}
+	return msg, opts
+}
+
+func (p *publisher) Deliver(d *sielink.Delivery) error {
+	// Data is copied into the connection's buffer before PublishMsg returns.
+	msg, opts := p.newPubMsg(d.Sensor, d.Payload.Channel, d.Payload.Data)
 	ctx, cancel := context.WithTimeout(context.Background(), cmpDur(p.timeout, PublishTimeout))
 	ack, waits, err := p.publish(ctx, msg, opts)
 	cancel()
+	if err != nil {
+		p.account(d.Sensor, nil, waits, err)
+		// Unconfirmed, the container waits in the sensor's spool; the session is held and the
+		// publish retried rather than the session ended, as for a full disk on the direct path.
+		return sielink.Stall(fmt.Errorf("jetstream: publishing: %w", err))
+	}
+	d.Duplicate = p.account(d.Sensor, ack, waits, nil)
+	return nil
+}
+
+// account counts a publish's outcome for its sensor and reports whether the stream recognised
+// the container as a resend.
+func (p *publisher) account(sensor string, ack *jetstream.PubAck, waits uint64, err error) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	st := p.sensors[d.Sensor]
+	st := p.sensors[sensor]
 	if st == nil {
 		st = &PublishStats{}
-		p.sensors[d.Sensor] = st
+		p.sensors[sensor] = st
 	}
 	st.InProcess += waits
 	if err != nil {
 		st.Errors++
 		st.LastError = err.Error()
-		// Unconfirmed, the container waits in the sensor's spool; the session is held and the
-		// publish retried rather than the session ended, as for a full disk on the direct path.
-		return sielink.Stall(fmt.Errorf("jetstream: publishing: %w", err))
+		return false
 	}
 	st.LastError = ""
 	st.LastSeq, st.LastAck = ack.Sequence, time.Now()
 	if ack.Duplicate {
 		st.Duplicates++
-		d.Duplicate = true
-		return nil
+		return true
 	}
 	st.Published++
-	return nil
+	return false
 }
 
 // errCodeMsgIDInProcess is the stream's answer to a publish whose message id another publish
@@ -356,7 +389,8 @@ func startJetStream(ctx context.Context, o JetStreamOptions, store *Store, logf 
 	if err != nil {
 		return nil, err
 	}
-	r := &jsRunner{bus: b, pub: &publisher{js: b.js, stream: b.opts.Stream, sensors: make(map[string]*PublishStats)}}
+	r := &jsRunner{bus: b, pub: &publisher{js: b.js, stream: b.opts.Stream, sensors: make(map[string]*PublishStats),
+		failHook: o.pubFail, ackHook: o.pubAck}}
 	if o.forward != nil {
 		r.consumers = append(r.consumers, &streamConsumer{stream: b.stream, durable: cmp.Or(o.ForwardDurable, "forward"),
 			desc: "the collector's forward to SIE Europe", feed: forwardFeed(o.forward), logf: logf,
