@@ -202,11 +202,12 @@ func (s *Server) Page(ctx context.Context) *Page {
 	var updates chan *Updates
 	if s.UpdatedSocket != "" {
 		updates = make(chan *Updates, 1)
-		go func() {
-			uctx, cancel := context.WithTimeout(ctx, to)
+		// The parent is passed, not captured: ctx is reassigned below while this runs.
+		go func(parent context.Context) {
+			uctx, cancel := context.WithTimeout(parent, to)
 			defer cancel()
 			updates <- readUpdates(uctx, s.UpdatedSocket)
-		}()
+		}(ctx)
 	}
 	ctx, cancel := context.WithTimeout(ctx, to)
 	defer cancel()
