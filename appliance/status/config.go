@@ -269,7 +269,7 @@ func (s *Server) candidates(ctx context.Context) ([]Candidate, int) {
 
 func (s *Server) renderConfig(w http.ResponseWriter, r *http.Request, v *configView, code int, errs ...boxconfig.FieldError) {
 	w.Header().Set("Cache-Control", "no-store")
-	if wantsJSON(r) {
+	if health.WantsJSON(r, "") { // by Accept only: /config has no .json twin
 		// The form's outcome for scripts: the wrong fields, or what was saved.
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(code)

@@ -16,9 +16,10 @@ import (
 	"net/http"
 	"net/netip"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
+
+	"github.com/sie-europe/dnssensor/internal/health"
 )
 
 //go:embed assets
@@ -223,22 +224,6 @@ func (s *Server) Page(ctx context.Context) *Page {
 	return p
 }
 
-func wantsJSON(r *http.Request) bool {
-	if r.URL.Path == "/status.json" {
-		return true
-	}
-	for _, a := range strings.Split(r.Header.Get("Accept"), ",") {
-		mt, _, _ := strings.Cut(strings.TrimSpace(a), ";")
-		switch strings.TrimSpace(mt) {
-		case "application/json":
-			return true
-		case "text/html":
-			return false
-		}
-	}
-	return false
-}
-
 // servePage renders into a buffer before writing, so a template error never leaves half a page
 // behind a 200.
 func (s *Server) servePage(w http.ResponseWriter, r *http.Request) {
@@ -246,7 +231,7 @@ func (s *Server) servePage(w http.ResponseWriter, r *http.Request) {
 	var buf bytes.Buffer
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Add("Vary", "Accept")
-	if wantsJSON(r) {
+	if health.WantsJSON(r, "/status.json") {
 		enc := json.NewEncoder(&buf)
 		enc.SetIndent("", "  ")
 		if err := enc.Encode(p); err != nil {

@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -330,4 +331,24 @@ type logWriter struct{ s *Server }
 func (l logWriter) Write(p []byte) (int, error) {
 	l.s.logf("%s: health server: %s", l.s.Daemon, bytes.TrimRight(p, "\n"))
 	return len(p), nil
+}
+
+// WantsJSON reports whether a page request asks for the page's data as JSON rather than HTML:
+// by its path (jsonPath, e.g. /status.json, for clients that cannot set headers; "" for none) or by the first
+// of application/json and text/html in its Accept header. The status page and the fleet page
+// answer both ways, and a browser's Accept names text/html first.
+func WantsJSON(r *http.Request, jsonPath string) bool {
+	if r.URL.Path == jsonPath {
+		return true
+	}
+	for _, a := range strings.Split(r.Header.Get("Accept"), ",") {
+		mt, _, _ := strings.Cut(strings.TrimSpace(a), ";")
+		switch strings.TrimSpace(mt) {
+		case "application/json":
+			return true
+		case "text/html":
+			return false
+		}
+	}
+	return false
 }

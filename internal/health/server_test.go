@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -243,5 +244,30 @@ func TestClientErrors(t *testing.T) {
 	}
 	if _, err := GetMetrics(ctx, sock); err == nil || !strings.Contains(err.Error(), "schema") {
 		t.Errorf("foreign metrics document: %v", err)
+	}
+}
+
+func TestWantsJSON(t *testing.T) {
+	cases := []struct {
+		path, accept string
+		want         bool
+	}{
+		{"/status.json", "", true},
+		{"/status.json", "text/html", true},
+		{"/", "", false},
+		{"/", "application/json", true},
+		{"/", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", false},
+		{"/", "application/json; charset=utf-8, text/html", true},
+		{"/", " text/html ;q=1, application/json", false},
+		{"/", "*/*", false},
+	}
+	for _, c := range cases {
+		r := httptest.NewRequest("GET", c.path, nil)
+		if c.accept != "" {
+			r.Header.Set("Accept", c.accept)
+		}
+		if got := WantsJSON(r, "/status.json"); got != c.want {
+			t.Errorf("%s with Accept %q: %v, want %v", c.path, c.accept, got, c.want)
+		}
 	}
 }

@@ -106,28 +106,7 @@ func (a *archiver) run(ctx context.Context) error {
 }
 
 func (a *archiver) consume(ctx context.Context, cons jetstream.Consumer) error {
-	it, err := cons.Messages(jetstream.PullMaxMessages(256))
-	if err != nil {
-		return err
-	}
-	defer it.Stop()
-	go func() {
-		<-ctx.Done()
-		it.Stop()
-	}()
-	a.update(func(s *ArchiverStats) { s.Running, s.LastError = true, "" })
-	for {
-		msg, err := it.Next()
-		if err != nil {
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) && ctx.Err() != nil {
-				return nil
-			}
-			return err
-		}
-		if err := a.handle(ctx, msg); err != nil {
-			return err
-		}
-	}
+	return pullEach(ctx, cons, func() { a.update(func(s *ArchiverStats) { s.Running, s.LastError = true, "" }) }, a.handle)
 }
 
 // handle archives one message and acknowledges it; it returns an error only when ctx ended

@@ -128,6 +128,13 @@ func (c *streamConsumer) run(ctx context.Context) {
 }
 
 func (c *streamConsumer) consume(ctx context.Context, cons jetstream.Consumer) error {
+	return pullEach(ctx, cons, func() { c.update(func(s *ConsumerStats) { s.Running, s.LastError = true, "" }) }, c.handle)
+}
+
+// pullEach hands every message of cons to handle, in order, until ctx ends (nil) or the
+// iterator or handle fails (that error); running is called once the pull is under way. The
+// archiver and every other durable consumer read the stream so.
+func pullEach(ctx context.Context, cons jetstream.Consumer, running func(), handle func(context.Context, jetstream.Msg) error) error {
 	it, err := cons.Messages(jetstream.PullMaxMessages(256))
 	if err != nil {
 		return err
@@ -137,7 +144,7 @@ func (c *streamConsumer) consume(ctx context.Context, cons jetstream.Consumer) e
 		<-ctx.Done()
 		it.Stop()
 	}()
-	c.update(func(s *ConsumerStats) { s.Running, s.LastError = true, "" })
+	running()
 	for {
 		msg, err := it.Next()
 		if err != nil {
@@ -146,7 +153,7 @@ func (c *streamConsumer) consume(ctx context.Context, cons jetstream.Consumer) e
 			}
 			return err
 		}
-		if err := c.handle(ctx, msg); err != nil {
+		if err := handle(ctx, msg); err != nil {
 			return err
 		}
 	}

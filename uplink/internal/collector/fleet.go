@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/sie-europe/dnssensor/internal/health"
 	"github.com/sie-europe/dnssensor/uplink/sielink"
 )
 
@@ -366,22 +367,6 @@ func (f *Fleet) Handler() http.Handler {
 	return mux
 }
 
-func wantsJSON(r *http.Request) bool {
-	if r.URL.Path == "/fleet.json" {
-		return true
-	}
-	for _, a := range strings.Split(r.Header.Get("Accept"), ",") {
-		mt, _, _ := strings.Cut(strings.TrimSpace(a), ";")
-		switch strings.TrimSpace(mt) {
-		case "application/json":
-			return true
-		case "text/html":
-			return false
-		}
-	}
-	return false
-}
-
 // servePage renders into a buffer first, so a template error never leaves half a page behind a
 // 200.
 func (f *Fleet) servePage(w http.ResponseWriter, r *http.Request) {
@@ -389,7 +374,7 @@ func (f *Fleet) servePage(w http.ResponseWriter, r *http.Request) {
 	var buf bytes.Buffer
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Add("Vary", "Accept")
-	if wantsJSON(r) {
+	if health.WantsJSON(r, "/fleet.json") {
 		enc := json.NewEncoder(&buf)
 		enc.SetIndent("", "  ")
 		if err := enc.Encode(v); err != nil {
