@@ -29,8 +29,7 @@ const (
 // does too.
 func kea(t *testing.T, ns, iface, dir string) (log *netnstest.SyncBuffer, stop func()) {
 	t.Helper()
-	conf := filepath.Join(dir, "kea-dhcp6.conf")
-	writeConfig(t, conf, `{"Dhcp6": {
+	return keaServer(t, ns, "kea-dhcp6", iface, dir, `{"Dhcp6": {
   "interfaces-config": {"interfaces": ["`+iface+`"]},
   "lease-database": {"type": "memfile", "persist": true, "name": "`+filepath.Join(dir, "leases6.csv")+`", "lfc-interval": 0},
   "server-id": {"type": "LL", "persist": false},
@@ -41,8 +40,16 @@ func kea(t *testing.T, ns, iface, dir string) (log *netnstest.SyncBuffer, stop f
     "option-data": [{"name": "dns-servers", "data": "2001:db8:7::53"}]}],
   "loggers": [{"name": "kea-dhcp6", "output_options": [{"output": "stdout"}], "severity": "INFO"}]
 }}`)
+}
+
+// keaServer runs Kea's prog (kea-dhcp4 or kea-dhcp6) in ns with the configuration conf, until
+// stop or the test's end, and waits until it serves iface.
+func keaServer(t *testing.T, ns, prog, iface, dir, conf string) (log *netnstest.SyncBuffer, stop func()) {
+	t.Helper()
+	path := filepath.Join(dir, prog+".conf")
+	writeConfig(t, path, conf)
 	log = &netnstest.SyncBuffer{}
-	cmd := exec.Command("ip", "netns", "exec", ns, "kea-dhcp6", "-c", conf)
+	cmd := exec.Command("ip", "netns", "exec", ns, prog, "-c", path)
 	// Kea's pid and lock files, which default to /run: one per test, beside its configuration.
 	cmd.Env = append(cmd.Environ(), "KEA_PIDFILE_DIR="+dir, "KEA_LOCKFILE_DIR="+dir)
 	cmd.Stdout, cmd.Stderr = log, log
@@ -59,12 +66,13 @@ func kea(t *testing.T, ns, iface, dir string) (log *netnstest.SyncBuffer, stop f
 	}
 	t.Cleanup(func() {
 		stop()
-		t.Logf("kea-dhcp6:\n%s", log.String())
+		t.Logf("%s:\n%s", prog, log.String())
 	})
-	// DHCP6_STARTED: the sockets are open and the configuration is in force.
-	testenv.WaitFor(t, "kea-dhcp6 to start", func() bool { return strings.Contains(log.String(), "DHCP6_STARTED") })
+	// DHCP4_STARTED / DHCP6_STARTED: the sockets are open and the configuration is in force.
+	started := strings.ToUpper(strings.TrimPrefix(prog, "kea-")) + "_STARTED"
+	testenv.WaitFor(t, prog+" to start", func() bool { return strings.Contains(log.String(), started) })
 	if strings.Contains(log.String(), "DHCPSRV_NO_SOCKETS_OPEN") {
-		t.Fatalf("kea-dhcp6 opened no socket on %s", iface)
+		t.Fatalf("%s opened no socket on %s", prog, iface)
 	}
 	return log, stop
 }
