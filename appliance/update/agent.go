@@ -33,6 +33,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
@@ -68,7 +69,11 @@ type Config struct {
 	TestBooted func() (bool, error)                             // nil: /proc/cmdline
 	BootID     func() (string, error)                           // nil: /proc/sys/kernel/random/boot_id
 	Cmdline    func() (string, error)                           // nil: /proc/cmdline
-	Logf       func(format string, args ...any)
+	// RootPartitionSize is the size in bytes of a root partition (gokrazy's two are the same
+	// size); nil: the running root's, from /proc/self/mountinfo and /sys. An error leaves the
+	// check to gokrazy's write.
+	RootPartitionSize func() (int64, error)
+	Logf              func(format string, args ...any)
 }
 
 // Agent runs the updates of one box.
@@ -125,6 +130,9 @@ func New(cfg Config) (*Agent, error) {
 			b, err := os.ReadFile("/proc/cmdline")
 			return string(b), err
 		}
+	}
+	if cfg.RootPartitionSize == nil {
+		cfg.RootPartitionSize = runningRootSize
 	}
 	if cfg.Logf == nil {
 		cfg.Logf = log.Printf
@@ -361,10 +369,14 @@ func (a *Agent) tufUpdater() (*updater.Updater, error) {
 func (a *Agent) check(ctx context.Context, st State, testBooted bool) (string, error) {
 	up, err := a.tufUpdater()
 	if err != nil {
-		return "", err
+		return "", a.explain(err)
 	}
 	if err := up.Refresh(); err != nil {
-		return "", fmt.Errorf("repository %s refused: %w", a.cfg.RepoURL, err)
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			return "", fmt.Errorf("repository %s unreachable (retried with back-off): %w", a.cfg.RepoURL, err)
+		}
+		return "", a.explain(fmt.Errorf("repository %s refused: %w", a.cfg.RepoURL, err))
 	}
 	targets := map[string]*metadata.TargetFiles{}
 	for _, n := range []string{tufrepo.RootImg, tufrepo.BootImg, tufrepo.MBRImg} {
@@ -404,6 +416,12 @@ func (a *Agent) check(ctx context.Context, st State, testBooted bool) (string, e
 	if b := Bucket(a.cfg.MachineID); b >= rel.Rollout {
 		return fmt.Sprintf("version %d is rolled out to %d%% of boxes; this one is at %d%%", rel.Version, rel.Rollout, b), nil
 	}
+	if size, err := a.cfg.RootPartitionSize(); err == nil && size > 0 && targets[tufrepo.RootImg].Length > size {
+		// gokrazy would write the partition full and fail at its end: refuse before the first
+		// byte, and do not count it as the release failing on this box.
+		return "", fmt.Errorf("refused version %d: its root image is %d bytes and does not fit the root partition (%d bytes): publish a smaller image, or reflash with larger root partitions",
+			rel.Version, targets[tufrepo.RootImg].Length, size)
+	}
 	if testBooted {
 		// A committed test boot still runs with the old command line, under which gokrazy's
 		// "inactive" root is the running one: boot once more before writing anything.
@@ -416,6 +434,15 @@ func (a *Agent) check(ctx context.Context, st State, testBooted bool) (string, e
 		return fmt.Sprintf("version %d found; rebooting before writing it", rel.Version), nil
 	}
 	return "", a.install(ctx, rel, targets, st)
+}
+
+// explain names a full /perm, where the TUF client keeps its metadata: nothing is changed and
+// the next check tries again.
+func (a *Agent) explain(err error) error {
+	if errors.Is(err, syscall.ENOSPC) {
+		return fmt.Errorf("%s is full, the update waits for room (what fills /perm? the spool's quota): %w", a.cfg.Dir, err)
+	}
+	return err
 }
 
 // Bucket places a machine in 0..99 for staged rollouts; the same boxes go first every time.
@@ -685,17 +712,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.Resume(ctx); err != nil {
 		a.cfg.Logf("resuming: %v", err)
 	}
-	backoff := time.Minute
+	var r retry
 	for {
-		wait := a.cfg.Interval
-		if a.cfg.Jitter > 0 {
+		wait := r.next(a.cfg.Interval, a.State().LastError != "")
+		if wait == a.cfg.Interval && a.cfg.Jitter > 0 {
 			wait += rand.N(a.cfg.Jitter)
-		}
-		if s := a.State(); s.LastError != "" && backoff < wait {
-			wait = backoff
-			backoff *= 2
-		} else {
-			backoff = time.Minute
 		}
 		force := false
 		t := time.NewTimer(wait)
@@ -716,4 +737,48 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		_ = a.Check(ctx, force)
 	}
+}
+
+// retry is the run loop's wait after a check: the interval after a good one; after failures 1,
+// 2, 4 … minutes, never more than the interval, so a box whose repository was away a moment
+// catches up soon and a fleet whose repository is down does not poll it every minute for hours.
+type retry struct{ backoff time.Duration }
+
+func (r *retry) next(interval time.Duration, failed bool) time.Duration {
+	if !failed {
+		r.backoff = 0
+		return interval
+	}
+	if r.backoff == 0 {
+		r.backoff = time.Minute
+	} else if r.backoff < interval {
+		r.backoff *= 2
+	}
+	return min(r.backoff, interval)
+}
+
+// runningRootSize is the size of the partition mounted at / (gokrazy mounts its root
+// partition's squashfs there directly).
+func runningRootSize() (int64, error) {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		// ID PARENT MAJOR:MINOR ROOT MOUNTPOINT ...
+		f := strings.Fields(line)
+		if len(f) < 5 || f[4] != "/" {
+			continue
+		}
+		s, err := os.ReadFile("/sys/dev/block/" + f[2] + "/size")
+		if err != nil {
+			return 0, fmt.Errorf("root %s is not a block device: %w", f[2], err)
+		}
+		var sectors int64
+		if _, err := fmt.Sscan(string(s), &sectors); err != nil {
+			return 0, fmt.Errorf("/sys/dev/block/%s/size: %w", f[2], err)
+		}
+		return sectors * 512, nil // the kernel counts 512-byte sectors whatever the device's
+	}
+	return 0, errors.New("no mount at / in /proc/self/mountinfo")
 }
