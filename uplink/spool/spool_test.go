@@ -2,6 +2,7 @@ package spool
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -193,17 +194,24 @@ func TestReleaseRedelivers(t *testing.T) {
 	}
 }
 
+// TestSpillAndBack runs on a virtual clock: with a real one, a consumer on a loaded machine that
+// took a fresh segment later than SpillAge saw it spilled (the spool right, the test wrong:
+// "spilled 10 → 12 while the consumer keeps up" at load 20).
 func TestSpillAndBack(t *testing.T) {
 	o := testOpts(t, true)
 	o.SpillAge = 50 * time.Millisecond
+	var clock atomic.Int64
+	clock.Store(time.Unix(1_700_000_000, 0).UnixNano())
+	o.now = func() time.Time { return time.Unix(0, clock.Load()) }
 	p := mustProducer(t, o)
 	defer p.Close()
 
-	// Outage: nobody consumes; everything moves to disk.
+	// Outage: nobody consumes; everything moves to disk once older than SpillAge.
 	for i := uint32(0); i < 10; i++ {
 		writeN(t, p, i*10, 10)
 		p.Flush()
 	}
+	clock.Add(int64(2 * o.SpillAge))
 	testenv.WaitFor(t, "RAM tier to spill", func() bool { return len(segFiles(t, o.Dir)) == 0 })
 	if n := len(segFiles(t, o.DiskDir)); n != 10 {
 		t.Fatalf("%d segments on disk, want 10", n)
@@ -232,14 +240,23 @@ func TestSpillAndBack(t *testing.T) {
 	for i := uint32(0); i < 5; i++ {
 		writeN(t, p, 110+i, 1)
 		p.Flush()
+		clock.Add(int64(o.SpillAge / 10)) // taken well within SpillAge
 		ids, _ := drain(t, c)
 		if len(ids) != 1 {
 			t.Fatalf("got %v", ids)
 		}
 	}
-	time.Sleep(3 * o.SpillAge)
-	if s := p.Stats().Spilled; s != spilled+1 && s != spilled {
-		t.Errorf("spilled %d → %d while the consumer keeps up", spilled, s)
+	// One segment nobody takes, then time passes: its spill shows that the maintenance ran
+	// after the clock moved, and it must be the only one (everything else was taken).
+	writeN(t, p, 115, 1)
+	p.Flush()
+	clock.Add(int64(3 * o.SpillAge))
+	testenv.WaitFor(t, "the untaken segment to spill", func() bool { return p.Stats().Spilled > spilled })
+	if s := p.Stats().Spilled; s != spilled+1 {
+		t.Errorf("spilled %d → %d while the consumer keeps up, want one more (the untaken segment)", spilled, s)
+	}
+	if ids, _ := drain(t, c); fmt.Sprint(ids) != "[115]" {
+		t.Errorf("after the spill the consumer got %v, want [115]", ids)
 	}
 	if n := len(segFiles(t, o.DiskDir)); n != 0 {
 		t.Errorf("%d segments left on disk", n)
