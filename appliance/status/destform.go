@@ -237,6 +237,9 @@ func destsFromForm(b *boxconfig.Box, r *http.Request, l boxconfig.Layout) (*dest
 	}
 	for _, i := range added {
 		pre := destPrefix(i)
+		if was := val(pre + "was"); was != "" {
+			return nil, nil, fmt.Errorf("uplink destination %d (%q on the form) is no longer configured: the configuration changed since the page was made; load /config again", i, was)
+		}
 		typ := val(pre + "type")
 		d := map[string]any{}
 		rerrs := setDestKeys(d, typ, pre, val)

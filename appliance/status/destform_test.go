@@ -293,7 +293,8 @@ func TestConfigDestinationErrors(t *testing.T) {
 		t.Error("a refused form changed /perm")
 	}
 
-	// Another configuration in force (one destination fewer): the old form is refused whole.
+	// Another configuration in force (one destination fewer): the old form is refused whole,
+	// whether the destination gone was before the row edited or the last one.
 	form = formOf(t, ts)
 	form2 := formOf(t, ts)
 	form2.Set("uplink.destinations[0].remove", "true")
@@ -303,10 +304,19 @@ func TestConfigDestinationErrors(t *testing.T) {
 	if code, body := postForm(t, ts.URL+"/config", form, ""); code != http.StatusConflict {
 		t.Errorf("a form of another configuration: %d, want 409\n%s", code, body)
 	}
+	form = formOf(t, ts)
+	form2 = formOf(t, ts)
+	form2.Set("uplink.destinations[1].remove", "true")
+	saveForm(t, ts, form2)
+	mid = snapshotDir(t, l.Perm)
+	form.Set("uplink.destinations[0].url", "wss://changed.example.net")
+	if code, body := postForm(t, ts.URL+"/config", form, ""); code != http.StatusConflict {
+		t.Errorf("a form with a row of a destination since removed: %d, want 409\n%s", code, body)
+	}
 	if after := snapshotDir(t, l.Perm); !sameFiles(mid, after) {
 		t.Error("a form of another configuration changed /perm")
 	}
-	if rs.list() != "uplinkd" {
+	if rs.list() != "uplinkd,uplinkd" {
 		t.Errorf("restarted %q", rs.list())
 	}
 }
