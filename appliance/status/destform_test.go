@@ -304,6 +304,9 @@ func TestConfigDestinationErrors(t *testing.T) {
 	if code, body := postForm(t, ts.URL+"/config", form, ""); code != http.StatusConflict {
 		t.Errorf("a form of another configuration: %d, want 409\n%s", code, body)
 	}
+	if after := snapshotDir(t, l.Perm); !sameFiles(mid, after) {
+		t.Error("a form of another configuration changed /perm")
+	}
 	form = formOf(t, ts)
 	form2 = formOf(t, ts)
 	form2.Set("uplink.destinations[1].remove", "true")
@@ -314,7 +317,7 @@ func TestConfigDestinationErrors(t *testing.T) {
 		t.Errorf("a form with a row of a destination since removed: %d, want 409\n%s", code, body)
 	}
 	if after := snapshotDir(t, l.Perm); !sameFiles(mid, after) {
-		t.Error("a form of another configuration changed /perm")
+		t.Error("a form with a row of a destination since removed changed /perm")
 	}
 	if rs.list() != "uplinkd,uplinkd" {
 		t.Errorf("restarted %q", rs.list())

@@ -42,10 +42,10 @@ const (
 	// ntpGuestAddr is QEMU's address for the host's loopback (user networking, restrict=off:
 	// ci/qemu-run --open-net), where the test's chronyd serves NTP inside the network namespace
 	// ci/qemu-browser-test runs it in.
-	ntpGuestAddr = "10.0.2.2"
-	qemuSensorName     = "qemu-browser"
-	qemuResolver       = "192.168.0.48" // the resolver in images/files/sensord-selftest.pcap
-	qemuWrongResolver  = "192.0.2.53"
+	ntpGuestAddr      = "10.0.2.2"
+	qemuSensorName    = "qemu-browser"
+	qemuResolver      = "192.168.0.48" // the resolver in images/files/sensord-selftest.pcap
+	qemuWrongResolver = "192.0.2.53"
 	// Small spool tiers, so that the disk tier's quota is reached within seconds of a flood while
 	// the collector is down, and never while it takes the segments (a second's worth of replayed
 	// traffic is a few KB).
