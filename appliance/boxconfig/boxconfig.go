@@ -202,6 +202,15 @@ func uplinkSection(in map[string]any, l Layout) (map[string]any, map[string][]by
 		out["spool"] = map[string]any{"dir": "/run/spool", "disk_dir": "/perm/spool"}
 	}
 	dests, _ := in["destinations"].([]any)
+	// The key files other destinations name: a typed key must not replace one of them.
+	named := map[string]int{}
+	for i, d := range dests {
+		if m, ok := d.(map[string]any); ok {
+			if p, _ := m["api_key_file"].(string); p != "" {
+				named[filepath.Clean(p)] = i
+			}
+		}
+	}
 	var outDests []any
 	for i, d := range dests {
 		m, ok := d.(map[string]any)
@@ -237,6 +246,10 @@ func uplinkSection(in map[string]any, l Layout) (map[string]any, map[string][]by
 			s = strings.TrimSpace(s)
 			if s == "" || strings.ContainsAny(s, " \t\r\n") {
 				errs = append(errs, FieldError{fmt.Sprintf("uplink.destinations[%d].api_key", i), "give the API key SIE Europe issued, one word without spaces"})
+				continue
+			}
+			if j, ok := named[path]; ok && j != i {
+				errs = append(errs, FieldError{fmt.Sprintf("uplink.destinations[%d].api_key", i), fmt.Sprintf("its file %s holds the key of destinations[%d]: give this destination another name", path, j)})
 				continue
 			}
 			secrets[path] = []byte(s + "\n")

@@ -3,8 +3,10 @@ package boxconfig
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -224,5 +226,30 @@ func TestUpdatedMatchesImages(t *testing.T) {
 		if !found {
 			t.Errorf("%s: no updated", img)
 		}
+	}
+}
+
+// TestKeyNeverAnothers: a key typed for one destination is refused when its file is the one
+// another destination reads its key from (a renamed destination keeps its old file): writing it
+// would replace the other's key.
+func TestKeyNeverAnothers(t *testing.T) {
+	l := Layout{Perm: t.TempDir()}
+	first := `{"uplink": {"destinations": [{"type": "sielink", "url": "wss://a.example.net", "sensor": "s1", "api_key": "key-a"}]}}`
+	if _, err := CheckAndApply(l, []byte(first)); err != nil {
+		t.Fatal(err)
+	}
+	before := snapshot(t, l.Perm)
+	// The first destination renamed "a", still reading api-key-sielink0; a new one would take
+	// that name's file.
+	both := `{"uplink": {"destinations": [
+		{"type": "sielink", "name": "a", "url": "wss://a.example.net", "sensor": "s1", "api_key_file": "` + l.APIKeyFile("sielink0") + `"},
+		{"type": "sielink", "name": "sielink0", "url": "wss://b.example.net", "sensor": "s1", "api_key": "key-b"}]}}`
+	_, err := CheckAndApply(l, []byte(both))
+	var errs Errors
+	if !errors.As(err, &errs) || len(errs) != 1 || errs[0].Key != "uplink.destinations[1].api_key" {
+		t.Fatalf("got %v, want one error for uplink.destinations[1].api_key", err)
+	}
+	if after := snapshot(t, l.Perm); !reflect.DeepEqual(before, after) {
+		t.Error("a refused box changed /perm")
 	}
 }

@@ -63,8 +63,11 @@ type field struct {
 
 type section struct {
 	Title  string
+	Hidden []hidden
 	Fields []*field
 }
+
+type hidden struct{ Name, Value string }
 
 type configView struct {
 	XSRF        string
@@ -96,7 +99,7 @@ func (s *Server) serveConfig(w http.ResponseWriter, r *http.Request) {
 		v.LoadError = err.Error()
 		b = &boxconfig.Box{}
 	}
-	v.Sections = formFor(b, s.Config.Layout)
+	v.Sections = formFor(b, s.Config.Layout, nil)
 	s.renderConfig(w, r, v, http.StatusOK)
 }
 
@@ -115,8 +118,12 @@ func (s *Server) postConfig(w http.ResponseWriter, r *http.Request) {
 	if b == nil {
 		b = &boxconfig.Box{}
 	}
-	errs := fromForm(b, r)
-	s.change(w, r, b, errs)
+	df, errs, err := fromForm(b, r, s.Config.Layout)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusConflict)
+		return
+	}
+	s.change(w, r, b, errs, df)
 }
 
 // postResolver is a suggestion's button: the sensor section's resolver becomes that address.
@@ -141,7 +148,7 @@ func (s *Server) postResolver(w http.ResponseWriter, r *http.Request) {
 	}
 	b.Sensor["resolver"] = a.Unmap().String()
 	delete(b.Sensor, "authoritative")
-	s.change(w, r, b, nil)
+	s.change(w, r, b, nil, nil)
 }
 
 // postRevert puts the previous box file back (checked again, like any change); the one replaced
@@ -159,17 +166,18 @@ func (s *Server) postRevert(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "the previous configuration does not read: "+err.Error(), http.StatusConflict)
 		return
 	}
-	s.change(w, r, b, nil)
+	s.change(w, r, b, nil, nil)
 }
 
 // change checks b and applies it, or shows every wrong field next to its input with nothing
-// written.
-func (s *Server) change(w http.ResponseWriter, r *http.Request, b *boxconfig.Box, formErrs boxconfig.Errors) {
+// written. df is the form's uplink destinations (nil for a change not made on the form): errors
+// are named by the destination's row on the form, which a removal before it does not renumber.
+func (s *Server) change(w http.ResponseWriter, r *http.Request, b *boxconfig.Box, formErrs boxconfig.Errors, df *destForm) {
 	l := s.Config.Layout
 	files, errs := boxconfig.Check(b, l)
-	errs = append(formErrs, errs...)
+	errs = append(formErrs, df.renumber(errs)...)
 	if len(errs) > 0 {
-		v := &configView{Sections: formFor(b, l)}
+		v := &configView{Sections: formFor(b, l, df.shown())}
 		v.Other = attach(v.Sections, errs)
 		s.renderConfig(w, r, v, http.StatusUnprocessableEntity, errs...)
 		return
@@ -183,7 +191,7 @@ func (s *Server) change(w http.ResponseWriter, r *http.Request, b *boxconfig.Box
 	saved := s.restartChanged(r.Context(), changed)
 	// Addresses and keys stay out of the log: the daemons and the outcome are enough.
 	s.logf("statusd: configuration saved; %s", saved)
-	v := &configView{Sections: formFor(b, l), Saved: saved}
+	v := &configView{Sections: formFor(b, l, nil), Saved: saved}
 	s.renderConfig(w, r, v, http.StatusOK)
 }
 
@@ -344,17 +352,6 @@ var updateFields = []struct{ key, label, help string }{
 	{"window", "Maintenance window", "HH:MM-HH:MM in UTC, e.g. 02:00-05:00; empty: any time"},
 }
 
-// sielinkIndex is the uplink destination the form edits: the first sielink one, or a new one.
-func sielinkIndex(up map[string]any) (int, map[string]any) {
-	dests, _ := up["destinations"].([]any)
-	for i, d := range dests {
-		if m, ok := d.(map[string]any); ok && m["type"] == "sielink" {
-			return i, m
-		}
-	}
-	return len(dests), nil
-}
-
 func str(v any) string {
 	switch v := v.(type) {
 	case nil:
@@ -374,7 +371,8 @@ func str(v any) string {
 	}
 }
 
-func formFor(b *boxconfig.Box, l boxconfig.Layout) []section {
+// formFor is the form for b. rows are the uplink destinations as a refused form had them (nil: b's).
+func formFor(b *boxconfig.Box, l boxconfig.Layout, rows []destRow) []section {
 	var sens section
 	sens.Title = "Sensor"
 	for _, sf := range sensorFields {
@@ -387,22 +385,10 @@ func formFor(b *boxconfig.Box, l boxconfig.Layout) []section {
 		}
 		sens.Fields = append(sens.Fields, f)
 	}
-	i, d := sielinkIndex(b.Uplink)
-	pre := fmt.Sprintf("uplink.destinations[%d].", i)
-	name, _ := d["name"].(string)
-	if name == "" {
-		name = fmt.Sprintf("sielink%d", i)
+	if rows == nil {
+		rows = destRowsFor(b.Uplink)
 	}
-	secret := "not set"
-	if fp := boxconfig.Fingerprint(l.APIKeyFile(name)); fp != "" {
-		secret = "set (" + fp + ")"
-	}
-	up := section{Title: "Uplink to SIE Europe", Fields: []*field{
-		{Key: pre + "url", Label: "Collector URL", Help: "wss://host[:port]; empty: no SIE Europe uplink", Kind: "text", Value: str(d["url"])},
-		{Key: pre + "sensor", Label: "Sensor name", Help: "the session name SIE Europe gave this sensor", Kind: "text", Value: str(d["sensor"])},
-		{Key: pre + "channel", Label: "Channel", Help: "default 202", Kind: "text", Value: str(d["channel"])},
-		{Key: pre + "api_key", Label: "API key", Help: "write-only: leave empty to keep the key on file", Kind: "secret", Secret: secret},
-	}}
+	secs := append([]section{sens}, destSections(rows, l)...)
 	st, _ := b.Network["static"].(map[string]any)
 	net := section{Title: "Management port"}
 	for _, nf := range networkFields {
@@ -412,7 +398,7 @@ func formFor(b *boxconfig.Box, l boxconfig.Layout) []section {
 	for _, uf := range updateFields {
 		upd.Fields = append(upd.Fields, &field{Key: "update." + uf.key, Label: uf.label, Help: uf.help, Kind: "text", Value: str(b.Update[uf.key])})
 	}
-	return []section{sens, up, net, upd}
+	return append(secs, net, upd)
 }
 
 func list(s string) []any {
@@ -424,8 +410,10 @@ func list(s string) []any {
 }
 
 // fromForm puts the form's values into b, leaving the keys the form does not show alone. An empty
-// field removes its key (the default applies).
-func fromForm(b *boxconfig.Box, r *http.Request) boxconfig.Errors {
+// field removes its key (the default applies). The uplink destinations' rows come back as the form
+// had them, for a refused form to be shown again; a form made from another configuration than the
+// one in force is a conflict, and nothing is taken from it.
+func fromForm(b *boxconfig.Box, r *http.Request, l boxconfig.Layout) (*destForm, boxconfig.Errors, error) {
 	var errs boxconfig.Errors
 	val := func(k string) string { return strings.TrimSpace(r.PostFormValue(k)) }
 	sens := map[string]any{}
@@ -446,57 +434,11 @@ func fromForm(b *boxconfig.Box, r *http.Request) boxconfig.Errors {
 	}
 	b.Sensor = sens
 
-	up := map[string]any{}
-	for k, v := range b.Uplink {
-		up[k] = v
+	df, derrs, err := destsFromForm(b, r, l)
+	if err != nil {
+		return nil, nil, err
 	}
-	i, old := sielinkIndex(up)
-	pre := fmt.Sprintf("uplink.destinations[%d].", i)
-	dests, _ := up["destinations"].([]any)
-	dests = append([]any{}, dests...)
-	d := map[string]any{"type": "sielink"}
-	for k, v := range old {
-		d[k] = v
-	}
-	url, name, channel, key := val(pre+"url"), val(pre+"sensor"), val(pre+"channel"), val(pre+"api_key")
-	switch {
-	case url == "" && name == "" && channel == "" && key == "":
-		// No SIE Europe uplink: the destination goes, the others stay.
-		if old != nil {
-			dests = append(dests[:i], dests[i+1:]...)
-		}
-	default:
-		for k, v := range map[string]string{"url": url, "sensor": name} {
-			if v == "" {
-				delete(d, k)
-			} else {
-				d[k] = v
-			}
-		}
-		delete(d, "channel")
-		if channel != "" {
-			if n, err := strconv.ParseUint(channel, 10, 32); err != nil {
-				errs = append(errs, boxconfig.FieldError{Key: pre + "channel", Msg: fmt.Sprintf("%q is not a channel number (e.g. 202)", channel)})
-			} else {
-				d["channel"] = n
-			}
-		}
-		if key != "" {
-			d["api_key"] = key
-		}
-		if old != nil {
-			dests[i] = d
-		} else {
-			dests = append(dests, d)
-		}
-	}
-	if len(dests) > 0 {
-		up["destinations"] = dests
-		b.Uplink = up
-	} else {
-		delete(up, "destinations")
-		b.Uplink = nil // nothing to ship to: uplinkd stays not configured
-	}
+	errs = append(errs, derrs...)
 
 	netw := map[string]any{}
 	for k, v := range b.Network {
@@ -534,7 +476,7 @@ func fromForm(b *boxconfig.Box, r *http.Request) boxconfig.Errors {
 	if len(upd) == 0 {
 		b.Update = nil // no repository: updated stays not configured
 	}
-	return errs
+	return df, errs, nil
 }
 
 // attach puts each error next to its field and returns those without a field on the form.

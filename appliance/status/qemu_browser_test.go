@@ -2,6 +2,7 @@ package status
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -29,6 +30,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/sie-europe/dnssensor/appliance/timesync"
 	"github.com/sie-europe/dnssensor/internal/testenv"
 )
 
@@ -37,9 +39,13 @@ import (
 const (
 	collectorGuestAddr = "10.0.2.100"
 	collectorGuestPort = 8443
-	qemuSensorName     = "qemu-browser"
-	qemuResolver       = "192.168.0.48" // the resolver in images/files/sensord-selftest.pcap
-	qemuWrongResolver  = "192.0.2.53"
+	// ntpGuestAddr is QEMU's address for the host's loopback (user networking, restrict=off:
+	// ci/qemu-run --open-net), where the test's chronyd serves NTP inside the network namespace
+	// ci/qemu-browser-test runs it in.
+	ntpGuestAddr      = "10.0.2.2"
+	qemuSensorName    = "qemu-browser"
+	qemuResolver      = "192.168.0.48" // the resolver in images/files/sensord-selftest.pcap
+	qemuWrongResolver = "192.0.2.53"
 	// Small spool tiers, so that the disk tier's quota is reached within seconds of a flood while
 	// the collector is down, and never while it takes the segments (a second's worth of replayed
 	// traffic is a few KB).
@@ -49,7 +55,8 @@ const (
 // TestQEMUBrowser is the proof on the real image: the sensor-amd64 image is built with a
 // /perm whose uplink is a real collector on the host (TLS, API key), booted in QEMU, and the
 // status page on the guest's management address is driven in headless chromium while a capture
-// is replayed into the tap NIC: logged in, every link green but the clock; then one thing broken
+// is replayed into the tap NIC: logged in, every link green, the clock too (timed on the box
+// synchronised from a chronyd the test runs on the host's loopback); then one thing broken
 // at a time, each seen red on the page with its fix as the first failure, and mended:
 // the tap NIC's cable pulled (QEMU monitor set_link off, then on); a wrong resolver address
 // saved on the configuration page (the page then suggests the capture's resolver among the top
@@ -60,8 +67,11 @@ const (
 // are measured from its JSON page. Screenshots of each state
 // go to $ARTIFACTS_DIR/TestQEMUBrowser.
 //
-// The clock link is not green under QEMU: restrict=on user networking lets the guest reach only
-// TCP through guestfwd, and NTP is UDP, so timed has no server. It is logged, not asserted.
+// NTP is UDP, which QEMU's restricted user network (only TCP through guestfwd) does not carry:
+// the guest's network is open (ci/qemu-run --open-net, restrict=off), which is safe only because
+// ci/qemu-browser-test runs this test, and so chromium, the collector, chronyd and QEMU, in a
+// network namespace of its own with nothing but loopback: the guest reaches the namespace's
+// loopback (10.0.2.2) and nothing else. The test refuses to run outside such a namespace.
 //
 // Run by ci/qemu-browser-test (DNSSENSOR_QEMU_BROWSER=1): it boots an image, minutes.
 func TestQEMUBrowser(t *testing.T) {
@@ -72,6 +82,14 @@ func TestQEMUBrowser(t *testing.T) {
 	testenv.Need(t, err == nil, "qemu-system-x86_64 not found (bash ci/qemu-deps)")
 	_, err = exec.LookPath("chromium")
 	testenv.Need(t, err == nil, "chromium not found (apt-get install chromium)")
+	chronyd, err := exec.LookPath("chronyd")
+	if err != nil {
+		chronyd, err = exec.LookPath("/usr/sbin/chronyd")
+	}
+	testenv.Need(t, err == nil, "chronyd not found (apt-get install chrony): the box's NTP server")
+	if why := closedNetns(); why != "" {
+		t.Fatalf("run by ci/qemu-browser-test, in a network namespace of its own with loopback only: %s", why)
+	}
 	started := time.Now()
 	root, err := filepath.Abs("../..")
 	if err != nil {
@@ -111,9 +129,11 @@ func TestQEMUBrowser(t *testing.T) {
 	for k, v := range dest {
 		uplinkDest[k] = v
 	}
+	network := map[string]any{"static": map[string]any{"ntp": []any{ntpGuestAddr}}}
 	writeJSON(t, filepath.Join(perm, "dnssensor.json"), map[string]any{"sensor": sensor,
-		"uplink": map[string]any{"destinations": []any{dest}, "retry_max": "5s"}})
+		"uplink": map[string]any{"destinations": []any{dest}, "retry_max": "5s"}, "network": network})
 	writeJSON(t, filepath.Join(perm, "sensord", "config.json"), sensor)
+	writeJSON(t, filepath.Join(perm, "netconfd", "config.json"), map[string]any{"network": network})
 	writeJSON(t, filepath.Join(perm, "uplinkd", "config.json"), map[string]any{
 		"spool":        map[string]any{"dir": "/run/spool", "disk_dir": "/perm/spool"},
 		"destinations": []any{uplinkDest}, "retry_max": "5s"})
@@ -135,6 +155,8 @@ func TestQEMUBrowser(t *testing.T) {
 	run("go", "run", "./gokr-packer", "-image", "sensor-amd64", "-o", img,
 		"-password-file", filepath.Join(out, "pw.txt"), "-perm-dir", perm)
 
+	startChronyd(t, chronyd, filepath.Join(out, "chrony"))
+
 	col := &collectorProc{t: t, bin: collectorBin, dir: cdir, port: collectorPort}
 	col.start()
 	t.Cleanup(col.stop)
@@ -143,7 +165,7 @@ func TestQEMUBrowser(t *testing.T) {
 	qemu := exec.Command("bash", "ci/qemu-run", "--port", strconv.Itoa(gokrazyPort),
 		"--status-port", strconv.Itoa(statusPort), "--tap-port", strconv.Itoa(tapPort),
 		"--guestfwd", fmt.Sprintf("%d:%d", collectorGuestPort, collectorPort),
-		"--monitor", monitor, "--serial", filepath.Join(out, "serial.log"), img)
+		"--monitor", monitor, "--open-net", "--serial", filepath.Join(out, "serial.log"), img)
 	qemu.Dir = root
 	qlog, err := os.Create(filepath.Join(out, "qemu.out"))
 	if err != nil {
@@ -182,7 +204,8 @@ func TestQEMUBrowser(t *testing.T) {
 		code, err := httpStatus(base0+"/", "")
 		return code == http.StatusUnauthorized, fmt.Sprint(code, err)
 	})
-	t.Logf("statusd answered %.1f s after QEMU's start", time.Since(bootStart).Seconds())
+	answered := time.Now()
+	t.Logf("statusd answered %.1f s after QEMU's start", answered.Sub(bootStart).Seconds())
 
 	// A wrong password: 401 from the box (one attempt: five would lock this address out). An
 	// action without its XSRF token: 403.
@@ -196,8 +219,9 @@ func TestQEMUBrowser(t *testing.T) {
 	b := browserFor(t, "gokrazy:"+password, 20*time.Minute)
 	page := &qemuPage{t: t, ctx: b, url: base0, dir: dir, dead: qemuDone}
 
-	// 1. Everything green (the clock aside) while the capture is replayed.
-	page.wait("every link green", func(st map[string]string) bool {
+	// 1. Everything green while the capture is replayed; the clock once timed has asked chronyd
+	// (its first try at boot may precede netconfd's ntp.json: then 16 s later).
+	page.wait("every link green but the clock", func(st map[string]string) bool {
 		for name, class := range st {
 			if name != stageClock && class != "ok" {
 				return false
@@ -205,7 +229,17 @@ func TestQEMUBrowser(t *testing.T) {
 		}
 		return len(st) > 0
 	})
-	t.Logf("clock link under QEMU: %q (no NTP server reachable: restrict=on passes only TCP to the host)", page.states()[stageClock])
+	page.wait("the clock synchronised", func(st map[string]string) bool { return st[stageClock] == "ok" })
+	t.Logf("clock link green %.1f s after QEMU's start, %.1f s after statusd's first answer",
+		time.Since(bootStart).Seconds(), time.Since(answered).Seconds())
+	page.wait("every link green at once", func(st map[string]string) bool {
+		for _, class := range st {
+			if class != "ok" {
+				return false
+			}
+		}
+		return st[stageClock] == "ok"
+	})
 	page.screenshot("1-all-green")
 
 	// 2. The tap NIC's cable pulled.
@@ -486,6 +520,63 @@ func qemuMonitor(t *testing.T, sock, command string) {
 }
 
 // collectorProc is the collector the guest's uplinkd ships to, on the host.
+// closedNetns says why this process's network is not a namespace of its own with nothing but
+// loopback ("" when it is): QEMU's open user network (--open-net) reaches whatever this
+// namespace can, and chronyd takes port 123.
+func closedNetns() string {
+	self, _ := os.Readlink("/proc/self/ns/net")
+	if init, err := os.Readlink("/proc/1/ns/net"); err == nil {
+		if self == init {
+			return "this is PID 1's network namespace"
+		}
+	} else if name, _ := exec.Command("ip", "netns", "identify", strconv.Itoa(os.Getpid())).Output(); len(bytes.TrimSpace(name)) == 0 {
+		// PID 1's cannot be read (a container): the namespace must be one ip netns made.
+		return "not a namespace made by ip netns (and PID 1's cannot be read to compare)"
+	}
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return err.Error()
+	}
+	for _, i := range ifs {
+		if i.Flags&net.FlagLoopback == 0 {
+			return "the namespace has interface " + i.Name
+		}
+	}
+	return ""
+}
+
+// startChronyd serves NTP on the namespace's loopback, port 123 (the box asks 10.0.2.2, QEMU's
+// address for the host's loopback, on NTP's port): Debian's chronyd serving its own clock at
+// stratum 8, never setting it (-x).
+func startChronyd(t *testing.T, bin, dir string) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(dir, "chrony.conf")
+	writeFile(t, conf, fmt.Sprintf("port 123\nbindaddress 127.0.0.1\ncmdport 0\nlocal stratum 8\nallow\npidfile %s\ndriftfile %s\n",
+		filepath.Join(dir, "chronyd.pid"), filepath.Join(dir, "drift")), 0o644)
+	logf, err := os.Create(filepath.Join(dir, "chronyd.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-f", conf, "-d", "-x", "-U")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); logf.Close(); close(done) }()
+	t.Cleanup(func() { cmd.Process.Kill(); <-done })
+	waitUntil(t, time.Minute, "chronyd answering on 127.0.0.1:123", done, func() (bool, string) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		s, err := timesync.Query(ctx, "127.0.0.1:123", time.Now)
+		return err == nil, fmt.Sprint(s, err)
+	})
+}
+
 type collectorProc struct {
 	t    *testing.T
 	bin  string
