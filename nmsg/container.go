@@ -79,6 +79,9 @@ type container struct {
 	seqID    uint64
 	hasSeq   bool
 	hasSeqID bool
+	// seqOnly checks the payloads and CRCs but does not keep them: ContainerSequence wants the
+	// sequence fields only, for each container a collector publishes or archives.
+	seqOnly bool
 }
 
 // parseNmsg decodes an Nmsg message, reusing c's slices.
@@ -97,11 +100,15 @@ func parseNmsg(b []byte, c *container) error {
 			if f.wt != wtBytes {
 				return ErrMalformed
 			}
-			c.payloads = append(c.payloads, f.data)
+			if !c.seqOnly {
+				c.payloads = append(c.payloads, f.data)
+			}
 		case 2:
 			switch f.wt {
 			case wtVarint:
-				c.crcs = append(c.crcs, uint32(f.val))
+				if !c.seqOnly {
+					c.crcs = append(c.crcs, uint32(f.val))
+				}
 			case wtBytes:
 				// protobuf-c writes unpacked, but a proto2 parser
 				// must accept the packed form too.
@@ -111,7 +118,9 @@ func parseNmsg(b []byte, c *container) error {
 					if n <= 0 {
 						return ErrMalformed
 					}
-					c.crcs = append(c.crcs, uint32(v))
+					if !c.seqOnly {
+						c.crcs = append(c.crcs, uint32(v))
+					}
 					d = d[n:]
 				}
 			default:
@@ -225,7 +234,7 @@ func ContainerSequence(b []byte) (id uint64, seq uint32, ok bool) {
 			return 0, 0, false
 		}
 	}
-	var c container
+	c := container{seqOnly: true}
 	if parseNmsg(body, &c) != nil || !c.hasSeq || !c.hasSeqID {
 		return 0, 0, false
 	}

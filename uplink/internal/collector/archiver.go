@@ -14,17 +14,21 @@ import (
 )
 
 // archiver is the durable consumer that writes the stream into the rotated per-sensor files.
-// It takes the messages in stream order, one at a time, and acknowledges a message once its
-// container and stream sequence are in the files (Store.Archive). A restart resumes at the
-// consumer's acknowledged floor; the messages it redelivers that the files already hold (the
-// acknowledgement was lost with the process) are at or below Store.Archived and are skipped, so
-// each container is in the archive exactly once.
+// It takes the messages in stream order, one at a time, and acknowledges the stream through a
+// message (AckAll) once its container and stream sequence are in the files (Store.Archive), not
+// every message: see archiverAckEvery. A restart resumes at the consumer's acknowledged floor;
+// the messages it redelivers that the files already hold (archived but not yet acknowledged, or
+// the acknowledgement was lost with the process) are at or below Store.Archived and are skipped,
+// so each container is in the archive exactly once.
 type archiver struct {
 	store   *Store
 	stream  jetstream.Stream
 	durable string
 	logf    sielink.Logf
 	delay   time.Duration // JetStreamOptions.archiveDelay
+
+	// unacked counts the messages handled since the last acknowledgement (consume's goroutine).
+	unacked int
 
 	mu sync.Mutex
 	st ArchiverStats
@@ -58,6 +62,15 @@ type LossStats struct {
 // archiver extends it (InProgress) while a write stalls.
 const archiverAckWait = time.Minute
 
+// archiverAckEvery is how many messages the archiver handles per acknowledgement while more are
+// pending; the last one delivered (nothing pending) is acknowledged at once. In an R3 stream
+// every acknowledgement is a write of the consumer's state replicated to three nodes: one per
+// 64 KiB container was about a tenth of the CPU a record costs from the sensor to the files
+// (BenchmarkSensorsToArchive, path=r3). AckAll makes one acknowledgement cover every message
+// before it, which is exact here because the archiver takes the stream in order: it
+// acknowledges only through Store.Archived.
+const archiverAckEvery = 64
+
 func (a *archiver) stats() ArchiverStats {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -73,7 +86,7 @@ func (a *archiver) update(f func(*ArchiverStats)) {
 // archiverConsumer is the archiver's durable pull consumer.
 func archiverConsumer(durable string) jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{
-		Durable: durable, AckPolicy: jetstream.AckExplicitPolicy, AckWait: archiverAckWait,
+		Durable: durable, AckPolicy: jetstream.AckAllPolicy, AckWait: archiverAckWait,
 		DeliverPolicy: jetstream.DeliverAllPolicy, MaxAckPending: 1024,
 		FilterSubject: subjectPrefix + ">",
 		Description:   "the collector's file archive",
@@ -86,7 +99,7 @@ func (a *archiver) run(ctx context.Context) error {
 	a.update(func(s *ArchiverStats) { s.Durable, s.StreamSeq = a.durable, a.store.Archived() })
 	for ctx.Err() == nil {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		cons, err := a.stream.CreateOrUpdateConsumer(cctx, cfg)
+		cons, err := a.openConsumer(cctx, cfg)
 		cancel()
 		if err == nil {
 			err = a.consume(ctx, cons)
@@ -105,7 +118,29 @@ func (a *archiver) run(ctx context.Context) error {
 	return nil
 }
 
+// openConsumer creates or updates the archiver's durable consumer. One left by an earlier
+// version acknowledged each message (AckExplicit), and a consumer's acknowledgement policy cannot
+// be updated: it is deleted and created anew. The new one delivers the stream from its start
+// again; what the files hold (Store.Archived) is skipped, so nothing is archived twice or lost.
+func (a *archiver) openConsumer(ctx context.Context, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error) {
+	cons, err := a.stream.CreateOrUpdateConsumer(ctx, cfg)
+	if err == nil {
+		return cons, nil
+	}
+	old, lerr := a.stream.Consumer(ctx, cfg.Durable)
+	if lerr != nil || old.CachedInfo().Config.AckPolicy == cfg.AckPolicy {
+		return nil, err
+	}
+	logTo(a.logf, "collector: archiver: consumer %s acknowledges %s, not %s: created anew (the stream is read again from its start, what the archive holds is skipped)",
+		cfg.Durable, old.CachedInfo().Config.AckPolicy, cfg.AckPolicy)
+	if err := a.stream.DeleteConsumer(ctx, cfg.Durable); err != nil {
+		return nil, fmt.Errorf("deleting consumer %s to change its acknowledgement policy: %w", cfg.Durable, err)
+	}
+	return a.stream.CreateOrUpdateConsumer(ctx, cfg)
+}
+
 func (a *archiver) consume(ctx context.Context, cons jetstream.Consumer) error {
+	a.unacked = 0
 	return pullEach(ctx, cons, func() { a.update(func(s *ArchiverStats) { s.Running, s.LastError = true, "" }) }, a.handle)
 }
 
@@ -120,7 +155,7 @@ func (a *archiver) handle(ctx context.Context, msg jetstream.Msg) error {
 	a.update(func(s *ArchiverStats) { s.Pending = meta.NumPending })
 	if seq <= a.store.Archived() {
 		a.update(func(s *ArchiverStats) { s.Skipped++ })
-		return msg.Ack()
+		return a.ack(msg, meta.NumPending)
 	}
 	if floor := a.store.Archived(); seq > floor+1 {
 		// A consumer delivers in stream order except what it redelivers: a message delivered
@@ -136,6 +171,18 @@ func (a *archiver) handle(ctx context.Context, msg jetstream.Msg) error {
 	if err := a.archive(ctx, msg.Subject(), msg.Data(), seq, msg); err != nil {
 		return err
 	}
+	return a.ack(msg, meta.NumPending)
+}
+
+// ack acknowledges the stream through msg, whose container the archive now holds (or skipped),
+// every archiverAckEvery messages and whenever nothing more is pending. What is left
+// unacknowledged when the archiver stops is delivered again at the next start and skipped.
+func (a *archiver) ack(msg jetstream.Msg, pending uint64) error {
+	a.unacked++
+	if pending > 0 && a.unacked < archiverAckEvery {
+		return nil
+	}
+	a.unacked = 0
 	return msg.Ack()
 }
 

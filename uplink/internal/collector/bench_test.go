@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -187,11 +188,13 @@ func benchSensors(b *testing.B, path string, sensors, size int) {
 		Store: StoreOptions{Dir: filepath.Join(dir, "nmsg"), Rotate: time.Hour},
 		Ready: func(a, _ string) { ready <- a }}
 	var m *metrics
+	var nodes []*natsNode
 	switch strings.TrimSuffix(path, "-pipeline") {
 	case "r1":
 		opts.JetStream = &JetStreamOptions{}
 	case "r3":
-		_, urls := startCluster(b, 3)
+		var urls string
+		nodes, urls = startCluster(b, 3)
 		opts.JetStream = &JetStreamOptions{URL: urls}
 	}
 	if opts.JetStream != nil {
@@ -235,6 +238,7 @@ func benchSensors(b *testing.B, path string, sensors, size int) {
 		conts[i] = splitContainers(buf.Bytes())
 	}
 	b.ResetTimer()
+	cpu0 := benchCPU(b, nodes)
 	start := time.Now()
 	errc := make(chan error, sensors)
 	for i, c := range conns {
@@ -262,6 +266,7 @@ func benchSensors(b *testing.B, path string, sensors, size int) {
 		time.Sleep(time.Millisecond)
 	}
 	el := time.Since(start)
+	cpu := benchCPU(b, nodes) - cpu0
 	b.StopTimer()
 	total := 0
 	for _, c := range conts {
@@ -271,6 +276,9 @@ func benchSensors(b *testing.B, path string, sensors, size int) {
 	// Separates the way in (sessions, publishes, PubAcks) from the archiver behind the stream.
 	b.ReportMetric(float64(sensors*b.N*records)/confirmedIn.Seconds(), "confirmed-records/s")
 	b.ReportMetric(float64(total)/el.Seconds(), "containers/s")
+	// The CPU time every process of the path spent (sensors, collector, NATS nodes) per record:
+	// on a shared machine records/s follows the load, the CPU a record costs much less so.
+	b.ReportMetric(float64(cpu.Nanoseconds())/float64(sensors*b.N*records), "cpu-ns/record")
 	for _, c := range conns {
 		c.Close()
 	}
@@ -278,4 +286,32 @@ func benchSensors(b *testing.B, path string, sensors, size int) {
 	if err := <-done; err != nil {
 		b.Fatal(err)
 	}
+}
+
+// benchCPU is the CPU time (user and system) this process and the NATS node processes used so
+// far.
+func benchCPU(b *testing.B, nodes []*natsNode) time.Duration {
+	pids := []string{"self"}
+	for _, n := range nodes {
+		pids = append(pids, strconv.Itoa(n.cmd.Process.Pid))
+	}
+	var ticks uint64
+	for _, pid := range pids {
+		stat, err := os.ReadFile("/proc/" + pid + "/stat")
+		if err != nil {
+			b.Fatal(err)
+		}
+		// The fields after the command name (which may hold spaces): utime and stime are the
+		// 14th and 15th of the line, the 12th and 13th after the name.
+		f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+		for _, v := range f[11:13] {
+			n, err := strconv.ParseUint(v, 10, 64)
+			if err != nil {
+				b.Fatalf("/proc/%s/stat: %q", pid, v)
+			}
+			ticks += n
+		}
+	}
+	// USER_HZ is 100 on every Linux the tests run on.
+	return time.Duration(ticks) * (time.Second / 100)
 }

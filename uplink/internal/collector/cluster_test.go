@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -58,7 +59,13 @@ type nodeConfig struct {
 	Port, ClusterPort int
 	Routes            string
 	Dir               string
+	// ProfPort serves the node's /debug/pprof (0: none): see natsProfEnv.
+	ProfPort int
 }
+
+// natsProfEnv, set to a port, has the cluster's nodes serve their /debug/pprof on it and the
+// ports after it (node i on port+i), to profile the nats-server side of BenchmarkSensorsToArchive.
+const natsProfEnv = "DNSSENSOR_TEST_NATS_PPROF"
 
 func runNATSNode(cfg string) int {
 	var c nodeConfig
@@ -69,8 +76,9 @@ func runNATSNode(cfg string) int {
 	s, err := server.NewServer(&server.Options{
 		ServerName: c.Name, Host: "127.0.0.1", Port: c.Port,
 		JetStream: true, StoreDir: c.Dir, NoSigs: true, NoLog: true,
-		Cluster: server.ClusterOpts{Name: "soc", Host: "127.0.0.1", Port: c.ClusterPort},
-		Routes:  server.RoutesFromStr(c.Routes),
+		Cluster:  server.ClusterOpts{Name: "soc", Host: "127.0.0.1", Port: c.ClusterPort},
+		Routes:   server.RoutesFromStr(c.Routes),
+		ProfPort: c.ProfPort,
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -131,11 +139,16 @@ func startCluster(t testing.TB, size int) ([]*natsNode, string) {
 	}
 	var nodes []*natsNode
 	root := t.TempDir()
+	prof, _ := strconv.Atoi(os.Getenv(natsProfEnv))
 	for i := 0; i < size; i++ {
-		nodes = append(nodes, &natsNode{cfg: nodeConfig{
+		n := &natsNode{cfg: nodeConfig{
 			Name: fmt.Sprintf("n%d", i), Port: ports[i], ClusterPort: ports[size+i],
 			Routes: strings.Join(routes, ","), Dir: filepath.Join(root, fmt.Sprintf("n%d", i)),
-		}})
+		}}
+		if prof > 0 {
+			n.cfg.ProfPort = prof + i
+		}
+		nodes = append(nodes, n)
 	}
 	t.Cleanup(func() {
 		for _, n := range nodes {

@@ -86,6 +86,24 @@ type Fleet struct {
 	reports  uint64
 	// share, with JetStream, hands each report to the other collectors (fleet_shared.go).
 	share *fleetShare
+	// shareErrors counts the failures of the sharing by operation (fleetShareOps); nil while the
+	// fleet is not shared.
+	shareErrors map[string]uint64
+}
+
+// fleetShareOps are the operations of the fleet's sharing whose failures are counted
+// (dnssensor_collector_fleet_share_errors_total): creating the bucket, putting a report, watching
+// the bucket, and a bucket value that is not a report.
+var fleetShareOps = []string{"open", "put", "watch", "bad_value"}
+
+// shareFailed counts a failure of the sharing's operation op.
+func (f *Fleet) shareFailed(op string) {
+	f.mu.Lock()
+	if f.shareErrors == nil {
+		f.shareErrors = map[string]uint64{}
+	}
+	f.shareErrors[op]++
+	f.mu.Unlock()
 }
 
 // fleetEntry is what is kept (and saved) per sensor.
@@ -457,10 +475,11 @@ var (
 	fdescUptime    = cdesc("fleet_sensor_uptime_seconds", "The sensor box's uptime, as of its last report.", "sensor")
 	fdescInfo      = cdesc("fleet_sensor_info", "1, labelled with the version the sensor last reported.", "sensor", "version")
 	fdescReports   = cdesc("fleet_reports_total", "Health reports received since the collector started.")
+	fdescShareErrs = cdesc("fleet_share_errors_total", "Failures sharing the fleet through the JetStream bucket "+FleetBucket+", by operation (open: creating the bucket, put: a report, retried; watch: reading the others' reports; bad_value: a value that is not a report, ignored). While puts fail, the other collectors show the sensor's earlier state.", "op")
 )
 
 func (c *fleetCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{fdescSensors, fdescLastSeen, fdescRed, fdescSilent, fdescRate, fdescDelivered, fdescLostRec, fdescLostBytes, fdescUptime, fdescInfo, fdescReports} {
+	for _, d := range []*prometheus.Desc{fdescSensors, fdescLastSeen, fdescRed, fdescSilent, fdescRate, fdescDelivered, fdescLostRec, fdescLostBytes, fdescUptime, fdescInfo, fdescReports, fdescShareErrs} {
 		ch <- d
 	}
 }
@@ -494,6 +513,15 @@ func (c *fleetCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	c.f.mu.Lock()
 	n := c.f.reports
+	var shareErrs []float64
+	if c.f.shareErrors != nil {
+		for _, op := range fleetShareOps {
+			shareErrs = append(shareErrs, float64(c.f.shareErrors[op]))
+		}
+	}
 	c.f.mu.Unlock()
 	ch <- prometheus.MustNewConstMetric(fdescReports, prometheus.CounterValue, float64(n))
+	for i, v := range shareErrs {
+		ch <- prometheus.MustNewConstMetric(fdescShareErrs, prometheus.CounterValue, v, fleetShareOps[i])
+	}
 }

@@ -78,6 +78,9 @@ func shareFleet(f *Fleet, b *bus, logf sielink.Logf) (stop func()) {
 	}()
 	f.mu.Lock()
 	f.share = s
+	if f.shareErrors == nil {
+		f.shareErrors = map[string]uint64{} // every operation's counter shows, at 0
+	}
 	f.mu.Unlock()
 	return func() {
 		f.mu.Lock()
@@ -106,6 +109,7 @@ func (s *fleetShare) open(ctx context.Context, b *bus) jetstream.KeyValue {
 		if ctx.Err() != nil {
 			return nil
 		}
+		s.f.shareFailed("open")
 		logTo(s.logf, "collector: fleet: creating the bucket %s: %v (retrying; the fleet page shows this collector's sensors meanwhile)", FleetBucket, err)
 		select {
 		case <-ctx.Done():
@@ -163,6 +167,8 @@ func (s *fleetShare) put() {
 				continue
 			}
 			if err := s.putOne(ctx, sensor, e); err != nil {
+				// Logged once per failing spell, counted each time.
+				s.f.shareFailed("put")
 				failed = fmt.Errorf("%s: %w", sensor, err)
 				s.requeue(sensor, e)
 			}
@@ -249,6 +255,7 @@ func (s *fleetShare) watch(ctx context.Context) {
 	for ctx.Err() == nil {
 		w, err := s.kv.WatchAll(ctx)
 		if err != nil {
+			s.f.shareFailed("watch")
 			logTo(s.logf, "collector: fleet: watching the bucket %s: %v (retrying)", FleetBucket, err)
 		} else {
 			// Stopping the watch closes its updates.
@@ -282,6 +289,7 @@ func (s *fleetShare) applyEntry(e jetstream.KeyValueEntry) {
 		err = errors.New("the value names another sensor")
 	}
 	if err != nil {
+		s.f.shareFailed("bad_value")
 		logTo(s.logf, "collector: fleet: bucket %s, key %q: %v (ignored)", FleetBucket, e.Key(), err)
 		return
 	}

@@ -1,7 +1,9 @@
 package collector
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -11,6 +13,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sie-europe/dnssensor/internal/testenv"
 	"github.com/sie-europe/dnssensor/uplink/sielink"
@@ -171,4 +174,61 @@ func TestFleetShared(t *testing.T) {
 		t.Errorf("after putting a newer report: %v %s, want shared-1", err, e.Value())
 	}
 
+}
+
+// failingKV is a bucket whose every read and write fails, as one without a quorum.
+type failingKV struct{ jetstream.KeyValue }
+
+var errNoQuorum = errors.New("no quorum")
+
+func (failingKV) Get(context.Context, string) (jetstream.KeyValueEntry, error) {
+	return nil, errNoQuorum
+}
+
+// TestFleetShareErrorsCounted: a report that cannot be put into the bucket was only logged (once
+// per failing spell); the other collectors' pages then show the sensor's earlier state, and
+// /metrics must say why: dnssensor_collector_fleet_share_errors_total{op="put"} counts each
+// failed put.
+func TestFleetShareErrorsCounted(t *testing.T) {
+	f := NewFleet(FleetOptions{}, "", []string{"alpha"}, nil)
+	s := &fleetShare{f: f, kv: failingKV{}, pending: map[string]*fleetEntry{},
+		kick: make(chan struct{}, 1), stopping: make(chan struct{})}
+	f.mu.Lock()
+	f.share = s
+	f.mu.Unlock()
+	done := make(chan struct{})
+	go func() { defer close(done); s.put() }()
+	defer func() { close(s.stopping); <-done }()
+	s.offer("alpha", &fleetEntry{Received: time.Now(), Report: *greenReport()})
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(&fleetCollector{f: f})
+	errorsTotal := func(op string) float64 {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() != "dnssensor_collector_fleet_share_errors_total" {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "op" && l.GetValue() == op {
+						return m.GetCounter().GetValue()
+					}
+				}
+			}
+		}
+		return -1
+	}
+	// Two: the first failure and its retry (fleetRetry later), both counted.
+	testenv.WaitFor(t, `dnssensor_collector_fleet_share_errors_total{op="put"} to count the failed puts`, func() bool {
+		return errorsTotal("put") >= 2
+	})
+	for _, op := range []string{"open", "watch", "bad_value"} {
+		if n := errorsTotal(op); n != 0 {
+			t.Errorf(`fleet_share_errors_total{op=%q} = %v, want 0`, op, n)
+		}
+	}
 }

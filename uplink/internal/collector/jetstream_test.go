@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/sie-europe/dnssensor/nmsg"
 	"github.com/sie-europe/dnssensor/uplink/sielink"
 )
@@ -409,4 +411,58 @@ func TestArchiverOutOfOrderDelivery(t *testing.T) {
 		t.Errorf("%d records in the archive, want %d", len(got), len(want))
 	}
 	equalRecords(t, want, got)
+}
+
+// TestArchiverAckPolicyChanged: an archive consumer left by a version that acknowledged every
+// message (AckExplicit) cannot be updated to AckAll; the archiver creates it anew and the archive
+// still holds every container once.
+func TestArchiverAckPolicyChanged(t *testing.T) {
+	archive := filepath.Join(t.TempDir(), "nmsg")
+	var want records
+	conts := sequenced(t, 12, 200, &want)
+	tc := startCollector(t, func(o *Options) {
+		o.Store.Dir = archive
+		o.JetStream = &JetStreamOptions{NoArchive: true}
+	})
+	sendAll(t, tc, "alpha", conts)
+	if err := tc.stop(); err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxT(t, 30*time.Second)
+	b, err := openBus(ctx, JetStreamOptions{}, archive, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := archiverConsumer("archive")
+	old.AckPolicy = jetstream.AckExplicitPolicy
+	if _, err := b.stream.CreateOrUpdateConsumer(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+
+	tc = startCollector(t, func(o *Options) {
+		o.Store.Dir = archive
+		o.JetStream = &JetStreamOptions{}
+	})
+	js := waitArchived(t, tc)
+	if a := js.Archiver; a.Archived != uint64(len(conts)) || a.Lost != (LossStats{}) {
+		t.Errorf("archiver %+v: want %d containers archived, nothing lost", *a, len(conts))
+	}
+	if err := tc.stop(); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := readDir(t, filepath.Join(archive, "alpha"))
+	equalRecords(t, want, got)
+	b, err = openBus(ctx, JetStreamOptions{}, archive, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	cons, err := b.stream.Consumer(ctx, "archive")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := cons.CachedInfo().Config.AckPolicy; p != jetstream.AckAllPolicy {
+		t.Errorf("archive consumer acknowledges %s, want all", p)
+	}
 }
