@@ -105,7 +105,11 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "statusd: serving on http://%s/\n", ln.Addr())
 		lns = append(lns, ln)
 	}
-	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
+	// Requests live in ctx: on SIGTERM a page still asking the daemons (which gokrazy is stopping
+	// too, before a reboot) is answered with what it has, instead of holding statusd, and with it
+	// gokrazy's reboot, for the shutdown grace below.
+	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second,
+		BaseContext: func(net.Listener) context.Context { return ctx }}
 	errc := make(chan error, len(lns)+1)
 	for _, ln := range lns {
 		go func() { errc <- srv.Serve(ln) }()

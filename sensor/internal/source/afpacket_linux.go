@@ -3,7 +3,9 @@ package source
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
+	"reflect"
 	"strconv"
 	"strings"
 	"syscall"
@@ -35,8 +37,10 @@ var ErrRingTimeout = afpacket.ErrTimeout
 // Ring is one TPACKET_V3 socket, promiscuous, bound to one interface. Read is for one goroutine;
 // KernelStats may be called from another.
 type Ring struct {
-	tp   *afpacket.TPacket
-	Name string
+	tp      *afpacket.TPacket
+	fd      int // tp's socket (-1: unknown), for the error behind a failed poll
+	ifindex int // the port's index at open: a port removed and made again is another port
+	Name    string
 }
 
 // OpenRing opens and configures the socket.
@@ -74,17 +78,51 @@ func OpenRing(c RingConfig) (*Ring, error) {
 		tp.Close()
 		return nil, fmt.Errorf("%s: promiscuous mode: %w", c.Iface, err)
 	}
-	return &Ring{tp: tp, Name: c.Iface}, nil
+	r := &Ring{tp: tp, fd: -1, Name: c.Iface}
+	if ifc, err := net.InterfaceByName(c.Iface); err == nil {
+		r.ifindex = ifc.Index
+	}
+	// afpacket keeps its socket unexported, and only the socket holds why a poll failed.
+	if f := reflect.ValueOf(tp).Elem().FieldByName("fd"); f.IsValid() && f.CanInt() {
+		r.fd = int(f.Int())
+	}
+	return r, nil
 }
 
 // Read returns the next frame (valid until the next Read), its ring timestamp in ns, its length
 // on the wire and whether the kernel reported an offloaded VLAN tag.
 func (r *Ring) Read() (frame []byte, ts int64, wireLen int, vlan bool, err error) {
 	data, ci, err := r.tp.ZeroCopyReadPacketData()
+	if errors.Is(err, afpacket.ErrPoll) {
+		err = r.pollErr()
+	}
 	if err != nil {
 		return nil, 0, 0, false, err
 	}
 	return data, ci.Timestamp.UnixNano(), ci.Length, len(ci.AncillaryData) > 0, nil
+}
+
+// pollErr reads, and so clears, the socket error behind a poll that reported POLLERR. A port that
+// is down leaves ENETDOWN there: bound while down (at boot, sensord can open a tap port before
+// netconfd has made it silent and brought it up) or taken down later. The kernel resumes delivery
+// when the port comes up again, so that is a quiet spell (ErrRingTimeout, no frames to lose), not
+// the end of the capture: ending it made gokrazy restart sensord, 20-35 s without capture on an
+// emulated box. A port that is gone is the end.
+func (r *Ring) pollErr() error {
+	if r.fd < 0 {
+		return fmt.Errorf("%s: %w", r.Name, afpacket.ErrPoll)
+	}
+	e, err := unix.GetsockoptInt(r.fd, unix.SOL_SOCKET, unix.SO_ERROR)
+	if err != nil {
+		return fmt.Errorf("%s: %w (reading its error: %v)", r.Name, afpacket.ErrPoll, err)
+	}
+	if syscall.Errno(e) != unix.ENETDOWN {
+		return fmt.Errorf("%s: %w: %v", r.Name, afpacket.ErrPoll, syscall.Errno(e))
+	}
+	if ifc, err := net.InterfaceByName(r.Name); err != nil || ifc.Index != r.ifindex {
+		return fmt.Errorf("%s: the port is gone (%w: %v)", r.Name, afpacket.ErrPoll, syscall.Errno(e))
+	}
+	return ErrRingTimeout
 }
 
 // KernelStats returns the socket's cumulative PACKET_STATISTICS: frames the kernel passed the

@@ -76,7 +76,7 @@ type Config struct {
 	Metrics      string        `json:"metrics"` // listen address, default 127.0.0.1:9410
 	// RetryMax bounds the wait between attempts at a failing destination (default 30s).
 	RetryMax Duration `json:"retry_max"`
-	// ShutdownGrace is how long SIGTERM lets the current segment finish (default 20s, well
+	// ShutdownGrace is how long SIGTERM lets an attempt under way finish (default 20s, well
 	// inside gokrazy's 100 s).
 	ShutdownGrace Duration `json:"shutdown_grace"`
 	// ReportInterval is how often the health summary goes to the sielink destinations, besides

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sie-europe/dnssensor/internal/testenv"
 	"github.com/sie-europe/dnssensor/nmsg/dnsqr"
 	collectorauth "github.com/sie-europe/dnssensor/uplink/internal/collector/auth"
 	"github.com/sie-europe/dnssensor/uplink/sielink"
@@ -149,4 +150,105 @@ func TestRetryMaxBoundsReconnect(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	t.Logf("outage of %d attempts; delivered %v after the collector came back (retry_max %v)", outageAttempts, time.Since(back).Round(time.Millisecond), retryMax)
+}
+
+// TestShutdownDoesNotRetry: SIGTERM while a destination is failing ends uplinkd at once, the
+// segment in flight released (not acknowledged), so it is delivered after the restart: nothing
+// lost. The grace is for an attempt in progress to finish, not for retrying: uplinkd kept
+// retrying for all of shutdown_grace (20 s by default), and gokrazy, which waits for every
+// service before a reboot, held every update's reboot that long while the collector was down.
+func TestShutdownDoesNotRetry(t *testing.T) {
+	const grace = 30 * time.Second
+	dir := t.TempDir()
+	certPEM, keyPEM, err := sielinktest.CertPEM("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile := filepath.Join(dir, "cert.pem")
+	os.WriteFile(certFile, certPEM, 0o644)
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keysFile, apiKeys, err := sielinktest.WriteKeys(dir, "s1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := collectorauth.LoadKeys(keysFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var received atomic.Int64
+	srv := &sielink.Server{Auth: keys, Heartbeat: time.Second, Logf: t.Logf,
+		Handler: sielink.HandlerFunc(func(d *sielink.Delivery) error { received.Add(int64(d.Records)); return nil })}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &gate{Listener: ln}
+	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 5 * time.Second}
+	go hs.Serve(tls.NewListener(g, &tls.Config{Certificates: []tls.Certificate{cert}}))
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		hs.Close()
+	})
+
+	ram, disk := filepath.Join(dir, "ram"), filepath.Join(dir, "disk")
+	spoolRecords(t, ram, disk, 100)
+	cfg, err := ParseConfig([]byte(fmt.Sprintf(`{"spool": {"dir": %q, "disk_dir": %q}, "metrics": "127.0.0.1:0", "retry_max": "200ms", "shutdown_grace": %q,
+		"destinations": [{"type": "sielink", "url": "wss://%s", "sensor": "s1", "api_key_file": %q, "ca_file": %q}]}`,
+		ram, disk, grace, ln.Addr(), apiKeys["s1"], certFile)), "test.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := func(ctx context.Context) <-chan error {
+		s, err := New(cfg, t.Logf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- s.Run(ctx) }()
+		return done
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := run(ctx)
+	deadline := time.Now().Add(testenv.Patience)
+	for g.attempts.Load() < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d connection attempts in %v", g.attempts.Load(), testenv.Patience)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	stopped := time.Now()
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(testenv.Patience):
+		t.Fatal("uplinkd did not stop")
+	}
+	took := time.Since(stopped)
+	// At once: one attempt in progress may finish (a failing one here fails in milliseconds);
+	// a third of the grace leaves a loaded machine room and is far below what retrying took.
+	if took > grace/3 {
+		t.Errorf("uplinkd stopped %v after SIGTERM with its destination failing, want at once (shutdown_grace %v)", took.Round(time.Millisecond), grace)
+	}
+	if received.Load() != 0 {
+		t.Fatalf("%d records delivered to a collector that was down", received.Load())
+	}
+
+	// The restart delivers what was in flight.
+	g.up.Store(true)
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	done2 := run(ctx2)
+	testenv.WaitFor(t, "the 100 records after the restart", func() bool { return received.Load() >= 100 })
+	cancel2()
+	if err := <-done2; err != nil {
+		t.Error(err)
+	}
+	t.Logf("stopped %v after SIGTERM (destination failing, shutdown_grace %v); all 100 records delivered after the restart", took.Round(time.Millisecond), grace)
 }

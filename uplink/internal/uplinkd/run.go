@@ -24,8 +24,11 @@ import (
 
 // destination delivers whole segments. deliver returns only when the destination has the segment
 // (sielink: confirmed by a Sync), or with an error after which the whole segment is retried.
+// ctx bounds an attempt under way (it outlives SIGTERM by the shutdown grace); connect bounds
+// the wait for a destination that is not connected, and ends with SIGTERM: waiting for a
+// destination that is down is not an attempt in progress.
 type destination interface {
-	deliver(ctx context.Context, seg *spool.Segment, loss sielink.LossCounter) error
+	deliver(ctx, connect context.Context, seg *spool.Segment, loss sielink.LossCounter) error
 	run(ctx context.Context) error // background work for the destination's lifetime
 	status() DestStatus
 }
@@ -95,8 +98,8 @@ func newSielink(d Destination, retryMax time.Duration, logf func(string, ...any)
 
 func (s *sielinkDest) run(ctx context.Context) error { s.client.Run(ctx); return nil }
 
-func (s *sielinkDest) deliver(ctx context.Context, seg *spool.Segment, loss sielink.LossCounter) error {
-	c, err := s.client.Conn(ctx)
+func (s *sielinkDest) deliver(ctx, connect context.Context, seg *spool.Segment, loss sielink.LossCounter) error {
+	c, err := s.client.Conn(connect)
 	if err != nil {
 		return err
 	}
@@ -155,7 +158,7 @@ func newUDP(d Destination) (*udpDest, error) {
 
 func (u *udpDest) run(ctx context.Context) error { <-ctx.Done(); return u.sender.Close() }
 
-func (u *udpDest) deliver(ctx context.Context, seg *spool.Segment, _ sielink.LossCounter) error {
+func (u *udpDest) deliver(ctx, _ context.Context, seg *spool.Segment, _ sielink.LossCounter) error {
 	if err := u.sender.SendContainers(ctx, seg.Body()); err != nil {
 		return err
 	}
@@ -298,7 +301,7 @@ func (s *Supervisor) loop(ctx context.Context) error {
 		s.inFlight.Store(seg.Seq)
 		// The segment in flight may finish after SIGTERM, within the grace period.
 		dctx, cancel := graceContext(ctx, s.cfg.ShutdownGrace.Duration)
-		ok := s.deliver(dctx, seg)
+		ok := s.deliver(dctx, ctx, seg)
 		cancel()
 		s.inFlight.Store(0)
 		if !ok {
@@ -315,8 +318,13 @@ func (s *Supervisor) loop(ctx context.Context) error {
 }
 
 // deliver hands seg to every destination that does not have it yet, retrying failures with
-// jittered back-off, and reports false only when ctx ended first.
-func (s *Supervisor) deliver(ctx context.Context, seg *spool.Segment) bool {
+// jittered back-off, and reports false only when ctx ended first, or when a round failed after
+// stop (SIGTERM) ended: the grace lets an attempt in progress finish, it is not for retrying
+// nor for waiting for a destination to come back.
+// A segment not delivered everywhere is released and sent again after the restart, so stopping
+// loses nothing, and gokrazy, which waits for every service before a reboot, is not held for
+// the whole grace while a destination is down.
+func (s *Supervisor) deliver(ctx, stop context.Context, seg *spool.Segment) bool {
 	done := make([]bool, len(s.dests))
 	wait := 500 * time.Millisecond
 	for {
@@ -332,8 +340,8 @@ func (s *Supervisor) deliver(ctx context.Context, seg *spool.Segment) bool {
 			if total.Bytes < prev.Bytes || total.Payloads < prev.Payloads {
 				delta = sielink.LossCounter{} // a recreated spool restarted its ledger
 			}
-			if err := d.deliver(ctx, seg, delta); err != nil {
-				if ctx.Err() != nil {
+			if err := d.deliver(ctx, stop, seg, delta); err != nil {
+				if ctx.Err() != nil || stop.Err() != nil {
 					return false
 				}
 				all = false
@@ -360,6 +368,9 @@ func (s *Supervisor) deliver(ctx context.Context, seg *spool.Segment) bool {
 		t := time.NewTimer(time.Duration(float64(wait) * (1 - rand.Float64()/2)))
 		select {
 		case <-ctx.Done():
+			t.Stop()
+			return false
+		case <-stop.Done():
 			t.Stop()
 			return false
 		case <-t.C:

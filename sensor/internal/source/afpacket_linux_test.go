@@ -1,0 +1,135 @@
+package source
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"os"
+	"os/exec"
+	"testing"
+	"time"
+
+	"github.com/sie-europe/dnssensor/internal/testenv"
+	"golang.org/x/sys/unix"
+)
+
+// TestRingPortDown: a ring on a port that is down waits for it instead of failing, and captures
+// once the port is up; a port taken down later is the same quiet spell; a port removed ends the
+// capture with an error naming it. At boot sensord may open a tap port before netconfd has
+// brought it up: the poll failed ("packet poll failed", the kernel's ENETDOWN on the socket),
+// sensord exited 1, and gokrazy's restart cost an emulated box 20-35 s without capture.
+//
+// It runs in a network namespace of its own: the test binary re-executed under unshare --net.
+func TestRingPortDown(t *testing.T) {
+	if os.Getenv("SOURCE_RING_DOWN_CHILD") == "1" {
+		ringPortDown(t)
+		return
+	}
+	if testing.Short() {
+		t.Skip("re-executes the test in a network namespace: not in -short")
+	}
+	testenv.NeedRoot(t, "a network namespace")
+	for _, tool := range []string{"unshare", "ip"} {
+		_, err := exec.LookPath(tool)
+		testenv.Need(t, err == nil, "%s not found (apt-get install util-linux iproute2, see ci/deps)", tool)
+	}
+	cmd := exec.Command("unshare", "--net", os.Args[0], "-test.run=^TestRingPortDown$", "-test.v")
+	cmd.Env = append(os.Environ(), "SOURCE_RING_DOWN_CHILD=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("in its own network namespace: %v\n%s", err, out)
+	}
+	t.Logf("%s", out)
+}
+
+// ringPortDown runs inside the namespace.
+func ringPortDown(t *testing.T) {
+	ip := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v\n%s", args, err, out)
+		}
+	}
+	ip("link", "add", "ringdown0", "type", "veth", "peer", "name", "ringdown1")
+	r, err := OpenRing(RingConfig{Iface: "ringdown0", Snaplen: 2048, BlockSize: 64 << 10, NumBlocks: 4, BlockTimeout: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+
+	// Down: every read is a quiet one.
+	quiet := func(when string) {
+		t.Helper()
+		for i := 0; i < 5; i++ {
+			if _, _, _, _, err := r.Read(); err != nil && err != ErrRingTimeout {
+				t.Fatalf("%s: read %d: %v, want a quiet read (ErrRingTimeout)", when, i, err)
+			}
+		}
+	}
+	quiet("bound while the port is down")
+
+	peer, err := net.InterfaceByName("ringdown1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(s)
+	// The frame is sent again until it is read: a veth pair carries frames only once both ends
+	// are up and their carrier is on, which the kernel reports a little after `ip link set up`.
+	captured := func(marker string) {
+		t.Helper()
+		frame := append([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 0, 0, 0, 0, 1, 0x88, 0xb5}, marker...)
+		frame = append(frame, make([]byte, 64)...)
+		to := &unix.SockaddrLinklayer{Ifindex: peer.Index, Halen: 6, Addr: [8]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}}
+		deadline := time.Now().Add(testenv.Patience)
+		lastSend := time.Time{}
+		for {
+			if time.Now().After(deadline) {
+				t.Fatalf("frame %q not captured within %v", marker, testenv.Patience)
+			}
+			if time.Since(lastSend) > 100*time.Millisecond {
+				if err := unix.Sendto(s, frame, 0, to); err != nil && !errors.Is(err, unix.ENETDOWN) {
+					t.Fatal(err)
+				}
+				lastSend = time.Now()
+			}
+			got, _, _, _, err := r.Read()
+			if err == ErrRingTimeout {
+				continue
+			}
+			if err != nil {
+				t.Fatalf("waiting for frame %q: %v", marker, err)
+			}
+			if bytes.Contains(got, []byte(marker)) {
+				return
+			}
+		}
+	}
+	ip("link", "set", "ringdown1", "up")
+	ip("link", "set", "ringdown0", "up")
+	captured("first frame")
+
+	ip("link", "set", "ringdown0", "down")
+	quiet("the port taken down")
+	ip("link", "set", "ringdown0", "up")
+	captured("after the port came back")
+
+	// Removed: an error naming the port, not quiet reads for ever.
+	ip("link", "del", "ringdown0")
+	deadline := time.Now().Add(testenv.Patience)
+	for {
+		_, _, _, _, err := r.Read()
+		if err != nil && err != ErrRingTimeout {
+			if !bytes.Contains([]byte(err.Error()), []byte("ringdown0")) {
+				t.Errorf("removed port: %v, want an error naming ringdown0", err)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("removed port: still quiet reads")
+		}
+	}
+}
