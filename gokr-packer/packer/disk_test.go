@@ -1,8 +1,6 @@
 package packer
 
 import (
-	"github.com/sie-europe/dnssensor/hardware"
-
 	"bytes"
 	"encoding/binary"
 	"hash/crc32"
@@ -10,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/sie-europe/dnssensor/hardware"
 )
 
 func TestGUIDRoundTrip(t *testing.T) {
