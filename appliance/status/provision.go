@@ -48,17 +48,30 @@ type Provisioner struct {
 	Console io.Writer
 	Logf    func(format string, args ...any)
 	Now     func() time.Time
-	// Mount mounts the partition dev on dir; nil: the kernel's vfat (KernelMount).
+	// Mount mounts the partition dev on dir read-only; nil: the kernel's vfat (KernelMount).
 	Mount func(dev, dir string) (unmount func() error, err error)
+	// Writable makes the mounted partition writable, once there is a file to apply or refuse;
+	// nil: KernelRemount with the kernel's mount, nothing otherwise.
+	Writable func(dev, dir string) error
 }
 
-// KernelMount mounts a FAT partition with the kernel's vfat, without suid, devices or programs,
-// and readable by root only (the file may hold an API key).
+const mountFlags = unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC
+
+// KernelMount mounts a FAT partition read-only with the kernel's vfat, without suid, devices or
+// programs, and readable by root only (the file may hold an API key). Read-only, because a
+// read-write vfat mount writes the partition even when nothing changes (the FAT's dirty mark, set
+// at mount and cleared at unmount), and updated compares the boot partition's bytes across an
+// update (appliance/update/bootcopy.go): a boot without a file to provision must leave them.
 func KernelMount(dev, dir string) (func() error, error) {
-	if err := unix.Mount(dev, dir, "vfat", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "umask=077"); err != nil {
+	if err := unix.Mount(dev, dir, "vfat", mountFlags|unix.MS_RDONLY, "umask=077"); err != nil {
 		return nil, err
 	}
 	return func() error { return unix.Unmount(dir, 0) }, nil
+}
+
+// KernelRemount makes a KernelMount writable.
+func KernelRemount(dev, dir string) error {
+	return unix.Mount(dev, dir, "vfat", mountFlags|unix.MS_REMOUNT, "umask=077")
 }
 
 // Run provisions once. It returns nil when there is nothing to provision (no file).
@@ -91,9 +104,15 @@ func (p *Provisioner) Run() *ProvisionResult {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return report("provisioning: %v", err)
 	}
-	mount := p.Mount
+	mount, writable := p.Mount, p.Writable
 	if mount == nil {
 		mount = KernelMount
+		if writable == nil {
+			writable = KernelRemount
+		}
+	}
+	if writable == nil {
+		writable = func(string, string) error { return nil }
 	}
 	unmount, err := mount(dev, dir)
 	if err != nil {
@@ -111,6 +130,9 @@ func (p *Provisioner) Run() *ProvisionResult {
 	}
 	if err != nil {
 		return report("provisioning: reading %s on the boot partition: %v", ProvisionFile, err)
+	}
+	if err := writable(dev, dir); err != nil {
+		return report("provisioning: making the boot partition writable: %v", err)
 	}
 	changed, err := boxconfig.CheckAndApply(p.Layout, data)
 	errsFile := filepath.Join(dir, ProvisionErrorsFile)

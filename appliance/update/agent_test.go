@@ -128,6 +128,9 @@ func (d *fakeDevice) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.calls = append(d.calls, r.Method+" "+r.URL.Path)
+	if r.URL.RawQuery != "" {
+		d.calls = append(d.calls, r.Method+" "+r.URL.Path+"?"+r.URL.RawQuery)
+	}
 	switch r.Method + " " + r.URL.Path {
 	case "GET /":
 		json.NewEncoder(w).Encode(map[string]string{"BuildTimestamp": d.running})
@@ -817,6 +820,17 @@ func (w *world) checkBootRestored(a *Agent, before string) {
 	w.dev.mu.Unlock()
 	if kernel != "boot v1" {
 		w.t.Errorf("version 1 runs the kernel of %q: no reboot after the restore", kernel)
+	}
+	// A reboot after the restore goes through the firmware: gokrazy's kexec marks the FAT dirty.
+	w.dev.mu.Lock()
+	calls := w.dev.calls
+	w.dev.mu.Unlock()
+	restored := false
+	for i, c := range calls {
+		restored = (restored || c == "PUT /update/boot") && c != "PUT /update/bootonly"
+		if restored && c == "POST /reboot" && (i+1 == len(calls) || calls[i+1] != "POST /reboot?kexec=off") {
+			w.t.Errorf("a reboot through kexec after the restore: %v", calls)
+		}
 	}
 	if st.BootPartition == nil || st.BootPartition.SHA256 != before {
 		w.t.Errorf("state's boot partition %+v, want sha256 %s", st.BootPartition, before)
