@@ -37,8 +37,11 @@ type Image struct {
 	DiskSeed string `json:"disk_seed,omitempty"`
 	// StorageBytes is the size of the image file (sparse); 0 means the profile's
 	// minimum. /perm takes what the boot and root partitions leave.
-	StorageBytes int64     `json:"storage_bytes,omitempty"`
-	Programs     []Program `json:"programs"`
+	StorageBytes int64 `json:"storage_bytes,omitempty"`
+	// Cmdline is appended to the profile's kernel command line (root= and console= are the
+	// packer's). ci/qemu-tuf-test uses it for a release whose boot partition differs.
+	Cmdline  string    `json:"cmdline,omitempty"`
+	Programs []Program `json:"programs"`
 }
 
 // Program is one supervised process on the device.
@@ -111,6 +114,11 @@ func (im Image) Validate() error {
 	}
 	if im.StorageBytes != 0 && im.StorageBytes < p.MinStorageBytes {
 		return fmt.Errorf("storage_bytes %d below profile %s minimum %d", im.StorageBytes, p.Name, p.MinStorageBytes)
+	}
+	for _, f := range strings.Fields(im.Cmdline) {
+		if strings.HasPrefix(f, "root=") || strings.HasPrefix(f, "console=") {
+			return fmt.Errorf("cmdline: %s is set by the packer, remove it", f)
+		}
 	}
 	bases := map[string]bool{}
 	for _, prog := range im.Programs {

@@ -110,3 +110,21 @@ func TestUnknownImage(t *testing.T) {
 		t.Errorf("Load(nope) = %v, want error listing known images", err)
 	}
 }
+
+// TestCmdline: an image's own kernel arguments are accepted, the packer's own refused by name.
+func TestCmdline(t *testing.T) {
+	im, err := Load("sensor-amd64")
+	if err != nil {
+		t.Fatal(err)
+	}
+	im.Cmdline = "dnssensor.release=4 quiet"
+	if err := im.Validate(); err != nil {
+		t.Errorf("extra arguments refused: %v", err)
+	}
+	for _, bad := range []string{"root=/dev/sda2", "quiet console=ttyS0"} {
+		im.Cmdline = bad
+		if err := im.Validate(); err == nil || !strings.Contains(err.Error(), "cmdline") {
+			t.Errorf("cmdline %q: %v", bad, err)
+		}
+	}
+}

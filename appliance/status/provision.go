@@ -2,19 +2,18 @@ package status
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/sie-europe/dnssensor/appliance/bootdev"
 	"github.com/sie-europe/dnssensor/appliance/boxconfig"
 )
 
@@ -49,17 +48,30 @@ type Provisioner struct {
 	Console io.Writer
 	Logf    func(format string, args ...any)
 	Now     func() time.Time
-	// Mount mounts the partition dev on dir; nil: the kernel's vfat (KernelMount).
+	// Mount mounts the partition dev on dir read-only; nil: the kernel's vfat (KernelMount).
 	Mount func(dev, dir string) (unmount func() error, err error)
+	// Writable makes the mounted partition writable, once there is a file to apply or refuse;
+	// nil: KernelRemount with the kernel's mount, nothing otherwise.
+	Writable func(dev, dir string) error
 }
 
-// KernelMount mounts a FAT partition with the kernel's vfat, without suid, devices or programs,
-// and readable by root only (the file may hold an API key).
+const mountFlags = unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC
+
+// KernelMount mounts a FAT partition read-only with the kernel's vfat, without suid, devices or
+// programs, and readable by root only (the file may hold an API key). Read-only, because a
+// read-write vfat mount writes the partition even when nothing changes (the FAT's dirty mark, set
+// at mount and cleared at unmount), and updated compares the boot partition's bytes across an
+// update (appliance/update/bootcopy.go): a boot without a file to provision must leave them.
 func KernelMount(dev, dir string) (func() error, error) {
-	if err := unix.Mount(dev, dir, "vfat", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "umask=077"); err != nil {
+	if err := unix.Mount(dev, dir, "vfat", mountFlags|unix.MS_RDONLY, "umask=077"); err != nil {
 		return nil, err
 	}
 	return func() error { return unix.Unmount(dir, 0) }, nil
+}
+
+// KernelRemount makes a KernelMount writable.
+func KernelRemount(dev, dir string) error {
+	return unix.Mount(dev, dir, "vfat", mountFlags|unix.MS_REMOUNT, "umask=077")
 }
 
 // Run provisions once. It returns nil when there is nothing to provision (no file).
@@ -92,9 +104,15 @@ func (p *Provisioner) Run() *ProvisionResult {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return report("provisioning: %v", err)
 	}
-	mount := p.Mount
+	mount, writable := p.Mount, p.Writable
 	if mount == nil {
 		mount = KernelMount
+		if writable == nil {
+			writable = KernelRemount
+		}
+	}
+	if writable == nil {
+		writable = func(string, string) error { return nil }
 	}
 	unmount, err := mount(dev, dir)
 	if err != nil {
@@ -112,6 +130,9 @@ func (p *Provisioner) Run() *ProvisionResult {
 	}
 	if err != nil {
 		return report("provisioning: reading %s on the boot partition: %v", ProvisionFile, err)
+	}
+	if err := writable(dev, dir); err != nil {
+		return report("provisioning: making the boot partition writable: %v", err)
 	}
 	changed, err := boxconfig.CheckAndApply(p.Layout, data)
 	errsFile := filepath.Join(dir, ProvisionErrorsFile)
@@ -164,89 +185,6 @@ func (p *Provisioner) say(res *ProvisionResult) {
 	}
 }
 
-var (
-	rootDev  = regexp.MustCompile(`(?:^|\s)root=(/dev/[a-z0-9]+?)(p?)([0-9]+)(?:\s|$)`)
-	rootMBR  = regexp.MustCompile(`(?:^|\s)root=PARTUUID=([0-9a-fA-F]{8})-([0-9]{2})(?:\s|$)`)
-	rootGPT  = regexp.MustCompile(`(?:^|\s)root=PARTUUID=([0-9a-fA-F-]{36})/PARTNROFF=([0-9]+)(?:\s|$)`)
-	sysBlock = "/sys/block"
-)
-
-// BootPartition finds the boot partition, partition 1 of the disk holding the root file system, as
-// gokrazy does from the kernel command line: root=/dev/mmcblk0p2 (or sda2, nvme0n1p2, vda2),
-// root=PARTUUID=<MBR disk signature>-02, or root=PARTUUID=<GPT GUID of partition 1>/PARTNROFF=1.
-func BootPartition(cmdlinePath string) (string, error) {
-	b, err := os.ReadFile(cmdlinePath)
-	if err != nil {
-		return "", err
-	}
-	cmdline := string(b)
-	if m := rootDev.FindStringSubmatch(cmdline); m != nil {
-		return m[1] + m[2] + "1", nil
-	}
-	if m := rootMBR.FindStringSubmatch(cmdline); m != nil {
-		disk, err := findDisk(func(f *os.File) bool {
-			var sig [4]byte
-			if _, err := f.ReadAt(sig[:], 440); err != nil {
-				return false
-			}
-			return fmt.Sprintf("%08x", binary.LittleEndian.Uint32(sig[:])) == strings.ToLower(m[1])
-		})
-		if err != nil {
-			return "", err
-		}
-		return partition(disk, 1), nil
-	}
-	if m := rootGPT.FindStringSubmatch(cmdline); m != nil {
-		disk, err := findDisk(func(f *os.File) bool { return firstGPTPartition(f) == strings.ToLower(m[1]) })
-		if err != nil {
-			return "", err
-		}
-		return partition(disk, 1), nil
-	}
-	return "", fmt.Errorf("%s: no root= this knows (%q)", cmdlinePath, strings.TrimSpace(cmdline))
-}
-
-func findDisk(match func(*os.File) bool) (string, error) {
-	ents, err := os.ReadDir(sysBlock)
-	if err != nil {
-		return "", err
-	}
-	for _, e := range ents {
-		dev := "/dev/" + e.Name()
-		f, err := os.Open(dev)
-		if err != nil {
-			continue
-		}
-		ok := match(f)
-		f.Close()
-		if ok {
-			return dev, nil
-		}
-	}
-	return "", errors.New("no disk with the root's PARTUUID")
-}
-
-// partition names a disk's partition as the kernel does: a disk name ending in a digit takes "p".
-func partition(disk string, n int) string {
-	if last := disk[len(disk)-1]; last >= '0' && last <= '9' {
-		return fmt.Sprintf("%sp%d", disk, n)
-	}
-	return fmt.Sprintf("%s%d", disk, n)
-}
-
-// firstGPTPartition returns the unique GUID of a GPT disk's first partition entry (512-byte
-// sectors, as gokrazy's images use), lower case, or "".
-func firstGPTPartition(f *os.File) string {
-	var hdr [92]byte
-	if _, err := f.ReadAt(hdr[:], 512); err != nil || string(hdr[:8]) != "EFI PART" {
-		return ""
-	}
-	lba := binary.LittleEndian.Uint64(hdr[72:80])
-	var ent [32]byte
-	if _, err := f.ReadAt(ent[:], int64(lba)*512); err != nil {
-		return ""
-	}
-	g := ent[16:32]
-	return fmt.Sprintf("%08x-%04x-%04x-%x-%x", binary.LittleEndian.Uint32(g[0:4]), binary.LittleEndian.Uint16(g[4:6]),
-		binary.LittleEndian.Uint16(g[6:8]), g[8:10], g[10:16])
-}
+// BootPartition finds the boot partition, partition 1 of the disk holding the root file system
+// (appliance/bootdev, shared with updated, which keeps a copy of it across an update).
+func BootPartition(cmdlinePath string) (string, error) { return bootdev.Find(cmdlinePath) }

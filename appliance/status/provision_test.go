@@ -2,11 +2,13 @@ package status
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/sie-europe/dnssensor/appliance/boxconfig"
@@ -59,12 +61,16 @@ func provisioner(t *testing.T, dev string) (*Provisioner, *bytes.Buffer, *string
 		// mount, written back on unmount.
 		t.Logf("the kernel has no vfat: the FAT partition is mounted through mtools")
 		p.Mount = mtoolsMount
+		p.Writable = func(dev, dir string) error { mtoolsWritable.Store(dir, true); return nil }
 	}
 	return p, console, logs
 }
 
 // mtoolsMount stands in for a vfat mount: the partition's top-level files are copied into dir and,
 // on unmount, what changed is written back and what was removed is deleted from the partition.
+// Like the kernel's mount, it is read-only until Writable: only then is anything written back.
+var mtoolsWritable sync.Map
+
 func mtoolsMount(dev, dir string) (func() error, error) {
 	out, err := exec.Command("mdir", "-b", "-i", dev, "::").Output()
 	if err != nil {
@@ -79,6 +85,12 @@ func mtoolsMount(dev, dir string) (func() error, error) {
 		}
 	}
 	return func() error {
+		if _, ok := mtoolsWritable.LoadAndDelete(dir); !ok {
+			for _, name := range names {
+				os.Remove(filepath.Join(dir, name))
+			}
+			return nil
+		}
 		for _, name := range names {
 			if _, err := os.Stat(filepath.Join(dir, name)); os.IsNotExist(err) {
 				if out, err := exec.Command("mdel", "-i", dev, "::"+name).CombinedOutput(); err != nil {
@@ -128,6 +140,24 @@ func TestProvisionGood(t *testing.T) {
 	// Nothing left: the next boot does nothing.
 	if res := p.Run(); res != nil {
 		t.Errorf("second run: %+v", res)
+	}
+}
+
+// TestProvisionNothingLeavesBytes: a boot without dnssensor.json leaves the boot partition byte
+// for byte (updated compares its hash across an update; a read-write mount writes it).
+func TestProvisionNothingLeavesBytes(t *testing.T) {
+	dev, _ := fatPartition(t, map[string]string{"cmdline.txt": "root=/dev/sda2\n"})
+	sum := func() [32]byte { b, _ := os.ReadFile(dev); return sha256.Sum256(b) }
+	before := sum()
+	p, _, _ := provisioner(t, dev)
+	if w := p.Writable; w != nil {
+		p.Writable = func(dev, dir string) error { t.Error("made writable without a file to provision"); return w(dev, dir) }
+	}
+	if res := p.Run(); res != nil {
+		t.Fatalf("Run: %+v", res)
+	}
+	if sum() != before {
+		t.Error("the boot partition changed though there was nothing to provision")
 	}
 }
 

@@ -38,6 +38,9 @@ type Updates struct {
 	LastError      string          `json:"last_error,omitempty"`
 	Failed         []UpdateFailure `json:"failed,omitempty"`
 	History        []UpdateEvent   `json:"history,omitempty"` // newest first
+	// BootPartition is the boot partition's SHA-256 as updated last read it (before writing a
+	// release's, after restoring the previous one, at the first start after that).
+	BootPartition *UpdateBootRead `json:"boot_partition,omitempty"`
 	// Shown is the newest part of History, for the HTML page.
 	Shown []UpdateEvent `json:"-"`
 }
@@ -48,6 +51,15 @@ type UpdatePending struct {
 	BuildTimestamp string    `json:"build_timestamp"`
 	Phase          string    `json:"phase"`
 	Since          time.Time `json:"since"`
+	Step           string    `json:"step,omitempty"` // within the writing phase
+}
+
+// UpdateBootRead is one reading of the whole boot partition by updated.
+type UpdateBootRead struct {
+	SHA256 string    `json:"sha256"`
+	Bytes  int64     `json:"bytes"`
+	At     time.Time `json:"at"`
+	Why    string    `json:"why"`
 }
 
 // UpdateFailure is a version that failed on this box; updated never retries it by itself.
@@ -76,6 +88,7 @@ type updatedStateDoc struct {
 	LastResult     string          `json:"last_result"`
 	LastError      string          `json:"last_error"`
 	History        []UpdateEvent   `json:"history"`
+	BootPartition  *UpdateBootRead `json:"boot_partition"`
 }
 
 // updatesFix is what the page says when updated does not run.
@@ -104,6 +117,7 @@ func readUpdates(ctx context.Context, socket string) *Updates {
 	}
 	u.Version, u.BuildTimestamp, u.Paused, u.Pending = doc.Version, doc.BuildTimestamp, doc.Paused, doc.Pending
 	u.LastCheck, u.LastResult, u.LastError, u.Failed = doc.LastCheck, doc.LastResult, doc.LastError, doc.Failed
+	u.BootPartition = doc.BootPartition
 	for i := len(doc.History) - 1; i >= 0; i-- {
 		u.History = append(u.History, doc.History[i])
 	}

@@ -30,7 +30,8 @@ func realUpdated(t *testing.T) (*update.Agent, string, func() []string) {
 	at := time.Date(2026, 3, 1, 2, 0, 0, 0, time.UTC)
 	st := update.State{Schema: update.StateSchema, Version: 2, BuildTimestamp: "2026-02-01T00:00:00Z",
 		Failed:    []update.Failure{{Version: 3, BuildTimestamp: "2026-02-20T00:00:00Z", At: at, Reason: "health gate not passed within 5m0s: sensord: capture"}},
-		LastCheck: at.Add(time.Hour), LastResult: "version 3 failed on 2026-03-01T02:00:00Z (…); not retried: publish a higher version"}
+		LastCheck: at.Add(time.Hour), LastResult: "version 3 failed on 2026-03-01T02:00:00Z (…); not retried: publish a higher version",
+		BootPartition: &update.BootRead{SHA256: "5e1f", Bytes: 100 << 20, At: at, Why: "first start after the restore"}}
 	for i, what := range []string{"installing version 2", "version 2 committed", "installing version 3", "version 3 failed: health gate not passed"} {
 		st.History = append(st.History, update.Event{At: at.Add(time.Duration(i-4) * time.Minute), What: what})
 	}
@@ -79,7 +80,8 @@ func TestUpdatesSection(t *testing.T) {
 	}
 	u := p.Updates
 	if u.State != "running" || u.Version != 2 || u.Paused || len(u.Failed) != 1 || u.Failed[0].Version != 3 ||
-		len(u.History) != 4 || u.History[0].What != "version 3 failed: health gate not passed" || u.LastCheck.IsZero() {
+		len(u.History) != 4 || u.History[0].What != "version 3 failed: health gate not passed" || u.LastCheck.IsZero() ||
+		u.BootPartition == nil || u.BootPartition.SHA256 != "5e1f" || u.BootPartition.Why != "first start after the restore" {
 		t.Errorf("updates: %+v", u)
 	}
 	checks := map[string]bool{}

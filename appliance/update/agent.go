@@ -40,6 +40,7 @@ import (
 	"github.com/theupdateframework/go-tuf/v2/metadata/config"
 	"github.com/theupdateframework/go-tuf/v2/metadata/updater"
 
+	"github.com/sie-europe/dnssensor/appliance/bootdev"
 	"github.com/sie-europe/dnssensor/internal/gokrazyapi"
 	"github.com/sie-europe/dnssensor/internal/tufrepo"
 )
@@ -73,7 +74,9 @@ type Config struct {
 	// size); nil: the running root's, from /proc/self/mountinfo and /sys. An error leaves the
 	// check to gokrazy's write.
 	RootPartitionSize func() (int64, error)
-	Logf              func(format string, args ...any)
+	// BootPartition opens the boot partition for reading (nil: partition 1 of the root's disk).
+	BootPartition func() (io.ReadCloser, error)
+	Logf          func(format string, args ...any)
 }
 
 // Agent runs the updates of one box.
@@ -133,6 +136,15 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.RootPartitionSize == nil {
 		cfg.RootPartitionSize = runningRootSize
+	}
+	if cfg.BootPartition == nil {
+		cfg.BootPartition = func() (io.ReadCloser, error) {
+			dev, err := bootdev.Find("/proc/cmdline")
+			if err != nil {
+				return nil, fmt.Errorf("finding the boot partition: %w", err)
+			}
+			return os.Open(dev)
+		}
 	}
 	if cfg.Logf == nil {
 		cfg.Logf = log.Printf
@@ -240,6 +252,9 @@ func (a *Agent) Resume(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("is this a test boot? %w", err)
 	}
+	if st.BootVerify != "" {
+		a.verifyBoot()
+	}
 	if p == nil {
 		if tb && st.BuildTimestamp == "" {
 			a.cfg.Logf("test boot without an update of ours (a push?): leaving it to whoever asked for it")
@@ -256,7 +271,17 @@ func (a *Agent) Resume(ctx context.Context) error {
 	}
 	now := a.cfg.Now().UTC()
 	switch p.Phase {
+	case PhaseRestoring:
+		return a.restoreBoot(ctx)
 	case PhaseWriting:
+		if p.BootSaved != nil {
+			// The boot partition may be written (or half written): the old one goes back first.
+			cause := fmt.Errorf("writing version %d was interrupted; starting again with the next check", p.Version)
+			if err := a.abandon(ctx, cause); err != cause {
+				return err
+			}
+			return nil
+		}
 		// The inactive partition is half written; nothing boots it. Start again with the next check.
 		return a.update(func(s *State) {
 			s.Pending = nil
@@ -463,10 +488,13 @@ func (a *Agent) install(ctx context.Context, rel tufrepo.Custom, targets map[str
 		return err
 	}
 	if _, err := a.cfg.Device.Features(ctx); err != nil {
-		return a.abandon(err)
+		return a.abandon(ctx, err)
+	}
+	if err := a.step("downloading and writing " + tufrepo.RootImg); err != nil {
+		return err
 	}
 	if err := a.stream(ctx, targets[tufrepo.RootImg], "/update/root"); err != nil {
-		return a.abandon(err)
+		return a.abandon(ctx, err)
 	}
 	if err := a.point("root written"); err != nil {
 		return err
@@ -482,12 +510,26 @@ func (a *Agent) install(ctx context.Context, rel tufrepo.Custom, targets map[str
 		}
 		// Boot partition and MBR are written in place, not beside the running ones: verified in
 		// full before the first byte goes out.
+		if err := a.step("downloading " + w.name); err != nil {
+			return err
+		}
 		data, err := a.download(ctx, tf)
 		if err != nil {
-			return a.abandon(err)
+			return a.abandon(ctx, err)
+		}
+		if w.name == tufrepo.BootImg {
+			if err := a.saveBoot(int64(len(data)), st.BootSHA256); err != nil {
+				if errors.Is(err, ErrStopped) {
+					return err
+				}
+				return a.abandon(ctx, fmt.Errorf("keeping a copy of the boot partition before writing it: %w", err))
+			}
+		}
+		if err := a.step("writing " + w.name); err != nil {
+			return err
 		}
 		if _, err := a.cfg.Device.Put(ctx, w.path, strings.NewReader(string(data))); err != nil {
-			return a.abandon(err)
+			return a.abandon(ctx, err)
 		}
 		if err := a.update(func(s *State) {
 			if w.name == tufrepo.BootImg {
@@ -503,7 +545,7 @@ func (a *Agent) install(ctx context.Context, rel tufrepo.Custom, targets map[str
 		}
 	}
 	base := takeBaseline(ctx, a.cfg.Daemons, a.cfg.HealthTimeout)
-	if err := a.update(func(s *State) { s.Pending.Baseline = base }); err != nil {
+	if err := a.update(func(s *State) { s.Pending.Baseline, s.Pending.Step = base, "" }); err != nil {
 		return err
 	}
 	return a.testboot(ctx)
@@ -522,13 +564,31 @@ func (a *Agent) cmdlineWorn() bool {
 }
 
 // abandon drops a pending update that failed before the test boot: nothing boots the partial
-// write, and the next check tries again (a download error is not the release's fault).
-func (a *Agent) abandon(cause error) error {
-	_ = a.update(func(s *State) {
+// write, and the next check tries again (a download error is not the release's fault). A boot
+// partition written (or half written) for it is restored first.
+func (a *Agent) abandon(ctx context.Context, cause error) error {
+	restore := false
+	if err := a.update(func(s *State) {
 		s.event(a.cfg.Now().UTC(), s.Pending.Version, "abandoned before the test boot: %v", cause)
+		if s.Pending.BootSaved != nil {
+			s.Pending.Phase, s.Pending.Outcome, restore = PhaseRestoring, "abandoned", true
+			return
+		}
 		s.Pending = nil
-	})
+	}); err != nil {
+		return err
+	}
+	if restore {
+		if err := a.restoreBoot(ctx); err != nil {
+			return err
+		}
+	}
 	return cause
+}
+
+// step records where the writing phase is.
+func (a *Agent) step(what string) error {
+	return a.update(func(s *State) { s.Pending.Step = what })
 }
 
 func (a *Agent) testboot(ctx context.Context) error {
@@ -612,11 +672,15 @@ func (a *Agent) commit(ctx context.Context) error {
 func (a *Agent) committed() error {
 	now := a.cfg.Now().UTC()
 	a.cfg.Logf("version %d committed", a.State().Pending.Version)
-	return a.update(func(s *State) {
+	if err := a.update(func(s *State) {
 		s.Version, s.BuildTimestamp = s.Pending.Version, s.Pending.BuildTimestamp
 		s.event(now, s.Pending.Version, "version %d committed", s.Pending.Version)
 		s.Pending = nil
-	})
+	}); err != nil {
+		return err
+	}
+	_ = os.Remove(filepath.Join(a.cfg.Dir, bootCopyFile))
+	return nil
 }
 
 // fail records the pending version as failed; reboot when running the test boot, so gokrazy
@@ -624,15 +688,23 @@ func (a *Agent) committed() error {
 func (a *Agent) fail(ctx context.Context, reason string, reboot bool) error {
 	now := a.cfg.Now().UTC()
 	var v int64
+	restore := false
 	if err := a.update(func(s *State) {
 		v = s.Pending.Version
 		s.Failed = append(s.Failed, Failure{Version: v, BuildTimestamp: s.Pending.BuildTimestamp, At: now, Reason: reason})
 		s.event(now, v, "version %d failed: %s", v, reason)
+		if s.Pending.BootSaved != nil {
+			s.Pending.Phase, s.Pending.Outcome, restore = PhaseRestoring, "failed", true
+			return
+		}
 		s.Pending = nil
 	}); err != nil {
 		return err
 	}
 	a.cfg.Logf("version %d failed: %s", v, reason)
+	if restore {
+		return a.restoreBoot(ctx) // and the reboot
+	}
 	if !reboot {
 		return nil
 	}

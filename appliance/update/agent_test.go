@@ -1,6 +1,7 @@
 package update
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ed25519"
@@ -59,16 +60,57 @@ type fakeDevice struct {
 	// worn counts gokrazy's leftovers on the command line (" gokrazy.switch_on_boot=1", 25
 	// bytes each, one per test boot, never removed); cmdline.txt has 64 bytes of room, and a
 	// test boot flag (28 bytes) that does not fit is cut off: the box boots its active root.
-	worn        int
-	running     string
-	bootID      int
-	boot, mbr   string
+	worn    int
+	running string
+	bootID  int
+	// part is the boot partition's bytes: the image written at its start, the command line
+	// (cmdlineAt, rendered from active, worn and testbootFlag, parsed back from a raw write)
+	// inside it, and a tail no image reaches; kernel is the image part the running system
+	// booted from.
+	part        []byte
+	kernel      string
+	mbr         string
 	rebootAsked bool
+	failMBR     bool // PUT /update/mbr answers 500
 	calls       []string
 }
 
+const (
+	partSize  = 512
+	imageSize = 200 // bootImage's length; the command line lies inside it
+	cmdlineAt = 128
+)
+
+// bootImage is a boot partition image whose kernel is called s.
+func bootImage(s string) string { return s + strings.Repeat(".", imageSize-len(s)) }
+
+func (d *fakeDevice) render() {
+	c := fmt.Sprintf("root=%d worn=%d tb=%v", d.active, d.worn, d.testbootFlag)
+	copy(d.part[cmdlineAt:cmdlineAt+64], c+strings.Repeat(" ", 64-len(c)))
+}
+
+// parse reads the command line back after a raw write of the partition.
+func (d *fakeDevice) parse() {
+	var tb bool
+	if _, err := fmt.Sscanf(string(d.part[cmdlineAt:cmdlineAt+64]), "root=%d worn=%d tb=%v", &d.active, &d.worn, &tb); err != nil {
+		d.t.Errorf("boot partition's command line unreadable after a raw write: %v", err)
+	}
+	d.testbootFlag = tb
+}
+
+// bootContent is the kernel the boot partition holds now.
+func (d *fakeDevice) bootContent() string {
+	return strings.TrimRight(string(d.part[:cmdlineAt]), ".")
+}
+
 func newDevice(t *testing.T, running string) (*fakeDevice, *gokrazyapi.Client) {
-	d := &fakeDevice{t: t, roots: [2]string{running, ""}, running: running, boot: "boot v1", mbr: "mbr v1"}
+	d := &fakeDevice{t: t, roots: [2]string{running, ""}, running: running, mbr: "mbr v1", part: make([]byte, partSize)}
+	for i := range d.part {
+		d.part[i] = byte(i) // the tail: bytes no update writes
+	}
+	copy(d.part, bootImage("boot v1"))
+	d.render()
+	d.kernel = d.bootContent()
 	srv := httptest.NewServer(d)
 	t.Cleanup(srv.Close)
 	c, err := gokrazyapi.New(srv.URL, "pw", nil)
@@ -86,13 +128,24 @@ func (d *fakeDevice) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.calls = append(d.calls, r.Method+" "+r.URL.Path)
+	if r.URL.RawQuery != "" {
+		d.calls = append(d.calls, r.Method+" "+r.URL.Path+"?"+r.URL.RawQuery)
+	}
 	switch r.Method + " " + r.URL.Path {
 	case "GET /":
 		json.NewEncoder(w).Encode(map[string]string{"BuildTimestamp": d.running})
 	case "GET /update/features":
 		io.WriteString(w, "partuuid,updatehash,gpt,")
-	case "PUT /update/root", "PUT /update/bootonly", "PUT /update/mbr":
+	case "PUT /update/root", "PUT /update/bootonly", "PUT /update/boot", "PUT /update/mbr":
 		b, _ := io.ReadAll(r.Body)
+		if r.URL.Path == "/update/mbr" && d.failMBR {
+			http.Error(w, "write error", http.StatusInternalServerError)
+			return
+		}
+		if strings.HasPrefix(r.URL.Path, "/update/boot") && len(b) > partSize {
+			http.Error(w, "longer than the partition", http.StatusInternalServerError)
+			return
+		}
 		switch r.URL.Path {
 		case "/update/root":
 			if d.testBooted {
@@ -100,16 +153,25 @@ func (d *fakeDevice) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 			d.roots[1-d.active] = strings.TrimPrefix(string(b), "root of ")
 		case "/update/bootonly":
-			d.boot = string(b)
-			d.worn = 0 // a fresh cmdline.txt
+			copy(d.part, b)
+			d.worn, d.testbootFlag = 0, false // a fresh cmdline.txt
+			if d.testBooted {
+				d.active = 1 - d.active // gokrazy points root= at the running root
+			}
+			d.render()
+		case "/update/boot": // raw: the command line is what the bytes say
+			copy(d.part, b)
+			d.parse()
 		default:
 			d.mbr = string(b)
 		}
 		fmt.Fprintf(w, "%x", sha256sum(b))
 	case "POST /update/testboot":
 		d.testbootFlag = true
+		d.render()
 	case "POST /update/switch":
 		d.active = 1 - d.active
+		d.render()
 	case "POST /reboot":
 		d.rebootAsked = true
 	default:
@@ -123,6 +185,8 @@ func (d *fakeDevice) powerCycle() {
 	defer d.mu.Unlock()
 	d.bootID++
 	d.rebootAsked = false
+	d.kernel = d.bootContent()
+	defer d.render()
 	if d.testbootFlag && 64-25*d.worn >= 28 {
 		d.testbootFlag, d.testBooted, d.running = false, true, d.roots[1-d.active]
 		d.worn++
@@ -130,6 +194,19 @@ func (d *fakeDevice) powerCycle() {
 	}
 	d.testbootFlag = false
 	d.testBooted, d.running = false, d.roots[d.active]
+}
+
+// partSum is the boot partition's SHA-256, as the agent reports it.
+func (d *fakeDevice) partSum() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return fmt.Sprintf("%x", sha256sum(d.part))
+}
+
+func (d *fakeDevice) readPart() (io.ReadCloser, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return io.NopCloser(bytes.NewReader(bytes.Clone(d.part))), nil
 }
 
 func (d *fakeDevice) count(call string) int {
@@ -222,7 +299,7 @@ func (w *world) publish(n int, rollout int, boot string) {
 		w.t.Fatal(err)
 	}
 	files := map[string]string{}
-	for name, content := range map[string]string{tufrepo.RootImg: "root of " + build(n), tufrepo.BootImg: boot, tufrepo.MBRImg: "mbr v1", tufrepo.SBOM: "{}"} {
+	for name, content := range map[string]string{tufrepo.RootImg: "root of " + build(n), tufrepo.BootImg: bootImage(boot), tufrepo.MBRImg: "mbr v1", tufrepo.SBOM: "{}"} {
 		p := filepath.Join(w.artefact, fmt.Sprintf("%d.%s", n, name))
 		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
 			w.t.Fatal(err)
@@ -257,7 +334,8 @@ func (w *world) agent() *Agent {
 			defer w.dev.mu.Unlock()
 			return "root=PARTUUID=x/PARTNROFF=1" + strings.Repeat(" gokrazy.switch_on_boot=1", w.dev.worn), nil
 		},
-		Logf: w.t.Logf,
+		BootPartition: w.dev.readPart,
+		Logf:          w.t.Logf,
 	})
 	if err != nil {
 		w.t.Fatal(err)
@@ -307,8 +385,8 @@ func TestHappyPath(t *testing.T) {
 	if w.dev.count("POST /update/testboot") != 1 || w.dev.count("POST /update/switch") != 1 {
 		t.Errorf("calls: %v", w.dev.calls)
 	}
-	if w.dev.boot != "boot v2" {
-		t.Errorf("boot partition %q, want boot v2", w.dev.boot)
+	if got := w.dev.bootContent(); got != "boot v2" {
+		t.Errorf("boot partition %q, want boot v2", got)
 	}
 	// The MBR held what version 2 carries already, but this agent had no record of it.
 	if n := w.dev.count("PUT /update/mbr"); n != 1 {
@@ -709,4 +787,143 @@ func signerOf(k ed25519.PrivateKey) signature.Signer {
 		panic(err)
 	}
 	return s
+}
+
+// failAt cuts the power once at point p for the rest of the test.
+func failAt(t *testing.T, p string) *bool {
+	fired := new(bool)
+	crashPoint = func(q string) bool {
+		if q == p && !*fired {
+			*fired = true
+			return true
+		}
+		return false
+	}
+	t.Cleanup(func() { crashPoint = func(string) bool { return false } })
+	return fired
+}
+
+// checkBootRestored: the box runs version 1 from the boot partition it had before version 2
+// wrote its own, byte for byte, and says so on its page.
+func (w *world) checkBootRestored(a *Agent, before string) {
+	w.t.Helper()
+	st := a.State()
+	running, tb, _ := w.dev.snapshot()
+	if running != build(1) || tb || st.Pending != nil {
+		w.t.Fatalf("box runs %s (test boot %v), pending %+v; want version 1 and nothing pending (history %v)", running, tb, st.Pending, st.History)
+	}
+	if got := w.dev.partSum(); got != before {
+		w.t.Fatalf("boot partition sha256 %s after the rollback, %s before the update (kernel %q)", got, before, w.dev.bootContent())
+	}
+	w.dev.mu.Lock()
+	kernel := w.dev.kernel
+	w.dev.mu.Unlock()
+	if kernel != "boot v1" {
+		w.t.Errorf("version 1 runs the kernel of %q: no reboot after the restore", kernel)
+	}
+	// A reboot after the restore goes through the firmware: gokrazy's kexec marks the FAT dirty.
+	w.dev.mu.Lock()
+	calls := w.dev.calls
+	w.dev.mu.Unlock()
+	restored := false
+	for i, c := range calls {
+		restored = (restored || c == "PUT /update/boot") && c != "PUT /update/bootonly"
+		if restored && c == "POST /reboot" && (i+1 == len(calls) || calls[i+1] != "POST /reboot?kexec=off") {
+			w.t.Errorf("a reboot through kexec after the restore: %v", calls)
+		}
+	}
+	if st.BootPartition == nil || st.BootPartition.SHA256 != before {
+		w.t.Errorf("state's boot partition %+v, want sha256 %s", st.BootPartition, before)
+	}
+	if _, err := os.Stat(filepath.Join(w.dir, bootCopyFile)); err == nil {
+		w.t.Errorf("the saved boot partition is left in /perm after the rollback")
+	}
+	// The next update writes the boot partition again: the agent's record went back too.
+	if st.BootSHA256 == fmt.Sprintf("%x", sha256sum([]byte(bootImage("boot v2")))) {
+		w.t.Errorf("state says version 2's boot partition is written: %s", st.BootSHA256)
+	}
+}
+
+// TestBootPartitionRestored: version 2 changes the boot partition (gokrazy writes it in place)
+// and fails, each way it can; the box ends on version 1 with its old boot partition, byte for
+// byte, and booted from it.
+func TestBootPartitionRestored(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		prep   func(w *world)
+		failed bool // version 2 recorded as failed (else abandoned, retried later)
+	}{
+		{"gate fails", func(w *world) { w.capture.Store(false) }, true},
+		{"test boot hangs", func(w *world) { failAt(w.t, "gate") }, true},
+		{"switch lost", func(w *world) { failAt(w.t, "committing") }, true},
+		{"MBR write fails", func(w *world) { w.dev.failMBR = true }, false},
+	} {
+		t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) {
+			w := newWorld(t)
+			w.publish(1, 100, "boot v1")
+			w.publish(2, 100, "boot v2")
+			before := w.dev.partSum()
+			tc.prep(w)
+			a := w.settle()
+			if tc.failed != (len(a.State().Failed) == 1) {
+				t.Fatalf("failed %+v", a.State().Failed)
+			}
+			if w.dev.count("PUT /update/bootonly") == 0 {
+				t.Fatal("version 2's boot partition was never written")
+			}
+			w.checkBootRestored(a, before)
+			// After the reboot the partition is read again, from the disk.
+			if bp := a.State().BootPartition; tc.failed && bp.Why != "first start after the restore" {
+				t.Errorf("boot partition last read %q", bp.Why)
+			}
+		})
+	}
+}
+
+// TestBootRestorePowerLoss cuts the power at each step of saving, writing and restoring the
+// boot partition of a version whose gate fails: every time the box ends on version 1 with its
+// old boot partition.
+func TestBootRestorePowerLoss(t *testing.T) {
+	for _, p := range []string{"boot saving", "boot saved", "boot recorded", "boot.img written", "gate", "restoring", "boot restored", "rollback"} {
+		t.Run(strings.ReplaceAll(p, " ", "_"), func(t *testing.T) {
+			w := newWorld(t)
+			w.publish(1, 100, "boot v1")
+			w.publish(2, 100, "boot v2")
+			before := w.dev.partSum()
+			w.capture.Store(false)
+			fired := failAt(t, p)
+			a := w.settle()
+			if !*fired {
+				t.Fatalf("the update never reached %q", p)
+			}
+			if st := a.State(); len(st.Failed) != 1 {
+				t.Fatalf("failed %+v, want version 2 (history %v)", st.Failed, st.History)
+			}
+			w.checkBootRestored(a, before)
+		})
+	}
+}
+
+// TestBootCopyRefused: when /perm cannot hold the copy of the boot partition (full, or
+// damaged), the boot partition is not written and the update is abandoned.
+func TestBootCopyRefused(t *testing.T) {
+	w := newWorld(t)
+	w.publish(1, 100, "boot v1")
+	w.publish(2, 100, "boot v2")
+	before := w.dev.partSum()
+	// A directory where the copy goes: writing it fails as on a full disk.
+	if err := os.MkdirAll(filepath.Join(w.dir, bootCopyFile, "x"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	a := w.agent()
+	err := a.Check(context.Background(), true)
+	if err == nil || !strings.Contains(err.Error(), "keeping a copy of the boot partition") {
+		t.Fatalf("check: %v", err)
+	}
+	if w.dev.count("PUT /update/bootonly") != 0 || w.dev.partSum() != before {
+		t.Fatalf("the boot partition was written without a copy: %v", w.dev.calls)
+	}
+	if st := a.State(); st.Pending != nil || w.dev.count("POST /update/testboot") != 0 {
+		t.Fatalf("pending %+v", st.Pending)
+	}
 }

@@ -22,7 +22,14 @@ const (
 	PhaseTestboot   = "testboot"   // test boot requested, reboot into the new root
 	PhaseGate       = "gate"       // running the new root once: the health gate decides
 	PhaseCommitting = "committing" // gate passed, switching to the new root for good
+	// PhaseRestoring: the update failed or was abandoned after its boot partition was written;
+	// the copy kept in /perm goes back before anything else happens.
+	PhaseRestoring = "restoring"
 )
+
+// bootCopyFile (in the agent's directory) is the boot partition's region an update overwrites,
+// as it was before: gokrazy writes the boot partition in place and keeps no copy.
+const bootCopyFile = "boot-prev.img"
 
 // State is /perm/updated/state.json: shared by the old and the new root, written atomically.
 type State struct {
@@ -32,8 +39,14 @@ type State struct {
 	BuildTimestamp string `json:"build_timestamp,omitempty"`
 	// BootSHA256 and MBRSHA256 are what the boot partition and MBR hold as far as this agent
 	// wrote them ("": unknown, written with the next update).
-	BootSHA256 string    `json:"boot_sha256,omitempty"`
-	MBRSHA256  string    `json:"mbr_sha256,omitempty"`
+	BootSHA256 string `json:"boot_sha256,omitempty"`
+	MBRSHA256  string `json:"mbr_sha256,omitempty"`
+	// BootPartition is the whole boot partition as this agent last read it (before writing a
+	// release's, after restoring it, and at the first start after a restore).
+	BootPartition *BootRead `json:"boot_partition,omitempty"`
+	// BootVerify is the boot that restored the boot partition and rebooted: the next boot reads
+	// it again, from the disk rather than the page cache, and records what it found.
+	BootVerify string    `json:"boot_verify,omitempty"`
 	Pending    *Pending  `json:"pending,omitempty"`
 	Failed     []Failure `json:"failed,omitempty"`
 	Paused     bool      `json:"paused"`
@@ -53,6 +66,38 @@ type Pending struct {
 	Attempts       int       `json:"attempts,omitempty"`
 	GateStarted    time.Time `json:"gate_started,omitzero"`
 	Baseline       Baseline  `json:"baseline"`
+	// Step is where the writing phase is (downloading and writing the root, downloading the
+	// boot partition, keeping its copy, writing it, the MBR): for the page and the tests.
+	Step string `json:"step,omitempty"`
+	// BootSaved is set once the copy of the boot partition is durable in /perm and before the
+	// boot partition is written: from then on, an update that does not commit restores it.
+	BootSaved *BootSaved `json:"boot_saved,omitempty"`
+	// Outcome is why the update ends while its boot partition is restored (phase restoring).
+	Outcome string `json:"outcome,omitempty"`
+}
+
+// BootRead is one reading of the whole boot partition.
+type BootRead struct {
+	SHA256 string    `json:"sha256"`
+	Bytes  int64     `json:"bytes"`
+	At     time.Time `json:"at"`
+	BootID string    `json:"boot_id,omitempty"`
+	Why    string    `json:"why"`
+}
+
+// BootSaved describes the copy kept in bootCopyFile.
+type BootSaved struct {
+	SHA256 string `json:"sha256"` // of the copy (the region the update overwrites)
+	Bytes  int64  `json:"bytes"`
+	// PartitionSHA256 is the whole partition before the update: what the restore must give back.
+	PartitionSHA256 string `json:"partition_sha256"`
+	// BootID is the boot that wrote the new boot partition: a later boot ran its kernel.
+	BootID string `json:"boot_id"`
+	// RestoredBootID is the boot that restored the copy (a restart in the same boot must still
+	// reboot: the running kernel is the release's).
+	RestoredBootID string `json:"restored_boot_id,omitempty"`
+	// PrevBootSHA256 is State.BootSHA256 before the update, put back with the partition.
+	PrevBootSHA256 string `json:"prev_boot_sha256,omitempty"`
 }
 
 // Failure is a version that failed; it is never installed automatically again.

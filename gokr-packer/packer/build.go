@@ -333,7 +333,7 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	st.printf("root file system: %d bytes SquashFS", rootInfo.Size())
 
 	// Boot file system.
-	cmdline := kernelCmdline(prof, layout)
+	cmdline := kernelCmdline(prof, layout, im.Cmdline)
 	res.Cmdline = cmdline
 	boot, err := bootTree(prof, cmdline, kernelDir, fwDir, eepromDir, efiStub)
 	if err != nil {
@@ -447,13 +447,14 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 // kernelCmdline is the command line in cmdline.txt and the systemd-boot entry.
 // The last console= becomes /dev/console (where gokrazy's own log goes): the
 // serial console when the profile has one, so a headless box logs somewhere.
-func kernelCmdline(p hardware.Profile, l Layout) string {
+func kernelCmdline(p hardware.Profile, l Layout, extra string) string {
 	args := []string{"console=tty1"}
 	if p.SerialConsole != "" {
 		args = append(args, "console="+p.SerialConsole)
 	}
 	args = append(args, "root="+l.RootArg())
 	args = append(args, strings.Fields(p.Cmdline)...)
+	args = append(args, strings.Fields(extra)...) // the image's own (images.Image.Cmdline)
 	return strings.Join(args, " ")
 }
 

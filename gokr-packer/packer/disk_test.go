@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/sie-europe/dnssensor/hardware"
 )
 
 func TestGUIDRoundTrip(t *testing.T) {
@@ -163,5 +165,22 @@ func TestDiskWithHostTools(t *testing.T) {
 	mbr := runTool(t, sgdisk, "-O", p)
 	if !strings.Contains(mbr, "0x0C") || !strings.Contains(mbr, "0xEE") {
 		t.Errorf("sgdisk -O (MBR view):\n%s", mbr)
+	}
+}
+
+// TestKernelCmdlineExtra: the image's arguments come after the profile's, so they change the
+// boot partition and nothing else of the command line.
+func TestKernelCmdlineExtra(t *testing.T) {
+	l, err := NewLayout(2<<30, "box-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	prof, err := hardware.Get("qemu-amd64")
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, extra := kernelCmdline(prof, l, ""), kernelCmdline(prof, l, " dnssensor.release=4 ")
+	if extra != base+" dnssensor.release=4" {
+		t.Errorf("with the image's arguments %q, without %q", extra, base)
 	}
 }

@@ -53,6 +53,7 @@ func New(device, password string, hc *http.Client) (*Client, error) {
 
 func (c *Client) do(ctx context.Context, method, path string, body io.Reader, json bool) (*http.Response, error) {
 	u := *c.base
+	path, u.RawQuery, _ = strings.Cut(path, "?") // "/reboot?kexec=off"
 	u.Path = strings.TrimRight(u.Path, "/") + path
 	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
 	if err != nil {
