@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sie-europe/dnssensor/appliance/update/updatestate"
 	"github.com/sie-europe/dnssensor/internal/health"
 )
 
@@ -247,8 +248,8 @@ func readUpdateState(path string) (*UpdateState, string) {
 // dnssensor.updated/v1; ok is false for another document): the newer of the last commit (a
 // history event) and the last failure.
 func lastUpdateOf(b []byte) (st *UpdateState, ok bool, err error) {
-	var doc updatedStateDoc
-	if json.Unmarshal(b, &doc) != nil || doc.Schema != UpdatedStateSchema {
+	var doc updatestate.State
+	if json.Unmarshal(b, &doc) != nil || doc.Schema != updatestate.StateSchema {
 		return nil, false, nil
 	}
 	for i := len(doc.History) - 1; i >= 0; i-- {

@@ -9,12 +9,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sie-europe/dnssensor/appliance/update/updatestate"
 	"github.com/sie-europe/dnssensor/internal/health"
 )
-
-// UpdatedStateSchema is the schema of updated's /state.json (appliance/update's StateSchema;
-// statusd does not link the update agent, which carries the TUF client).
-const UpdatedStateSchema = "dnssensor.updated/v1"
 
 // maxHistoryShown bounds the history the HTML page lists (the JSON page has all updated keeps).
 const maxHistoryShown = 10
@@ -29,66 +26,20 @@ type Updates struct {
 	// Checks are updated's health checks (repository → updates), depth first.
 	Checks []*health.Check `json:"checks,omitempty"`
 	// The rest is updated's /state.json.
-	Version        int64           `json:"version"`
-	BuildTimestamp string          `json:"build_timestamp,omitempty"`
-	Paused         bool            `json:"paused"`
-	Pending        *UpdatePending  `json:"pending,omitempty"`
-	LastCheck      time.Time       `json:"last_check,omitzero"`
-	LastResult     string          `json:"last_result,omitempty"`
-	LastError      string          `json:"last_error,omitempty"`
-	Failed         []UpdateFailure `json:"failed,omitempty"`
-	History        []UpdateEvent   `json:"history,omitempty"` // newest first
+	Version        int64                 `json:"version"`
+	BuildTimestamp string                `json:"build_timestamp,omitempty"`
+	Paused         bool                  `json:"paused"`
+	Pending        *updatestate.Pending  `json:"pending,omitempty"`
+	LastCheck      time.Time             `json:"last_check,omitzero"`
+	LastResult     string                `json:"last_result,omitempty"`
+	LastError      string                `json:"last_error,omitempty"`
+	Failed         []updatestate.Failure `json:"failed,omitempty"`
+	History        []updatestate.Event   `json:"history,omitempty"` // newest first
 	// BootPartition is the boot partition's SHA-256 as updated last read it (before writing a
 	// release's, after restoring the previous one, at the first start after that).
-	BootPartition *UpdateBootRead `json:"boot_partition,omitempty"`
+	BootPartition *updatestate.BootRead `json:"boot_partition,omitempty"`
 	// Shown is the newest part of History, for the HTML page.
-	Shown []UpdateEvent `json:"-"`
-}
-
-// UpdatePending is an update on its way (phase writing, testboot, gate or committing).
-type UpdatePending struct {
-	Version        int64     `json:"version"`
-	BuildTimestamp string    `json:"build_timestamp"`
-	Phase          string    `json:"phase"`
-	Since          time.Time `json:"since"`
-	Step           string    `json:"step,omitempty"` // within the writing phase
-}
-
-// UpdateBootRead is one reading of the whole boot partition by updated.
-type UpdateBootRead struct {
-	SHA256 string    `json:"sha256"`
-	Bytes  int64     `json:"bytes"`
-	At     time.Time `json:"at"`
-	Why    string    `json:"why"`
-}
-
-// UpdateFailure is a version that failed on this box; updated never retries it by itself.
-type UpdateFailure struct {
-	Version        int64     `json:"version"`
-	BuildTimestamp string    `json:"build_timestamp"`
-	At             time.Time `json:"at"`
-	Reason         string    `json:"reason"`
-}
-
-// UpdateEvent is one line of updated's history.
-type UpdateEvent struct {
-	At      time.Time `json:"at"`
-	Version int64     `json:"version,omitempty"`
-	What    string    `json:"what"`
-}
-
-type updatedStateDoc struct {
-	Schema         string          `json:"schema"`
-	Version        int64           `json:"version"`
-	BuildTimestamp string          `json:"build_timestamp"`
-	Pending        *UpdatePending  `json:"pending"`
-	Failed         []UpdateFailure `json:"failed"`
-	Paused         bool            `json:"paused"`
-	LastCheck      time.Time       `json:"last_check"`
-	LastResult     string          `json:"last_result"`
-	LastError      string          `json:"last_error"`
-	History        []UpdateEvent   `json:"history"`
-	BootPartition  *UpdateBootRead `json:"boot_partition"`
+	Shown []updatestate.Event `json:"-"`
 }
 
 // updatesFix is what the page says when updated does not run.
@@ -106,13 +57,13 @@ func readUpdates(ctx context.Context, socket string) *Updates {
 		return u
 	}
 	u.Checks = flatten(rep.Checks)
-	var doc updatedStateDoc
+	var doc updatestate.State
 	if err := getUpdated(ctx, socket, &doc); err != nil {
 		u.Error = err.Error()
 		return u
 	}
-	if doc.Schema != UpdatedStateSchema {
-		u.Error = fmt.Sprintf("updated's /state.json has schema %q, want %q", doc.Schema, UpdatedStateSchema)
+	if doc.Schema != updatestate.StateSchema {
+		u.Error = fmt.Sprintf("updated's /state.json has schema %q, want %q", doc.Schema, updatestate.StateSchema)
 		return u
 	}
 	u.Version, u.BuildTimestamp, u.Paused, u.Pending = doc.Version, doc.BuildTimestamp, doc.Paused, doc.Pending

@@ -231,7 +231,7 @@ func (a *Agent) Pause(paused bool) error {
 		if paused {
 			what = "updates paused"
 		}
-		s.event(a.cfg.Now().UTC(), 0, "%s", what)
+		s.AddEvent(a.cfg.Now().UTC(), 0, "%s", what)
 	})
 }
 
@@ -285,14 +285,14 @@ func (a *Agent) Resume(ctx context.Context) error {
 		// The inactive partition is half written; nothing boots it. Start again with the next check.
 		return a.update(func(s *State) {
 			s.Pending = nil
-			s.event(now, p.Version, "writing version %d was interrupted; starting again with the next check", p.Version)
+			s.AddEvent(now, p.Version, "writing version %d was interrupted; starting again with the next check", p.Version)
 		})
 	case PhaseTestboot:
 		switch {
 		case tb && running == p.BuildTimestamp:
 			if err := a.update(func(s *State) {
 				s.Pending.Phase, s.Pending.GateStarted, s.Pending.Since = PhaseGate, now, now
-				s.event(now, p.Version, "test boot of version %d: health gate started", p.Version)
+				s.AddEvent(now, p.Version, "test boot of version %d: health gate started", p.Version)
 			}); err != nil {
 				return err
 			}
@@ -435,7 +435,7 @@ func (a *Agent) check(ctx context.Context, st State, testBooted bool) (string, e
 	case rel.Version == st.Version:
 		return fmt.Sprintf("up to date: version %d", rel.Version), nil
 	}
-	if f, ok := st.failed(rel.Version); ok {
+	if f, ok := st.FailedVersion(rel.Version); ok {
 		return fmt.Sprintf("version %d failed on %s (%s); not retried: publish a higher version", rel.Version, f.At.Format(time.RFC3339), f.Reason), nil
 	}
 	if b := Bucket(a.cfg.MachineID); b >= rel.Rollout {
@@ -451,7 +451,7 @@ func (a *Agent) check(ctx context.Context, st State, testBooted bool) (string, e
 		// A committed test boot still runs with the old command line, under which gokrazy's
 		// "inactive" root is the running one: boot once more before writing anything.
 		_ = a.update(func(s *State) {
-			s.event(a.cfg.Now().UTC(), rel.Version, "version %d found; rebooting out of the committed test boot first", rel.Version)
+			s.AddEvent(a.cfg.Now().UTC(), rel.Version, "version %d found; rebooting out of the committed test boot first", rel.Version)
 		})
 		if err := a.cfg.Device.Post(ctx, "/reboot"); err != nil {
 			a.cfg.Logf("reboot request: %v", err)
@@ -480,7 +480,7 @@ func (a *Agent) install(ctx context.Context, rel tufrepo.Custom, targets map[str
 	now := a.cfg.Now().UTC()
 	if err := a.update(func(s *State) {
 		s.Pending = &Pending{Version: rel.Version, BuildTimestamp: rel.BuildTimestamp, Phase: PhaseWriting, Since: now}
-		s.event(now, rel.Version, "installing version %d (build %s)", rel.Version, rel.BuildTimestamp)
+		s.AddEvent(now, rel.Version, "installing version %d (build %s)", rel.Version, rel.BuildTimestamp)
 	}); err != nil {
 		return err
 	}
@@ -569,7 +569,7 @@ func (a *Agent) cmdlineWorn() bool {
 func (a *Agent) abandon(ctx context.Context, cause error) error {
 	restore := false
 	if err := a.update(func(s *State) {
-		s.event(a.cfg.Now().UTC(), s.Pending.Version, "abandoned before the test boot: %v", cause)
+		s.AddEvent(a.cfg.Now().UTC(), s.Pending.Version, "abandoned before the test boot: %v", cause)
 		if s.Pending.BootSaved != nil {
 			s.Pending.Phase, s.Pending.Outcome, restore = PhaseRestoring, "abandoned", true
 			return
@@ -613,7 +613,7 @@ func (a *Agent) testboot(ctx context.Context) error {
 		return err
 	}
 	_ = a.update(func(s *State) {
-		s.event(now, s.Pending.Version, "rebooting into a test boot of version %d", s.Pending.Version)
+		s.AddEvent(now, s.Pending.Version, "rebooting into a test boot of version %d", s.Pending.Version)
 	})
 	if err := a.cfg.Device.Post(ctx, "/reboot"); err != nil {
 		a.cfg.Logf("reboot request: %v (gokrazy may have closed the connection going down)", err)
@@ -674,7 +674,7 @@ func (a *Agent) committed() error {
 	a.cfg.Logf("version %d committed", a.State().Pending.Version)
 	if err := a.update(func(s *State) {
 		s.Version, s.BuildTimestamp = s.Pending.Version, s.Pending.BuildTimestamp
-		s.event(now, s.Pending.Version, "version %d committed", s.Pending.Version)
+		s.AddEvent(now, s.Pending.Version, "version %d committed", s.Pending.Version)
 		s.Pending = nil
 	}); err != nil {
 		return err
@@ -692,7 +692,7 @@ func (a *Agent) fail(ctx context.Context, reason string, reboot bool) error {
 	if err := a.update(func(s *State) {
 		v = s.Pending.Version
 		s.Failed = append(s.Failed, Failure{Version: v, BuildTimestamp: s.Pending.BuildTimestamp, At: now, Reason: reason})
-		s.event(now, v, "version %d failed: %s", v, reason)
+		s.AddEvent(now, v, "version %d failed: %s", v, reason)
 		if s.Pending.BootSaved != nil {
 			s.Pending.Phase, s.Pending.Outcome, restore = PhaseRestoring, "failed", true
 			return

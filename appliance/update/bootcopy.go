@@ -94,7 +94,7 @@ func (a *Agent) saveBoot(n int64, prev string) error {
 	if err := a.update(func(s *State) {
 		s.Pending.BootSaved = &BootSaved{SHA256: keptSum, Bytes: n, PartitionSHA256: sum, BootID: bootID, PrevBootSHA256: prev}
 		s.BootPartition = &BootRead{SHA256: sum, Bytes: size, At: now, BootID: bootID, Why: fmt.Sprintf("before writing version %d's boot partition", s.Pending.Version)}
-		s.event(now, s.Pending.Version, "boot partition (sha256 %s) kept in /perm before writing version %d's", sum, s.Pending.Version)
+		s.AddEvent(now, s.Pending.Version, "boot partition (sha256 %s) kept in /perm before writing version %d's", sum, s.Pending.Version)
 	}); err != nil {
 		return err
 	}
@@ -149,7 +149,7 @@ func (a *Agent) restoreBoot(ctx context.Context) error {
 		v := s.Pending.Version
 		s.BootSHA256 = bs.PrevBootSHA256
 		s.BootPartition = &BootRead{SHA256: sum, Bytes: size, At: now, BootID: bootID, Why: fmt.Sprintf("restored: version %d %s", v, s.Pending.Outcome)}
-		s.event(now, v, "boot partition restored (sha256 %s, as before version %d)", sum, v)
+		s.AddEvent(now, v, "boot partition restored (sha256 %s, as before version %d)", sum, v)
 		if reboot {
 			s.BootVerify = bootID
 		}
@@ -205,7 +205,7 @@ func (a *Agent) verifyBoot() {
 	_ = a.update(func(s *State) {
 		s.BootVerify = ""
 		if err != nil {
-			s.event(now, 0, "reading the boot partition after the restore: %v", err)
+			s.AddEvent(now, 0, "reading the boot partition after the restore: %v", err)
 			return
 		}
 		same := "the same as restored"
@@ -213,6 +213,6 @@ func (a *Agent) verifyBoot() {
 			same = "NOT the one restored"
 		}
 		s.BootPartition = &BootRead{SHA256: sum, Bytes: size, At: now, BootID: bootID, Why: "first start after the restore"}
-		s.event(now, 0, "boot partition after the reboot: sha256 %s, %s", sum, same)
+		s.AddEvent(now, 0, "boot partition after the reboot: sha256 %s, %s", sum, same)
 	})
 }

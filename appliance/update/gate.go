@@ -25,13 +25,6 @@ var (
 	gateCarried  = []string{"frames on ", "delivering to "} // name prefixes
 )
 
-// Baseline is what the gate carries over from the running system: the daemons that answered
-// and the traffic checks that passed.
-type Baseline struct {
-	Daemons []string            `json:"daemons"`
-	Passed  map[string][]string `json:"passed,omitempty"` // daemon → check paths ("a/b/c")
-}
-
 // Daemon names a daemon the gate reads and its health socket.
 type Daemon struct {
 	Name, Socket string

@@ -182,3 +182,20 @@ func TestNoNATSOnDevice(t *testing.T) {
 		}
 	}
 }
+
+// TestTUFOnlyInUpdated: the TUF client is the update agent's; statusd shows the agent's state
+// through package updatestate (standard library only) and must not link the client (1 MB more
+// in its binary, and verification code where none is meant to run).
+func TestTUFOnlyInUpdated(t *testing.T) {
+	for _, prog := range devicePrograms {
+		if prog == "./appliance/cmd/updated" {
+			continue
+		}
+		for _, d := range list(t, []string{"GOOS=linux", "GOARCH=amd64"}, "-deps", prog) {
+			if strings.HasPrefix(d.ImportPath, "github.com/theupdateframework/") {
+				t.Errorf("%s links %s: the TUF client is updated's only", prog, d.ImportPath)
+				break
+			}
+		}
+	}
+}
