@@ -63,11 +63,10 @@ func spoolRecords(t *testing.T, ram, disk string, n int) {
 	}
 }
 
-// TestRetryMaxBoundsReconnect: after a long collector outage, uplinkd must try again at least every
-// retry_max and so deliver within about retry_max of the collector answering again. (The sielink
-// client used to back off on its own up to 2 minutes ±50 %: 31.5 s to reconnect with retry_max 1s.)
-func TestRetryMaxBoundsReconnect(t *testing.T) {
-	const retryMax = 200 * time.Millisecond
+// gatedCollector starts a sielink collector behind a gate (down until g.up is set), spools n
+// records, and returns uplinkd's configuration for them with its one destination there.
+func gatedCollector(t *testing.T, n int, retryMax, grace time.Duration) (g *gate, received *atomic.Int64, cfg *Config) {
+	t.Helper()
 	dir := t.TempDir()
 	certPEM, keyPEM, err := sielinktest.CertPEM("127.0.0.1")
 	if err != nil {
@@ -87,14 +86,14 @@ func TestRetryMaxBoundsReconnect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var received atomic.Int64
+	received = new(atomic.Int64)
 	srv := &sielink.Server{Auth: keys, Heartbeat: time.Second, Logf: t.Logf,
 		Handler: sielink.HandlerFunc(func(d *sielink.Delivery) error { received.Add(int64(d.Records)); return nil })}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := &gate{Listener: ln}
+	g = &gate{Listener: ln}
 	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 5 * time.Second}
 	go hs.Serve(tls.NewListener(g, &tls.Config{Certificates: []tls.Certificate{cert}}))
 	t.Cleanup(func() {
@@ -105,13 +104,22 @@ func TestRetryMaxBoundsReconnect(t *testing.T) {
 	})
 
 	ram, disk := filepath.Join(dir, "ram"), filepath.Join(dir, "disk")
-	spoolRecords(t, ram, disk, 100)
-	cfg, err := ParseConfig([]byte(fmt.Sprintf(`{"spool": {"dir": %q, "disk_dir": %q}, "metrics": "127.0.0.1:0", "retry_max": %q, "shutdown_grace": "1s",
+	spoolRecords(t, ram, disk, n)
+	cfg, err = ParseConfig([]byte(fmt.Sprintf(`{"spool": {"dir": %q, "disk_dir": %q}, "metrics": "127.0.0.1:0", "retry_max": %q, "shutdown_grace": %q,
 		"destinations": [{"type": "sielink", "url": "wss://%s", "sensor": "s1", "api_key_file": %q, "ca_file": %q}]}`,
-		ram, disk, retryMax, ln.Addr(), apiKeys["s1"], certFile)), "test.json")
+		ram, disk, retryMax, grace, ln.Addr(), apiKeys["s1"], certFile)), "test.json")
 	if err != nil {
 		t.Fatal(err)
 	}
+	return g, received, cfg
+}
+
+// TestRetryMaxBoundsReconnect: after a long collector outage, uplinkd must try again at least every
+// retry_max and so deliver within about retry_max of the collector answering again. (The sielink
+// client used to back off on its own up to 2 minutes ±50 %: 31.5 s to reconnect with retry_max 1s.)
+func TestRetryMaxBoundsReconnect(t *testing.T) {
+	const retryMax = 200 * time.Millisecond
+	g, received, cfg := gatedCollector(t, 100, retryMax, time.Second)
 	s, err := New(cfg, t.Logf)
 	if err != nil {
 		t.Fatal(err)
@@ -159,50 +167,7 @@ func TestRetryMaxBoundsReconnect(t *testing.T) {
 // service before a reboot, held every update's reboot that long while the collector was down.
 func TestShutdownDoesNotRetry(t *testing.T) {
 	const grace = 30 * time.Second
-	dir := t.TempDir()
-	certPEM, keyPEM, err := sielinktest.CertPEM("127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile := filepath.Join(dir, "cert.pem")
-	os.WriteFile(certFile, certPEM, 0o644)
-	cert, err := tls.X509KeyPair(certPEM, keyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keysFile, apiKeys, err := sielinktest.WriteKeys(dir, "s1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	keys, err := collectorauth.LoadKeys(keysFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var received atomic.Int64
-	srv := &sielink.Server{Auth: keys, Heartbeat: time.Second, Logf: t.Logf,
-		Handler: sielink.HandlerFunc(func(d *sielink.Delivery) error { received.Add(int64(d.Records)); return nil })}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := &gate{Listener: ln}
-	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 5 * time.Second}
-	go hs.Serve(tls.NewListener(g, &tls.Config{Certificates: []tls.Certificate{cert}}))
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		hs.Close()
-	})
-
-	ram, disk := filepath.Join(dir, "ram"), filepath.Join(dir, "disk")
-	spoolRecords(t, ram, disk, 100)
-	cfg, err := ParseConfig([]byte(fmt.Sprintf(`{"spool": {"dir": %q, "disk_dir": %q}, "metrics": "127.0.0.1:0", "retry_max": "200ms", "shutdown_grace": %q,
-		"destinations": [{"type": "sielink", "url": "wss://%s", "sensor": "s1", "api_key_file": %q, "ca_file": %q}]}`,
-		ram, disk, grace, ln.Addr(), apiKeys["s1"], certFile)), "test.json")
-	if err != nil {
-		t.Fatal(err)
-	}
+	g, received, cfg := gatedCollector(t, 100, 200*time.Millisecond, grace)
 	run := func(ctx context.Context) <-chan error {
 		s, err := New(cfg, t.Logf)
 		if err != nil {
