@@ -49,6 +49,14 @@ func main() {
 	// Every log line is kept for the health contract's /log.json too (the status page).
 	ring := health.NewLogRing(0)
 	log.SetOutput(io.MultiWriter(os.Stderr, ring))
+	// At boot sensord creates the spool; a sensord that does not start leaves uplinkd waiting
+	// here, answering its health contract with the reason.
+	if err := uplinkd.AwaitSpool(ctx, cfg, *healthSock, ring, log.Printf); err != nil {
+		if ctx.Err() != nil {
+			return
+		}
+		log.Fatalf("uplinkd: %v", err)
+	}
 	s, err := uplinkd.New(cfg, log.Printf)
 	if err != nil {
 		log.Fatalf("uplinkd: %v", err)

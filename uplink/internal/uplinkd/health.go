@@ -2,9 +2,12 @@ package uplinkd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"os"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -238,4 +241,65 @@ func (c *promCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descConsumer, cs.Acked.Segments, "acked")
 	counter(descConsumer, cs.Released, "released")
 	counter(descConsumer, cs.Quarantined.Segments, "quarantined")
+}
+
+// AwaitSpool waits, for as long as ctx lasts, until the spool directories that sensord creates
+// exist, and answers the health contract on healthSock and the config's metrics address
+// meanwhile, with a failing "spool" check that says which directory is missing. A daemon that is
+// running answers: without this, uplinkd was silent while sensord did not run (a release whose
+// sensord fails at start), so the status page and the update's health gate could only say that
+// uplinkd does not answer, not why. It returns nil once the directories exist (the listeners
+// are closed again for Run), ctx's error when ctx ends first, and at once for any other fault of
+// the directories (a file where a directory should be).
+func AwaitSpool(ctx context.Context, cfg *Config, healthSock string, ring *health.LogRing, logf func(string, ...any)) error {
+	err := cfg.checkDirs()
+	if !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	logf("uplinkd: %v; waiting for it (the health contract answers meanwhile)", err)
+	var mu sync.Mutex
+	missing := err
+	tree := health.NewTree("uplinkd", time.Now, health.NewNode("spool", func(time.Time) health.Result {
+		mu.Lock()
+		defer mu.Unlock()
+		return health.Result{OK: false, Detail: missing.Error(),
+			Fix: "sensord creates the spool when it starts: check that sensord runs (its own checks on this page), and that spool.dir and spool.disk_dir name sensord's -spool and -spool-disk"}
+	}))
+	lns, lerr := (&Supervisor{cfg: cfg, HealthSocket: healthSock}).listenHealth()
+	if lerr != nil {
+		return lerr
+	}
+	hctx, stop := context.WithCancel(ctx)
+	served := make(chan error, 1)
+	go func() {
+		served <- (&health.Server{Daemon: "uplinkd", Tree: tree, Registry: health.NewRegistry(), Logf: logf, Log: ring}).Serve(hctx, lns...)
+	}()
+	defer func() {
+		stop()
+		<-served // the sockets are gone before Run listens on them again
+	}()
+	start := time.Now()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-served:
+			served <- err
+			return fmt.Errorf("health contract: %v", err)
+		case <-tick.C:
+		}
+		err := cfg.checkDirs()
+		if err == nil {
+			logf("uplinkd: the spool appeared after %v", time.Since(start).Round(time.Millisecond))
+			return nil
+		}
+		if !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		mu.Lock()
+		missing = err // spool.dir may have appeared and spool.disk_dir not yet
+		mu.Unlock()
+	}
 }
