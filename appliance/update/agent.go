@@ -61,6 +61,9 @@ type Config struct {
 	GateHold         time.Duration // ... and keep passing for this long (a daemon that dies after a minute fails)
 	GatePoll         time.Duration // how often the gate reads the health sockets
 	HealthTimeout    time.Duration // per health socket read
+	// BaselineWait bounds how long a running daemon that does not answer is asked again before
+	// the update (the baseline the gate holds the new root to).
+	BaselineWait time.Duration
 
 	HTTP *http.Client // artefact downloads; nil: a client with time-outs
 
@@ -163,6 +166,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.HealthTimeout == 0 {
 		cfg.HealthTimeout = 2 * time.Second
+	}
+	if cfg.BaselineWait == 0 {
+		cfg.BaselineWait = time.Minute
 	}
 	if cfg.Interval == 0 {
 		cfg.Interval = time.Hour
@@ -544,8 +550,11 @@ func (a *Agent) install(ctx context.Context, rel tufrepo.Custom, targets map[str
 			return err
 		}
 	}
-	base := takeBaseline(ctx, a.cfg.Daemons, a.cfg.HealthTimeout)
-	if err := a.update(func(s *State) { s.Pending.Baseline, s.Pending.Step = base, "" }); err != nil {
+	base, silent := a.takeBaseline(ctx)
+	if err := a.update(func(s *State) {
+		s.Pending.Baseline, s.Pending.Step = base, ""
+		s.AddEvent(a.cfg.Now().UTC(), s.Pending.Version, "%s", baselineEvent(base, silent))
+	}); err != nil {
 		return err
 	}
 	return a.testboot(ctx)

@@ -10,10 +10,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -229,19 +231,21 @@ func (d *fakeDevice) snapshot() (running string, testBooted, rebootAsked bool) {
 
 // world is one box, one repository and one sensord health tree.
 type world struct {
-	t        *testing.T
-	clk      *clock
-	repo     *tufrepo.Repo
-	repoURL  string
-	trusted  []byte
-	dev      *fakeDevice
-	api      *gokrazyapi.Client
-	dir      string
-	capture  atomic.Bool // sensord's "capture" check
-	frames   atomic.Bool // sensord's "frames on eth1"
-	sock     string
-	machine  string
-	artefact string
+	t             *testing.T
+	clk           *clock
+	repo          *tufrepo.Repo
+	repoURL       string
+	trusted       []byte
+	dev           *fakeDevice
+	api           *gokrazyapi.Client
+	dir           string
+	capture       atomic.Bool   // sensord's "capture" check
+	frames        atomic.Bool   // sensord's "frames on eth1"
+	stall         atomic.Bool   // sensord accepts health reads but does not answer them
+	healthTimeout time.Duration // the agents' HealthTimeout (0: the default)
+	sock          string
+	machine       string
+	artefact      string
 }
 
 func newWorld(t *testing.T) *world {
@@ -284,9 +288,21 @@ func newWorld(t *testing.T) *world {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
+	h := (&health.Server{Daemon: "sensord", Tree: tree, Registry: health.NewRegistry(), Logf: t.Logf}).Handler()
+	hs := &http.Server{Handler: http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		if w.stall.Load() {
+			<-r.Context().Done() // running, but too busy to answer before the reader gives up
+			return
+		}
+		h.ServeHTTP(rw, r)
+	})}
 	go func() {
-		(&health.Server{Daemon: "sensord", Tree: tree, Registry: health.NewRegistry(), Logf: t.Logf}).Serve(ctx, ln)
+		hs.Serve(ln)
 		close(done)
+	}()
+	go func() {
+		<-ctx.Done()
+		hs.Close()
 	}()
 	t.Cleanup(func() { cancel(); <-done })
 	return w
@@ -317,7 +333,7 @@ func (w *world) agent() *Agent {
 	a, err := New(Config{
 		RepoURL: w.repoURL, Image: image, TrustedRoot: w.trusted, Dir: w.dir, MachineID: w.machine,
 		Device: w.api, Daemons: []Daemon{{"sensord", w.sock}, {"uplinkd", w.sock + ".absent"}},
-		GateDeadline: 10 * time.Second, GateHold: 3 * time.Second, GatePoll: time.Second,
+		GateDeadline: 10 * time.Second, GateHold: 3 * time.Second, GatePoll: time.Second, HealthTimeout: w.healthTimeout,
 		Now:   w.clk.Now,
 		Sleep: func(ctx context.Context, d time.Duration) error { w.clk.Add(d); return ctx.Err() },
 		TestBooted: func() (bool, error) {
@@ -925,5 +941,96 @@ func TestBootCopyRefused(t *testing.T) {
 	}
 	if st := a.State(); st.Pending != nil || w.dev.count("POST /update/testboot") != 0 {
 		t.Fatalf("pending %+v", st.Pending)
+	}
+}
+
+// TestBaselineAsksABusyDaemonAgain: the gate requires in the test boot the daemons that answered
+// before the update. Before, one read timing out on the busy box (it had just written a root)
+// left sensord out of the baseline, and a new root whose sensord never answered was committed:
+// seen in QEMU, where the gate of a release whose sensord did not start named another daemon.
+func TestBaselineAsksABusyDaemonAgain(t *testing.T) {
+	w := newWorld(t)
+	w.healthTimeout = 50 * time.Millisecond
+	w.publish(1, 100, "boot v1")
+	w.publish(2, 100, "boot v2")
+	w.stall.Store(true)
+	a := w.agent()
+	busyUntil := w.clk.Now().Add(10 * time.Second)
+	a.cfg.Sleep = func(ctx context.Context, d time.Duration) error {
+		w.clk.Add(d)
+		if !w.clk.Now().Before(busyUntil) {
+			w.stall.Store(false)
+		}
+		return ctx.Err()
+	}
+	if err := a.Check(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
+	st := a.State()
+	if st.Pending == nil || !slices.Contains(st.Pending.Baseline.Daemons, "sensord") {
+		t.Fatalf("baseline %+v, want sensord in it (it answered %v into the baseline)", st.Pending, 10*time.Second)
+	}
+	if e := baselineOf(st); !strings.Contains(e, "health gate baseline: sensord (capture/port eth1/frames on eth1)") {
+		t.Errorf("history's baseline: %q, want sensord and its frames check named", e)
+	}
+	w.stall.Store(true) // the new root's sensord never answers
+	w.dev.powerCycle()
+	a = w.settle()
+	if st := a.State(); st.Version == 2 || len(st.Failed) != 1 || !strings.Contains(st.Failed[0].Reason, "sensord does not answer") {
+		t.Fatalf("version %d, failed %+v; want version 2 failed because sensord does not answer", st.Version, st.Failed)
+	}
+}
+
+func baselineOf(st State) string {
+	for _, e := range st.History {
+		if strings.HasPrefix(e.What, "health gate baseline") {
+			return e.What
+		}
+	}
+	return ""
+}
+
+// TestBaselineNamesSilentDaemons: a daemon that is running but answers nothing within
+// BaselineWait cannot be required after the update; the history says so.
+func TestBaselineNamesSilentDaemons(t *testing.T) {
+	w := newWorld(t)
+	w.healthTimeout = 50 * time.Millisecond
+	w.publish(1, 100, "boot v1")
+	w.publish(2, 100, "boot v2")
+	w.stall.Store(true)
+	a := w.agent()
+	start := w.clk.Now()
+	if err := a.Check(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
+	if d := w.clk.Now().Sub(start); d < a.cfg.BaselineWait {
+		t.Errorf("baseline gave up after %v, want BaselineWait (%v)", d, a.cfg.BaselineWait)
+	}
+	st := a.State()
+	if e := baselineOf(st); !strings.Contains(e, "none of the daemons answered") || !strings.Contains(e, "not required after it: sensord (") {
+		t.Errorf("history's baseline: %q, want sensord named as not answering", e)
+	}
+}
+
+// TestNotRunning: a daemon without a socket, or with a socket nobody listens on (a stopped
+// daemon's leftover), is not running; the baseline does not wait for it.
+func TestNotRunning(t *testing.T) {
+	dir, err := os.MkdirTemp("", "tuf-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	stale := filepath.Join(dir, "stale.sock")
+	ln, err := net.Listen("unix", stale)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	ln.Close()
+	for _, sock := range []string{filepath.Join(dir, "absent.sock"), stale} {
+		_, err := health.Get(context.Background(), sock)
+		if err == nil || !notRunning(err) {
+			t.Errorf("%s: %v, want an error notRunning recognises", sock, err)
+		}
 	}
 }

@@ -2,9 +2,12 @@ package update
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/sie-europe/dnssensor/internal/health"
@@ -63,19 +66,59 @@ func read(ctx context.Context, daemons []Daemon, timeout time.Duration) map[stri
 	return out
 }
 
-// takeBaseline reads the running system before the update.
-func takeBaseline(ctx context.Context, daemons []Daemon, timeout time.Duration) Baseline {
+// takeBaseline reads the running system before the update. Which daemons answer here decides
+// which must answer in the test boot, so a daemon that is running but slow to answer (the box has
+// just written a root and a boot partition, and under emulation a read can take longer than
+// HealthTimeout) is asked again every GatePoll until BaselineWait: left out on one slow read, a
+// sensord that then failed to start in the new root passed the gate unnoticed. Only a daemon that
+// is not running (no socket, or no one listening on it: not configured) is left out at once. The
+// second result names the running daemons that did not answer within the wait, which the gate
+// then cannot require.
+func (a *Agent) takeBaseline(ctx context.Context) (Baseline, []string) {
 	b := Baseline{Passed: map[string][]string{}}
-	for name, rep := range read(ctx, daemons, timeout) {
-		b.Daemons = append(b.Daemons, name)
-		walk(rep.Checks, "", func(path string, c *health.Check) {
-			if c.OK && carried(c.Name) {
-				b.Passed[name] = append(b.Passed[name], path)
+	pending := a.cfg.Daemons
+	last := map[string]error{}
+	deadline := a.cfg.Now().Add(a.cfg.BaselineWait)
+	for {
+		var again []Daemon
+		for _, d := range pending {
+			c, cancel := context.WithTimeout(ctx, a.cfg.HealthTimeout)
+			rep, err := health.Get(c, d.Socket)
+			cancel()
+			switch {
+			case err == nil:
+				b.Daemons = append(b.Daemons, d.Name)
+				walk(rep.Checks, "", func(path string, c *health.Check) {
+					if c.OK && carried(c.Name) {
+						b.Passed[d.Name] = append(b.Passed[d.Name], path)
+					}
+				})
+			case notRunning(err):
+			default:
+				last[d.Name] = err
+				again = append(again, d)
 			}
-		})
+		}
+		pending = again
+		if len(pending) == 0 || !a.cfg.Now().Before(deadline) || ctx.Err() != nil {
+			break
+		}
+		if err := a.cfg.Sleep(ctx, a.cfg.GatePoll); err != nil {
+			break
+		}
 	}
 	sort.Strings(b.Daemons)
-	return b
+	var silent []string
+	for _, d := range pending {
+		silent = append(silent, fmt.Sprintf("%s (%v)", d.Name, last[d.Name]))
+	}
+	return b, silent
+}
+
+// notRunning tells whether a health read failed because no daemon serves the socket, as opposed
+// to one that is there but did not answer in time.
+func notRunning(err error) bool {
+	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED)
 }
 
 // gateOnce evaluates the gate now: "" when it passes, else the first reason it does not.
@@ -115,4 +158,24 @@ func gateOnce(ctx context.Context, daemons []Daemon, timeout time.Duration, base
 		}
 	}
 	return ""
+}
+
+// baselineEvent says in the history what the gate will hold the new root to.
+func baselineEvent(b Baseline, silent []string) string {
+	var parts []string
+	for _, d := range b.Daemons {
+		if p := b.Passed[d]; len(p) > 0 {
+			parts = append(parts, fmt.Sprintf("%s (%s)", d, strings.Join(p, ", ")))
+		} else {
+			parts = append(parts, d)
+		}
+	}
+	msg := "health gate baseline: none of the daemons answered"
+	if len(parts) > 0 {
+		msg = "health gate baseline: " + strings.Join(parts, "; ")
+	}
+	if len(silent) > 0 {
+		msg += "; running but not answering before the update, so not required after it: " + strings.Join(silent, ", ")
+	}
+	return msg
 }

@@ -55,7 +55,7 @@ func getJSON(ctx context.Context, socketPath, path string, v any, codes ...int) 
 	}
 	resp, err := Client(socketPath).Do(req)
 	if err != nil {
-		return fmt.Errorf("%s: %v", socketPath, err)
+		return fmt.Errorf("%s: %w", socketPath, err)
 	}
 	defer resp.Body.Close()
 	okCode := false
