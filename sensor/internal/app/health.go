@@ -43,7 +43,8 @@ type healthOptions struct {
 	dnstap atomic.Pointer[dnstap.Stats]
 	spool  atomic.Pointer[spool.Producer]
 
-	cands atomic.Pointer[candidates.Tracker] // query sources on the tap (discovery.go)
+	cands   atomic.Pointer[candidates.Tracker] // query sources on the tap (discovery.go)
+	waiting atomic.Pointer[string]             // while a capture port does not exist yet: what is waited for
 
 	liveStats *live.Stats // set by runLive; read only by the pipeline's goroutine
 	stop      func()
@@ -262,6 +263,9 @@ func (h *healthOptions) inputCheck(o *Options) *health.Node {
 	case len(l.Ifaces) > 0:
 		n := health.NewNode("capture", func(time.Time) health.Result {
 			if h.live.Load() == nil {
+				if w := h.waiting.Load(); w != nil {
+					return health.Result{OK: false, Detail: *w, Fix: "plug in the tap port's NIC, or correct -i (the image: the taps of the box configuration); capture starts as soon as the port exists"}
+				}
 				return health.Result{OK: false, Detail: "capture ports not open yet", Fix: "see sensord's log for the error opening " + strings.Join(l.Ifaces, ",")}
 			}
 			return health.Result{OK: true, Detail: "capturing on " + strings.Join(l.Ifaces, ",")}

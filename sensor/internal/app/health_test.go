@@ -58,8 +58,9 @@ func TestNotConfigured(t *testing.T) {
 		{"-config=FILE form", []string{"-i", "health0", "-config=" + missing}, 125, "does not exist"},
 		{"empty config file", device(empty), 125, "is empty"},
 		{"config without resolver nor interfaces", []string{"-config", noResolver, "-w", os.DevNull}, 125, "sets neither resolver nor authoritative"},
-		// With interfaces it is discovery (TestDiscoveryMode); here the box has no such port.
-		{"config without resolver: discovery", device(noResolver), 1, "discovery mode"},
+		// With interfaces it is discovery (TestDiscoveryMode); here the box has no such port, so
+		// sensord waits for it (TestCapturePortWaitedFor) until it is stopped.
+		{"config without resolver: discovery", device(noResolver), 0, "discovery mode"},
 		{"resolver on the command line, config missing", []string{"-r", pcap, "-resolver", realResolvers, "-config", missing, "-w", os.DevNull}, 2, "-config"},
 		{"broken config", device(broken), 2, "not a JSON object"},
 		{"bad flag", []string{"-bogus"}, 2, "bogus"},
@@ -68,13 +69,31 @@ func TestNotConfigured(t *testing.T) {
 		{"-r with flags", []string{"-r", pcap, "-resolver", realResolvers, "-rd", "any", "-w", os.DevNull}, 0, "records="},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var stderr bytes.Buffer
-			code := Main(context.Background(), tc.args, io.Discard, &stderr)
+			// A sensord that waits for its capture port is stopped once it says so.
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			stderr := &stopAt{text: "waiting for it", stop: cancel}
+			code := Main(ctx, tc.args, io.Discard, stderr)
 			if code != tc.code || !strings.Contains(stderr.String(), tc.want) {
 				t.Errorf("exit %d, want %d; stderr %q, want it to contain %q", code, tc.code, stderr.String(), tc.want)
 			}
 		})
 	}
+}
+
+// stopAt is a stderr that calls stop once text has been written to it.
+type stopAt struct {
+	syncBuffer
+	text string
+	stop func()
+}
+
+func (w *stopAt) Write(p []byte) (int, error) {
+	n, err := w.syncBuffer.Write(p)
+	if strings.Contains(w.String(), w.text) {
+		w.stop()
+	}
+	return n, err
 }
 
 // TestHealthContract: sensord's counters reach /metrics and /metrics.json unchanged, the health

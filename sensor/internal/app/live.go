@@ -118,6 +118,9 @@ func runLive(ctx context.Context, o *Options, p frameSink, single *pipeline.Pipe
 		}
 	}()
 	for _, ifc := range l.Ifaces {
+		if err := waitForPort(ctx, ifc, &o.Health, logf); err != nil {
+			return nil // stopped while waiting: nothing was captured, nothing is lost
+		}
 		if mtu := source.IfaceMTU(ifc); mtu+18 > l.Snaplen {
 			logf("warning: %s: MTU %d is longer than -snaplen %d; longer frames are counted as over_snaplen and dropped", ifc, mtu, l.Snaplen)
 		}
@@ -293,4 +296,38 @@ func (l *liveOptions) checkDnstapAllow() error {
 		return nil
 	}
 	return fmt.Errorf("-dnstap: %s listens beyond loopback, where anybody could write records; give -dnstap-allow with the resolvers' addresses (e.g. -dnstap-allow 192.0.2.53,2001:db8::53) or listen on 127.0.0.1", l.Dnstap)
+}
+
+// portPoll is how often a missing capture port is looked for.
+const portPoll = 250 * time.Millisecond
+
+// waitForPort returns once the capture port ifc exists, or ctx's error. A port that did not exist
+// (a USB NIC still being enumerated, a driver loaded late, a name typed wrong, a QEMU box started
+// without its tap NIC) made sensord exit, and gokrazy restarted it every second: its health socket
+// was gone most of the time, so the status page and the update's health gate saw "not running"
+// instead of the reason. Now sensord waits, answering with a failing capture check that names
+// the port.
+func waitForPort(ctx context.Context, ifc string, h *healthOptions, logf func(string, ...any)) error {
+	_, err := net.InterfaceByName(ifc)
+	if err == nil {
+		return nil
+	}
+	logf("-i: %s: %v; waiting for it (capture starts when it appears)", ifc, err)
+	msg := fmt.Sprintf("waiting for capture port %s: %v", ifc, err)
+	h.waiting.Store(&msg)
+	defer h.waiting.Store(nil)
+	start := time.Now()
+	t := time.NewTicker(portPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+		if _, err := net.InterfaceByName(ifc); err == nil {
+			logf("-i: %s appeared after %v", ifc, time.Since(start).Round(time.Millisecond))
+			return nil
+		}
+	}
 }
