@@ -15,9 +15,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/sie-europe/dnssensor/nmsg"
 	"github.com/sie-europe/dnssensor/uplink/sielink"
 	"github.com/sie-europe/dnssensor/uplink/sielink/sielinktest"
+	"github.com/sie-europe/dnssensor/uplink/spool"
 )
 
 var benchSizes = []int{64 << 10, 256 << 10, 1000 << 10}
@@ -315,3 +318,116 @@ func benchCPU(b *testing.B, nodes []*natsNode) time.Duration {
 	// USER_HZ is 100 on every Linux the tests run on.
 	return time.Duration(ticks) * (time.Second / 100)
 }
+
+// BenchmarkStreamConsumers: one durable consumer of the stream hands on b.N containers of
+// 64 KiB of base:dnsqr records, already in the stream: the forward into a spool (sealed before
+// each acknowledgement), the JSON lines fan-out into a file, the NMSG/UDP fan-out to a loopback
+// socket; embedded R1 server or three nats-server processes with an R3 stream. Timed from the
+// consumer's start until it handed on the last container; cpu-ns/record is the CPU of this
+// process and the NATS nodes.
+func BenchmarkStreamConsumers(b *testing.B) {
+	for _, path := range []string{"r1", "r3"} {
+		for _, kind := range []string{"forward", "json", "udp"} {
+			b.Run(fmt.Sprintf("path=%s/kind=%s", path, kind), func(b *testing.B) {
+				benchConsumer(b, path, kind)
+			})
+		}
+	}
+}
+
+func benchConsumer(b *testing.B, path, kind string) {
+	b.ReportAllocs()
+	dir := b.TempDir()
+	var o JetStreamOptions
+	var nodes []*natsNode
+	if path == "r3" {
+		nodes, o.URL = startCluster(b, 3)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	bus, err := openBus(ctx, o, dir, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer bus.Close()
+	records := b.N * 64 << 10 / benchDnsqrSize
+	conts, _ := dnsqrContainersSized(b, 1, records, 64<<10)
+	var futs []jetstream.PubAckFuture
+	for i, c := range conts {
+		f, err := bus.js.PublishAsync(subjectPrefix+"202.bench", c, jetstream.WithMsgID(strconv.Itoa(i)))
+		if err != nil {
+			b.Fatal(err)
+		}
+		futs = append(futs, f)
+	}
+	for _, f := range futs {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			b.Fatal(err)
+		}
+	}
+	var c *streamConsumer
+	switch kind {
+	case "forward":
+		p, err := spool.OpenProducer(spool.Options{Dir: filepath.Join(dir, "spool"), RAMQuota: 1 << 40})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer p.Close()
+		c = newForward(bus.stream, "bench", SpoolForwarder{P: p}, nil)
+	case "json":
+		c, err = newFanOut(0, FanOut{Durable: "bench", JSONFile: filepath.Join(dir, "lines.json")}, bus.stream, nil)
+	case "udp":
+		l, lerr := net.ListenPacket("udp", "127.0.0.1:0")
+		if lerr != nil {
+			b.Fatal(lerr)
+		}
+		defer l.Close()
+		go func() {
+			buf := make([]byte, 65536)
+			for {
+				if _, _, err := l.ReadFrom(buf); err != nil {
+					return
+				}
+			}
+		}()
+		c, err = newFanOut(0, FanOut{Durable: "bench", UDP: l.LocalAddr().String(), MTU: 60000}, bus.stream, nil)
+	}
+	if err != nil {
+		b.Fatal(err)
+	}
+	// The consumer exists before the clock starts (an R3 consumer's creation takes a raft
+	// election): run finds it.
+	cctx0, cancel0 := context.WithTimeout(ctx, 30*time.Second)
+	if _, err := bus.stream.CreateOrUpdateConsumer(cctx0, benchConsumerConfig("bench", c.desc)); err != nil {
+		b.Fatal(err)
+	}
+	cancel0()
+	last := uint64(len(conts))
+	b.ResetTimer()
+	cpu0 := benchCPU(b, nodes)
+	start := time.Now()
+	cctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.run(cctx)
+	}()
+	for c.stats().StreamSeq < last {
+		time.Sleep(time.Millisecond)
+	}
+	el := time.Since(start)
+	cpu := benchCPU(b, nodes) - cpu0
+	b.StopTimer()
+	stop()
+	<-done
+	if c.close != nil {
+		c.close()
+	}
+	b.ReportMetric(float64(records)/el.Seconds(), "records/s")
+	b.ReportMetric(float64(cpu.Nanoseconds())/float64(records), "cpu-ns/record")
+}
+
+// benchDnsqrSize is about the octets a record of dnsqrContainers takes in a container.
+const benchDnsqrSize = 100

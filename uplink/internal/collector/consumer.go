@@ -355,6 +355,16 @@ func (c *streamConsumer) retry(ctx context.Context, cur jetstream.Msg, f func() 
 	}
 }
 
+// newForward is the consumer that feeds h, the forward to SIE Europe.
+func newForward(stream jetstream.Stream, durable string, h sielink.Handler, logf sielink.Logf) *streamConsumer {
+	c := &streamConsumer{stream: stream, durable: durable, desc: "the collector's forward to SIE Europe",
+		feed: forwardFeed(h), logf: logf, st: ConsumerStats{Durable: durable, Kind: "forward"}}
+	if f, ok := h.(flusher); ok {
+		c.flush = f.Flush
+	}
+	return c
+}
+
 // forwardFeed hands each container to the forward handler (the spool that an uplinkd ships to
 // SIE Europe), as a session would have.
 func forwardFeed(h sielink.Handler) func(context.Context, *streamMsg) (uint64, error) {

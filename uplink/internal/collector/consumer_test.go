@@ -23,12 +23,12 @@ import (
 
 // dnsqrContainers returns n base:dnsqr records in containers of sequence id id, and each
 // record's nmsgtool -J line.
-func dnsqrContainers(t *testing.T, id uint64, n int) ([][]byte, []string) {
+func dnsqrContainers(t testing.TB, id uint64, n int) ([][]byte, []string) {
 	return dnsqrContainersSized(t, id, n, 4<<10)
 }
 
 // dnsqrContainersSized is dnsqrContainers with containers of at most size octets.
-func dnsqrContainersSized(t *testing.T, id uint64, n, size int) ([][]byte, []string) {
+func dnsqrContainersSized(t testing.TB, id uint64, n, size int) ([][]byte, []string) {
 	var buf bytes.Buffer
 	w, err := nmsg.NewFileWriter(&buf, nmsg.FileOptions{SequenceID: id, MaxSize: size})
 	if err != nil {
