@@ -400,7 +400,7 @@ func benchConsumer(b *testing.B, path, kind string) {
 	// The consumer exists before the clock starts (an R3 consumer's creation takes a raft
 	// election): run finds it.
 	cctx0, cancel0 := context.WithTimeout(ctx, 30*time.Second)
-	if _, err := bus.stream.CreateOrUpdateConsumer(cctx0, benchConsumerConfig("bench", c.desc)); err != nil {
+	if _, err := bus.stream.CreateOrUpdateConsumer(cctx0, streamConsumerConfig("bench", c.desc)); err != nil {
 		b.Fatal(err)
 	}
 	cancel0()
