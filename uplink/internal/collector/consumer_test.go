@@ -29,8 +29,13 @@ func dnsqrContainers(t testing.TB, id uint64, n int) ([][]byte, []string) {
 
 // dnsqrContainersSized is dnsqrContainers with containers of at most size octets.
 func dnsqrContainersSized(t testing.TB, id uint64, n, size int) ([][]byte, []string) {
+	return dnsqrContainersOpts(t, n, nmsg.FileOptions{SequenceID: id, MaxSize: size})
+}
+
+// dnsqrContainersOpts is dnsqrContainers written with o.
+func dnsqrContainersOpts(t testing.TB, n int, o nmsg.FileOptions) ([][]byte, []string) {
 	var buf bytes.Buffer
-	w, err := nmsg.NewFileWriter(&buf, nmsg.FileOptions{SequenceID: id, MaxSize: size})
+	w, err := nmsg.NewFileWriter(&buf, o)
 	if err != nil {
 		t.Fatal(err)
 	}
