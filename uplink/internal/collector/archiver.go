@@ -149,7 +149,7 @@ func (a *archiver) handle(ctx context.Context, msg jetstream.Msg) error {
 			return err
 		}
 	}
-	if err := a.archive(ctx, msg.Subject(), msg.Data(), seq, msg); err != nil {
+	if err := a.archive(ctx, msg.Subject(), msg.Data(), msg.Headers().Get(jetstream.MsgIDHeader), seq, msg); err != nil {
 		return err
 	}
 	return a.ack(ctx, msg)
@@ -191,7 +191,7 @@ func (a *archiver) fillGap(ctx context.Context, from, to uint64, cur jetstream.M
 			return fmt.Errorf("reading stream sequence %d (not delivered in order): %w", seq, err)
 		}
 		a.update(func(s *ArchiverStats) { s.GapFilled++ })
-		if err := a.archive(ctx, raw.Subject, raw.Data, seq, cur); err != nil {
+		if err := a.archive(ctx, raw.Subject, raw.Data, raw.Header.Get(jetstream.MsgIDHeader), seq, cur); err != nil {
 			return err
 		}
 	}
@@ -199,9 +199,11 @@ func (a *archiver) fillGap(ctx context.Context, from, to uint64, cur jetstream.M
 }
 
 // archive writes one container of the stream into the files. It returns nil once the container
-// is written or counted as lost, and an error only when ctx ended first. cur is the delivered
-// message being handled: a write that stalls extends its acknowledgement deadline.
-func (a *archiver) archive(ctx context.Context, subject string, data []byte, seq uint64, cur jetstream.Msg) error {
+// is written or counted as lost, and an error only when ctx ended first. msgID is its message's
+// id, which names its sequence fields (a zlib container is not inflated again to read them).
+// cur is the delivered message being handled: a write that stalls extends its acknowledgement
+// deadline.
+func (a *archiver) archive(ctx context.Context, subject string, data []byte, msgID string, seq uint64, cur jetstream.Msg) error {
 	sensor, ok := subjectSensor(subject)
 	if ok {
 		ok = auth.ValidSensorName(sensor)
@@ -217,7 +219,7 @@ func (a *archiver) archive(ctx context.Context, subject string, data []byte, seq
 	}
 	var t *time.Timer
 	for {
-		dup, err := a.store.Archive(sensor, data, seq)
+		dup, err := a.store.archive(sensor, data, seq, msgIDSeq(sensor, msgID))
 		if err == nil {
 			a.update(func(s *ArchiverStats) {
 				if dup {

@@ -290,9 +290,6 @@ func TestConsumersNoLossAcrossRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	fwd.crash()
-	if n := fwd.missing(conts[:refused]); n > refused {
-		t.Fatalf("%d of the %d containers before the refused one missing", n, refused)
-	}
 
 	tc = startCollector(t, mod)
 	testenv.WaitFor(t, "every container in the forward's durable part", func() bool { return fwd.missing(conts) == 0 })

@@ -130,3 +130,22 @@ func TestZlibContainersEndToEnd(t *testing.T) {
 		return udpPayloads >= len(lines)
 	})
 }
+
+// TestMsgIDSeq: the archiver reads a container's sequence fields from its message id rather
+// than inflating it; an id that is not one msgID made for the sensor names nothing.
+func TestMsgIDSeq(t *testing.T) {
+	for _, c := range []struct {
+		sensor string
+		id     uint64
+		seq    uint32
+	}{{"alpha", 0, 0}, {"site1.sensor-2_x", 0xffffffffffffffff, 0xffffffff}, {"a", 0x1234, 77}} {
+		if got := msgIDSeq(c.sensor, msgID(c.sensor, c.id, c.seq)); got != (containerSeq{id: c.id, seq: c.seq, ok: true, known: true}) {
+			t.Errorf("%s: %+v", msgID(c.sensor, c.id, c.seq), got)
+		}
+	}
+	for _, mid := range []string{"", "alpha", "alpha/12", "beta/12/3", "alpha/xyz/3", "alpha/12/-1", "alpha/12/4294967296", "alpha/12/3/4"} {
+		if got := msgIDSeq("alpha", mid); got.known {
+			t.Errorf("%q names %+v", mid, got)
+		}
+	}
+}
