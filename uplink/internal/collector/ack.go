@@ -26,10 +26,11 @@ type ackBatcher struct {
 	// after feedRetry.
 	failed func(error)
 
-	mu    sync.Mutex
-	last  jetstream.Msg // handled, not acknowledged
-	n     int
-	timer *time.Timer
+	mu      sync.Mutex
+	last    jetstream.Msg // handled, not acknowledged
+	n       int
+	timer   *time.Timer
+	stopped bool
 }
 
 // add records msg as handled; due reports that the batch is full and ackNow should run.
@@ -55,7 +56,9 @@ func (b *ackBatcher) fire() {
 	if err := b.ackNow(); err != nil {
 		b.failed(err)
 		b.mu.Lock()
-		b.timer.Reset(feedRetry)
+		if !b.stopped {
+			b.timer.Reset(feedRetry)
+		}
 		b.mu.Unlock()
 	}
 }
@@ -78,11 +81,12 @@ func (b *ackBatcher) ackNow() error {
 	return msg.Ack()
 }
 
-// stop acknowledges what was handled (when the flush succeeds) and stops the timer.
+// stop acknowledges what was handled (when the flush succeeds) and stops the timer for good.
 func (b *ackBatcher) stop() {
 	b.ackNow()
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.stopped = true
 	if b.timer != nil {
 		b.timer.Stop()
 	}
