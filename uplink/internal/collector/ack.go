@@ -52,6 +52,13 @@ func (b *ackBatcher) add(msg jetstream.Msg) (due bool) {
 	return false
 }
 
+// waiting reports whether a message handled is waiting for its acknowledgement.
+func (b *ackBatcher) waiting() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.last != nil
+}
+
 func (b *ackBatcher) fire() {
 	if err := b.ackNow(); err != nil {
 		b.failed(err)

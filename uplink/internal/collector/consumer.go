@@ -246,10 +246,14 @@ func (c *streamConsumer) handle(ctx context.Context, msg jetstream.Msg) error {
 			}
 		}
 	}
-	if seq > c.handed {
-		if err := c.handOn(ctx, msg.Subject(), msg.Data(), seq, meta.NumDelivered > 1, msg); err != nil {
-			return err
+	if seq <= c.handed {
+		// Handed on already (a redelivery behind the gap it filled): the acknowledgement
+		// waiting for a later message covers it, or its own does.
+		if c.acks.waiting() {
+			return nil
 		}
+	} else if err := c.handOn(ctx, msg.Subject(), msg.Data(), seq, meta.NumDelivered > 1, msg); err != nil {
+		return err
 	}
 	return c.ack(ctx, msg)
 }
