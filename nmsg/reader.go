@@ -48,6 +48,7 @@ type decoder struct {
 	zsrc     bytes.Reader
 	inflated []byte
 	out      []Payload
+	one      [1]byte // read past the end (in d: a local would escape through the interface)
 }
 
 // decode decodes a non-fragment container body. The payloads and their
@@ -132,8 +133,7 @@ func (d *decoder) inflate(body []byte) ([]byte, error) {
 	}
 	// Reading past the announced length both rejects longer streams and
 	// makes the zlib reader verify the Adler-32 trailer.
-	var one [1]byte
-	if n, err := d.zr.Read(one[:]); n != 0 || err != io.EOF {
+	if n, err := d.zr.Read(d.one[:]); n != 0 || err != io.EOF {
 		d.cnt.BadZlib++
 		return nil, fmt.Errorf("%w: length mismatch or bad checksum", ErrBadZlib)
 	}
@@ -198,6 +198,19 @@ type Reassembler struct {
 	pending   int
 	lastSweep time.Time
 	asm       []byte
+	decoded   bool // the last Feed returned a decoded container (Sequence)
+}
+
+// Sequence returns the sequence_id and sequence of the container the last Feed decoded; ok is
+// false when it carried none, or when that Feed decoded nothing (an error, a fragment held). A
+// receiver that validates containers with Feed reads them here rather than with
+// ContainerSequence, which would inflate a zlib body a second time.
+func (r *Reassembler) Sequence() (id uint64, seq uint32, ok bool) {
+	c := &r.d.c
+	if !r.decoded || !c.hasSeq || !c.hasSeqID {
+		return 0, 0, false
+	}
+	return c.seqID, c.sequence, true
 }
 
 // NewReassembler returns a Reassembler with the given options.
@@ -239,6 +252,12 @@ func (r *Reassembler) init(opts ReassemblerOptions, cnt *Counters) {
 // A dropped datagram returns an error and is counted. Payloads with a bad
 // CRC are returned with CRC set to CRCInvalid and no error.
 func (r *Reassembler) Feed(src string, datagram []byte, now time.Time) ([]Payload, error) {
+	ps, err := r.feed(src, datagram, now)
+	r.decoded = err == nil && ps != nil
+	return ps, err
+}
+
+func (r *Reassembler) feed(src string, datagram []byte, now time.Time) ([]Payload, error) {
 	r.cnt.Datagrams++
 	if now.Sub(r.lastSweep) >= time.Second || now.Before(r.lastSweep) {
 		r.Expire(now)

@@ -26,6 +26,12 @@ type Delivery struct {
 	// whole, decodable NMSG container.
 	Payload *Payload
 	Records int // NMSG payloads in the container
+	// SequenceID and Sequence are the container's NMSG sequence fields, read while it was
+	// validated (from inside a zlib body too, which is inflated only once); HasSequence is
+	// false when it carries none.
+	SequenceID  uint64
+	Sequence    uint32
+	HasSequence bool
 	// Duplicate is set by a Handler that recognised the payload as one it already stored (a
 	// resend after a broken connection), so that what it carries (linkLoss) is not counted twice.
 	Duplicate bool
@@ -749,6 +755,7 @@ func (s *session) data(p *Payload) error {
 	st.LastSeen = time.Now()
 	s.sc.mu.Unlock()
 	d := Delivery{Sensor: s.sensor, Remote: s.remote, Payload: p, Records: records}
+	d.SequenceID, d.Sequence, d.HasSequence = s.reasm.Sequence()
 	if s.pipe != nil {
 		// The loss is counted once the payload is stored; p is reused by the next message.
 		var link, path LossCounter

@@ -60,7 +60,7 @@ func main() {
 	flag.DurationVar(&js.MaxAge, "nats-max-age", 0, "age after which the stream discards a container (0: no bound)")
 	noArchive := flag.Bool("no-archive", false, "only take data into the stream; another collector's archiver writes the files")
 	flag.StringVar(&js.ArchiveDurable, "archive-durable", "archive", "the archiver's durable consumer name (one per archive copy)")
-	flag.StringVar(&js.ForwardDurable, "forward-durable", "forward", "the durable consumer that feeds -forward-spool from the stream (collectors sharing the name share the work)")
+	flag.StringVar(&js.ForwardDurable, "forward-durable", "forward", "the durable consumer that feeds -forward-spool from the stream (run the forward on one collector: collectors sharing the name each hand on much twice)")
 	fanUDP := flag.String("fanout-udp", "", "also send the stream as NMSG/UDP to `host:port` (nmsgtool -l), a durable consumer fanout-udp")
 	fanMTU := flag.Int("fanout-udp-mtu", 1280, "datagram size of -fanout-udp")
 	fanJSON := flag.String("fanout-json", "", "also append the stream's base:dnsqr records to `FILE` as nmsgtool -J lines, a durable consumer fanout-json")

@@ -27,8 +27,7 @@ type archiver struct {
 	logf    sielink.Logf
 	delay   time.Duration // JetStreamOptions.archiveDelay
 
-	// unacked counts the messages handled since the last acknowledgement (consume's goroutine).
-	unacked int
+	acks *ackBatcher
 
 	mu sync.Mutex
 	st ArchiverStats
@@ -62,8 +61,8 @@ type LossStats struct {
 // archiver extends it (InProgress) while a write stalls.
 const archiverAckWait = time.Minute
 
-// archiverAckEvery is how many messages the archiver handles per acknowledgement while more are
-// pending; the last one delivered (nothing pending) is acknowledged at once. In an R3 stream
+// archiverAckEvery is how many messages the archiver handles per acknowledgement; fewer are
+// acknowledged ackDelay after the first of them (ackBatcher). In an R3 stream
 // every acknowledgement is a write of the consumer's state replicated to three nodes: one per
 // 64 KiB container was about a tenth of the CPU a record costs from the sensor to the files
 // (BenchmarkSensorsToArchive, path=r3). AckAll makes one acknowledgement cover every message
@@ -99,7 +98,7 @@ func (a *archiver) run(ctx context.Context) error {
 	a.update(func(s *ArchiverStats) { s.Durable, s.StreamSeq = a.durable, a.store.Archived() })
 	for ctx.Err() == nil {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		cons, err := a.openConsumer(cctx, cfg)
+		cons, err := openDurable(cctx, a.stream, cfg, false, a.logf)
 		cancel()
 		if err == nil {
 			err = a.consume(ctx, cons)
@@ -118,29 +117,11 @@ func (a *archiver) run(ctx context.Context) error {
 	return nil
 }
 
-// openConsumer creates or updates the archiver's durable consumer. One left by an earlier
-// version acknowledged each message (AckExplicit), and a consumer's acknowledgement policy cannot
-// be updated: it is deleted and created anew. The new one delivers the stream from its start
-// again; what the files hold (Store.Archived) is skipped, so nothing is archived twice or lost.
-func (a *archiver) openConsumer(ctx context.Context, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error) {
-	cons, err := a.stream.CreateOrUpdateConsumer(ctx, cfg)
-	if err == nil {
-		return cons, nil
-	}
-	old, lerr := a.stream.Consumer(ctx, cfg.Durable)
-	if lerr != nil || old.CachedInfo().Config.AckPolicy == cfg.AckPolicy {
-		return nil, err
-	}
-	logTo(a.logf, "collector: archiver: consumer %s acknowledges %s, not %s: created anew (the stream is read again from its start, what the archive holds is skipped)",
-		cfg.Durable, old.CachedInfo().Config.AckPolicy, cfg.AckPolicy)
-	if err := a.stream.DeleteConsumer(ctx, cfg.Durable); err != nil {
-		return nil, fmt.Errorf("deleting consumer %s to change its acknowledgement policy: %w", cfg.Durable, err)
-	}
-	return a.stream.CreateOrUpdateConsumer(ctx, cfg)
-}
-
 func (a *archiver) consume(ctx context.Context, cons jetstream.Consumer) error {
-	a.unacked = 0
+	a.acks = &ackBatcher{every: archiverAckEvery, failed: func(err error) {
+		logTo(a.logf, "collector: archiver: acknowledging: %v", err)
+	}}
+	defer a.acks.stop()
 	return pullEach(ctx, cons, func() { a.update(func(s *ArchiverStats) { s.Running, s.LastError = true, "" }) }, a.handle)
 }
 
@@ -155,7 +136,7 @@ func (a *archiver) handle(ctx context.Context, msg jetstream.Msg) error {
 	a.update(func(s *ArchiverStats) { s.Pending = meta.NumPending })
 	if seq <= a.store.Archived() {
 		a.update(func(s *ArchiverStats) { s.Skipped++ })
-		return a.ack(msg, meta.NumPending)
+		return a.ack(ctx, msg)
 	}
 	if floor := a.store.Archived(); seq > floor+1 {
 		// A consumer delivers in stream order except what it redelivers: a message delivered
@@ -168,22 +149,20 @@ func (a *archiver) handle(ctx context.Context, msg jetstream.Msg) error {
 			return err
 		}
 	}
-	if err := a.archive(ctx, msg.Subject(), msg.Data(), seq, msg); err != nil {
+	if err := a.archive(ctx, msg.Subject(), msg.Data(), msg.Headers().Get(jetstream.MsgIDHeader), seq, msg); err != nil {
 		return err
 	}
-	return a.ack(msg, meta.NumPending)
+	return a.ack(ctx, msg)
 }
 
 // ack acknowledges the stream through msg, whose container the archive now holds (or skipped),
-// every archiverAckEvery messages and whenever nothing more is pending. What is left
-// unacknowledged when the archiver stops is delivered again at the next start and skipped.
-func (a *archiver) ack(msg jetstream.Msg, pending uint64) error {
-	a.unacked++
-	if pending > 0 && a.unacked < archiverAckEvery {
-		return nil
+// in batches (ackBatcher). What is left unacknowledged when the archiver stops is delivered again
+// at the next start and skipped.
+func (a *archiver) ack(_ context.Context, msg jetstream.Msg) error {
+	if a.acks.add(msg) {
+		return a.acks.ackNow()
 	}
-	a.unacked = 0
-	return msg.Ack()
+	return nil
 }
 
 // fillGap archives the stream's messages from through to-1 by reading them from the stream, and
@@ -212,7 +191,7 @@ func (a *archiver) fillGap(ctx context.Context, from, to uint64, cur jetstream.M
 			return fmt.Errorf("reading stream sequence %d (not delivered in order): %w", seq, err)
 		}
 		a.update(func(s *ArchiverStats) { s.GapFilled++ })
-		if err := a.archive(ctx, raw.Subject, raw.Data, seq, cur); err != nil {
+		if err := a.archive(ctx, raw.Subject, raw.Data, raw.Header.Get(jetstream.MsgIDHeader), seq, cur); err != nil {
 			return err
 		}
 	}
@@ -220,9 +199,11 @@ func (a *archiver) fillGap(ctx context.Context, from, to uint64, cur jetstream.M
 }
 
 // archive writes one container of the stream into the files. It returns nil once the container
-// is written or counted as lost, and an error only when ctx ended first. cur is the delivered
-// message being handled: a write that stalls extends its acknowledgement deadline.
-func (a *archiver) archive(ctx context.Context, subject string, data []byte, seq uint64, cur jetstream.Msg) error {
+// is written or counted as lost, and an error only when ctx ended first. msgID is its message's
+// id, which names its sequence fields (a zlib container is not inflated again to read them).
+// cur is the delivered message being handled: a write that stalls extends its acknowledgement
+// deadline.
+func (a *archiver) archive(ctx context.Context, subject string, data []byte, msgID string, seq uint64, cur jetstream.Msg) error {
 	sensor, ok := subjectSensor(subject)
 	if ok {
 		ok = auth.ValidSensorName(sensor)
@@ -238,7 +219,7 @@ func (a *archiver) archive(ctx context.Context, subject string, data []byte, seq
 	}
 	var t *time.Timer
 	for {
-		dup, err := a.store.Archive(sensor, data, seq)
+		dup, err := a.store.archive(sensor, data, seq, msgIDSeq(sensor, msgID))
 		if err == nil {
 			a.update(func(s *ArchiverStats) {
 				if dup {

@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/sie-europe/dnssensor/internal/secretfile"
-	"github.com/sie-europe/dnssensor/nmsg"
 	"github.com/sie-europe/dnssensor/uplink/internal/collector/auth"
 	"github.com/sie-europe/dnssensor/uplink/sielink"
 )
@@ -244,7 +243,7 @@ func (h *storeForward) Deliver(d *sielink.Delivery) error {
 	if err := h.store.Deliver(d); err != nil {
 		return err
 	}
-	id, seq, hasKey := nmsg.ContainerSequence(d.Payload.Data)
+	id, seq, hasKey := deliverySeq(d).of(d.Payload.Data)
 	k := fwdKey{d.Sensor, seqKey{id, seq}}
 	if d.Duplicate {
 		h.mu.Lock()

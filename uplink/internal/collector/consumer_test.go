@@ -11,6 +11,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/sie-europe/dnssensor/internal/testenv"
 	"github.com/sie-europe/dnssensor/nmsg"
@@ -20,9 +23,19 @@ import (
 
 // dnsqrContainers returns n base:dnsqr records in containers of sequence id id, and each
 // record's nmsgtool -J line.
-func dnsqrContainers(t *testing.T, id uint64, n int) ([][]byte, []string) {
+func dnsqrContainers(t testing.TB, id uint64, n int) ([][]byte, []string) {
+	return dnsqrContainersSized(t, id, n, 4<<10)
+}
+
+// dnsqrContainersSized is dnsqrContainers with containers of at most size octets.
+func dnsqrContainersSized(t testing.TB, id uint64, n, size int) ([][]byte, []string) {
+	return dnsqrContainersOpts(t, n, nmsg.FileOptions{SequenceID: id, MaxSize: size})
+}
+
+// dnsqrContainersOpts is dnsqrContainers written with o.
+func dnsqrContainersOpts(t testing.TB, n int, o nmsg.FileOptions) ([][]byte, []string) {
 	var buf bytes.Buffer
-	w, err := nmsg.NewFileWriter(&buf, nmsg.FileOptions{SequenceID: id, MaxSize: 4 << 10})
+	w, err := nmsg.NewFileWriter(&buf, o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,4 +202,215 @@ func TestStreamConsumers(t *testing.T) {
 		}
 	}
 	t.Logf("%d containers, %d records: forward %+v; JSON %d lines", len(conts), len(lines), kinds["forward"], len(got))
+}
+
+// memForward is a forward that, like the spool, holds what it takes in memory until Flush; crash
+// drops that memory, as the collector's death would. It refuses the container refuse while it is
+// set.
+type memForward struct {
+	mu      sync.Mutex
+	refuse  []byte
+	offered int            // times refuse was offered
+	mem     []string       // taken, not flushed
+	durable map[string]int // flushed: container → times
+	flushes int
+}
+
+func (f *memForward) Deliver(d *sielink.Delivery) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.refuse != nil && bytes.Equal(d.Payload.Data, f.refuse) {
+		f.offered++
+		return errors.New("forward spool refuses data")
+	}
+	f.mem = append(f.mem, string(d.Payload.Data))
+	return nil
+}
+
+func (f *memForward) Flush() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, k := range f.mem {
+		f.durable[k]++
+	}
+	f.mem, f.flushes = nil, f.flushes+1
+	return nil
+}
+
+func (f *memForward) crash() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.mem, f.refuse = nil, nil
+}
+
+func (f *memForward) missing(conts [][]byte) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for _, c := range conts {
+		if f.durable[string(c)] == 0 {
+			n++
+		}
+	}
+	return n
+}
+
+// TestConsumersNoLossAcrossRestart: the forward and the fan-outs acknowledge in batches, so an
+// acknowledgement must never run ahead of what was handed on. The forward refuses a container a
+// third into the stream while the pull has already delivered the next hundreds; the collector
+// then stops and the forward loses what it held in memory (the spool's unsealed segment dies
+// with a crashed collector). After a restart every container must reach the forward's durable
+// part and every record the JSON lines: the messages delivered and never acknowledged come
+// again only after AckWait, behind later ones, and an acknowledgement of a later one (AckAll)
+// would cover them unseen; an acknowledgement before the forward's Flush would cover what the
+// crash lost.
+func TestConsumersNoLossAcrossRestart(t *testing.T) {
+	dir := t.TempDir()
+	archive := filepath.Join(dir, "nmsg")
+	jsonFile := filepath.Join(dir, "fanout.jsonl")
+	conts, lines := dnsqrContainersSized(t, 9, 3000, 512)
+	refused := len(conts) / 3
+	if len(conts)-refused <= 256 {
+		t.Fatalf("%d containers: the test needs more than the pull's 256 beyond the refused one", len(conts))
+	}
+	fwd := &memForward{refuse: conts[refused], durable: map[string]int{}}
+	mod := func(o *Options) {
+		o.Store.Dir = archive
+		o.Forward = fwd
+		o.JetStream = &JetStreamOptions{NoArchive: true, FanOut: []FanOut{{Durable: "soc-json", JSONFile: jsonFile}}}
+	}
+	tc := startCollector(t, mod)
+	sendAll(t, tc, "alpha", conts)
+	testenv.WaitFor(t, "the forward to be offered the refused container twice", func() bool {
+		fwd.mu.Lock()
+		defer fwd.mu.Unlock()
+		return fwd.offered >= 2
+	})
+	if err := tc.stop(); err != nil {
+		t.Fatal(err)
+	}
+	fwd.crash()
+
+	tc = startCollector(t, mod)
+	testenv.WaitFor(t, "every container in the forward's durable part", func() bool { return fwd.missing(conts) == 0 })
+	var st map[string]ConsumerStats
+	testenv.WaitFor(t, "the consumers to reach the stream's end", func() bool {
+		js := fetchSnapshot(t, tc.metrics).JetStream
+		st = map[string]ConsumerStats{}
+		for _, c := range js.Consumers {
+			st[c.Kind] = c
+			if c.StreamSeq != js.LastSeq || c.Pending != 0 {
+				return false
+			}
+		}
+		return len(st) == 2
+	})
+	if err := tc.stop(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(jsonFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, l := range strings.Split(strings.TrimSuffix(string(b), "\n"), "\n") {
+		seen[l] = true
+	}
+	for i, l := range lines {
+		if !seen[l] {
+			t.Fatalf("JSON line of record %d missing", i)
+		}
+	}
+	if f := st["forward"]; f.Lost != 0 || f.GapFilled == 0 {
+		t.Errorf("forward %+v: want the undelivered messages read from the stream, nothing lost", f)
+	}
+	fwd.mu.Lock()
+	defer fwd.mu.Unlock()
+	// Batches: far fewer flushes (each one an acknowledgement) than containers.
+	if fwd.flushes >= len(conts)/4 {
+		t.Errorf("%d flushes for %d containers: acknowledgements not batched", fwd.flushes, len(conts))
+	}
+	t.Logf("%d containers, refused #%d; forward %+v; %d flushes", len(conts), refused, st["forward"], fwd.flushes)
+}
+
+// TestConsumerAckPolicyChanged: a forward durable left by an earlier version (AckExplicit, a
+// policy that cannot be updated) is created anew, resuming after what it had acknowledged: not
+// from the stream's start, which would forward everything again. The next start opens the new
+// one as it is.
+func TestConsumerAckPolicyChanged(t *testing.T) {
+	archive := filepath.Join(t.TempDir(), "nmsg")
+	conts, _ := dnsqrContainers(t, 11, 1000)
+	tc := startCollector(t, func(o *Options) {
+		o.Store.Dir = archive
+		o.JetStream = &JetStreamOptions{NoArchive: true}
+	})
+	sendAll(t, tc, "alpha", conts)
+	if err := tc.stop(); err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxT(t, 30*time.Second)
+	b, err := openBus(ctx, JetStreamOptions{}, archive, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := streamConsumerConfig("forward", "an earlier version's forward")
+	old.AckPolicy = jetstream.AckExplicitPolicy
+	cons, err := b.stream.CreateOrUpdateConsumer(ctx, old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	half := len(conts) / 2
+	batch, err := cons.Fetch(half)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for m := range batch.Messages() {
+		if err := m.DoubleAck(ctx); err != nil {
+			t.Fatal(err)
+		}
+		n++
+	}
+	b.Close()
+	if n != half {
+		t.Fatalf("fetched %d, want %d", n, half)
+	}
+
+	fwd := &flakyForward{got: map[string]int{}}
+	mod := func(o *Options) {
+		o.Store.Dir = archive
+		o.Forward = fwd
+		o.JetStream = &JetStreamOptions{NoArchive: true}
+	}
+	for round := 0; round < 2; round++ {
+		tc = startCollector(t, mod)
+		testenv.WaitFor(t, "the forward to reach the stream's end", func() bool {
+			js := fetchSnapshot(t, tc.metrics).JetStream
+			return len(js.Consumers) == 1 && js.Consumers[0].Running && js.Consumers[0].Pending == 0 &&
+				(round > 0 || js.Consumers[0].StreamSeq == js.LastSeq)
+		})
+		if err := tc.stop(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if fwd.count() != len(conts)-half {
+		t.Errorf("forwarded %d containers, want the %d not acknowledged before", fwd.count(), len(conts)-half)
+	}
+	for i, c := range conts[half:] {
+		if fwd.got["alpha/"+string(c)] != 1 {
+			t.Fatalf("container %d forwarded %d times, want once", half+i, fwd.got["alpha/"+string(c)])
+		}
+	}
+	b, err = openBus(ctx, JetStreamOptions{}, archive, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	c, err := b.stream.Consumer(ctx, "forward")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := c.CachedInfo().Config.AckPolicy; p != jetstream.AckAllPolicy {
+		t.Errorf("forward consumer acknowledges %s, want all", p)
+	}
 }

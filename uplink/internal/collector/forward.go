@@ -34,3 +34,11 @@ func (f SpoolForwarder) Deliver(d *sielink.Delivery) error {
 		}
 	}
 }
+
+// Flush seals the spool's current segment: a payload the spool took is in its producer's memory
+// until then, and would die with the collector. The stream's forward consumer flushes before it
+// acknowledges, so it acknowledges only what a restart could not lose.
+func (f SpoolForwarder) Flush() error { return f.P.Flush() }
+
+// flusher is a Forward handler that holds what it took in memory until Flush.
+type flusher interface{ Flush() error }

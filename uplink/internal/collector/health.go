@@ -197,10 +197,12 @@ var consumerMetrics = []struct {
 }{
 	{cdesc("consumer_stream_seq", "Stream sequence of the last container the consumer handed on.", "durable", "kind"), prometheus.GaugeValue, func(c *ConsumerStats) float64 { return float64(c.StreamSeq) }},
 	{cdesc("consumer_pending", "Containers in the stream the consumer has not been delivered yet.", "durable", "kind"), prometheus.GaugeValue, func(c *ConsumerStats) float64 { return float64(c.Pending) }},
-	{cdesc("consumer_handled_total", "Containers handed on and acknowledged.", "durable", "kind"), prometheus.CounterValue, func(c *ConsumerStats) float64 { return float64(c.Handled) }},
+	{cdesc("consumer_handled_total", "Containers handed on.", "durable", "kind"), prometheus.CounterValue, func(c *ConsumerStats) float64 { return float64(c.Handled) }},
 	{cdesc("consumer_redelivered_total", "Containers handed on again after a redelivery (at least once).", "durable", "kind"), prometheus.CounterValue, func(c *ConsumerStats) float64 { return float64(c.Redelivered) }},
 	{cdesc("consumer_errors_total", "Hand-overs that failed and were retried.", "durable", "kind"), prometheus.CounterValue, func(c *ConsumerStats) float64 { return float64(c.Errors) }},
 	{cdesc("consumer_skipped_total", "Payloads the feed cannot render (not base:dnsqr, undecodable).", "durable", "kind"), prometheus.CounterValue, func(c *ConsumerStats) float64 { return float64(c.Skipped) }},
+	{cdesc("consumer_gap_filled_total", "Containers read from the stream because their delivery came out of order.", "durable", "kind"), prometheus.CounterValue, func(c *ConsumerStats) float64 { return float64(c.GapFilled) }},
+	{cdesc("consumer_lost_total", "Containers the stream's limits discarded before the consumer handed them on.", "durable", "kind"), prometheus.CounterValue, func(c *ConsumerStats) float64 { return float64(c.Lost) }},
 	{cdesc("consumer_running", "1 while the consumer consumes the stream.", "durable", "kind"), prometheus.GaugeValue, func(c *ConsumerStats) float64 { return b2f(c.Running) }},
 }
 

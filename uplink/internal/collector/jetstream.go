@@ -105,6 +105,46 @@ func msgID(sensor string, id uint64, seq uint32) string {
 	return sensor + "/" + strconv.FormatUint(id, 16) + "/" + strconv.FormatUint(uint64(seq), 10)
 }
 
+// msgIDSeq is the container sequence named by mid, a message id msgID made for sensor (a
+// sensor name has no '/'); unknown when mid is not one.
+func msgIDSeq(sensor, mid string) containerSeq {
+	rest, ok := strings.CutPrefix(mid, sensor+"/")
+	idHex, seq, ok2 := strings.Cut(rest, "/")
+	id, err1 := strconv.ParseUint(idHex, 16, 64)
+	sq, err2 := strconv.ParseUint(seq, 10, 32)
+	if !ok || !ok2 || err1 != nil || err2 != nil {
+		return containerSeq{}
+	}
+	return containerSeq{id: id, seq: uint32(sq), ok: true, known: true}
+}
+
+// containerSeq is a container's NMSG sequence fields when they are known without reading the
+// container (a zlib body would have to be inflated): from its validation (sielink.Delivery)
+// or from its stream message's id.
+type containerSeq struct {
+	id        uint64
+	seq       uint32
+	ok, known bool
+}
+
+// of returns the sequence fields of data, read from it only when they are not known.
+func (sq containerSeq) of(data []byte) (uint64, uint32, bool) {
+	if sq.known {
+		return sq.id, sq.seq, sq.ok
+	}
+	return nmsg.ContainerSequence(data)
+}
+
+// deliverySeq is what the session's validation read of d's sequence fields.
+func deliverySeq(d *sielink.Delivery) containerSeq {
+	if !d.HasSequence {
+		// A container without them, or a Delivery made without validation (tests, the
+		// stream's forward): read the container.
+		return containerSeq{}
+	}
+	return containerSeq{id: d.SequenceID, seq: d.Sequence, ok: true, known: true}
+}
+
 // bus is the collector's connection to JetStream, and the embedded server when it runs one.
 type bus struct {
 	opts   JetStreamOptions
@@ -242,11 +282,11 @@ type PublishStats struct {
 const PublishTimeout = 10 * time.Second
 
 // newPubMsg is a container's message, with its message id when the container has a sequence.
-func (p *publisher) newPubMsg(sensor string, channel uint32, data []byte) (*nats.Msg, []jetstream.PublishOpt) {
+func (p *publisher) newPubMsg(sensor string, channel uint32, data []byte, sq containerSeq) (*nats.Msg, []jetstream.PublishOpt) {
 	msg := nats.NewMsg(subject(channel, sensor))
 	msg.Data = data
 	opts := []jetstream.PublishOpt{jetstream.WithExpectStream(p.stream)}
-	if id, seq, ok := nmsg.ContainerSequence(data); ok {
+	if id, seq, ok := sq.of(data); ok {
 		opts = append(opts, jetstream.WithMsgID(msgID(sensor, id, seq)))
 	}
 	return msg, opts
@@ -254,7 +294,7 @@ func (p *publisher) newPubMsg(sensor string, channel uint32, data []byte) (*nats
 
 func (p *publisher) Deliver(d *sielink.Delivery) error {
 	// Data is copied into the connection's buffer before PublishMsg returns.
-	msg, opts := p.newPubMsg(d.Sensor, d.Payload.Channel, d.Payload.Data)
+	msg, opts := p.newPubMsg(d.Sensor, d.Payload.Channel, d.Payload.Data, deliverySeq(d))
 	ctx, cancel := context.WithTimeout(context.Background(), cmpDur(p.timeout, PublishTimeout))
 	ack, waits, err := p.publish(ctx, msg, opts)
 	cancel()
@@ -392,9 +432,7 @@ func startJetStream(ctx context.Context, o JetStreamOptions, store *Store, logf 
 	r := &jsRunner{bus: b, pub: &publisher{js: b.js, stream: b.opts.Stream, sensors: make(map[string]*PublishStats),
 		failHook: o.pubFail, ackHook: o.pubAck}}
 	if o.forward != nil {
-		r.consumers = append(r.consumers, &streamConsumer{stream: b.stream, durable: cmp.Or(o.ForwardDurable, "forward"),
-			desc: "the collector's forward to SIE Europe", feed: forwardFeed(o.forward), logf: logf,
-			st: ConsumerStats{Durable: cmp.Or(o.ForwardDurable, "forward"), Kind: "forward"}})
+		r.consumers = append(r.consumers, newForward(b.stream, cmp.Or(o.ForwardDurable, "forward"), o.forward, logf))
 	}
 	for i, f := range o.FanOut {
 		c, err := newFanOut(i, f, b.stream, logf)

@@ -61,6 +61,7 @@ type pubPipeline struct {
 type inFlight struct {
 	data    []byte
 	channel uint32
+	seq     containerSeq
 	fut     jetstream.PubAckFuture // nil if the asynchronous publish could not be sent
 	err     error
 	stored  func(duplicate bool)
@@ -83,8 +84,8 @@ func (pp *pubPipeline) Start(d *sielink.Delivery, stored func(bool)) error {
 	pp.inFlight++
 	pp.bytes += n
 	pp.mu.Unlock()
-	f := &inFlight{data: slices.Clone(d.Payload.Data), channel: d.Payload.Channel, stored: stored}
-	msg, opts := pp.p.newPubMsg(pp.sensor, f.channel, f.data)
+	f := &inFlight{data: slices.Clone(d.Payload.Data), channel: d.Payload.Channel, seq: deliverySeq(d), stored: stored}
+	msg, opts := pp.p.newPubMsg(pp.sensor, f.channel, f.data, f.seq)
 	f.fut, f.err = pp.p.js.PublishMsgAsync(msg, opts...)
 	pp.queue <- f
 	return nil
@@ -166,7 +167,7 @@ func (pp *pubPipeline) await(f *inFlight) (*jetstream.PubAck, uint64, error) {
 	}
 	pp.p.account(pp.sensor, nil, 0, err)
 	for {
-		msg, opts := pp.p.newPubMsg(pp.sensor, f.channel, f.data)
+		msg, opts := pp.p.newPubMsg(pp.sensor, f.channel, f.data, f.seq)
 		ctx, cancel := context.WithTimeout(pp.ctx, cmpDur(pp.p.timeout, PublishTimeout))
 		ack, waits, err := pp.p.publish(ctx, msg, opts)
 		cancel()

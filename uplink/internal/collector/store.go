@@ -129,8 +129,8 @@ const seenWindow = 1 << 16
 
 // seenBefore reports whether a container with c's sequence fields was stored recently, and the
 // key to remember once c is stored (ok false: c carries no sequence).
-func (sf *sensorFile) seenBefore(c []byte) (k seqKey, ok, dup bool) {
-	id, seq, ok := nmsg.ContainerSequence(c)
+func (sf *sensorFile) seenBefore(c []byte, sq containerSeq) (k seqKey, ok, dup bool) {
+	id, seq, ok := sq.of(c)
 	if !ok {
 		return k, false, false
 	}
@@ -361,7 +361,7 @@ const quotaReason = "over disk quota at the collector: data stays in the sensor'
 // returned as a sielink.Stall, so the session holds the payload, confirms nothing after it, and
 // offers it again until space returns.
 func (s *Store) Deliver(d *sielink.Delivery) error {
-	dup, err := s.put(d.Sensor, d.Payload.Data, 0)
+	dup, err := s.put(d.Sensor, d.Payload.Data, 0, deliverySeq(d))
 	d.Duplicate = dup
 	return err
 }
@@ -372,17 +372,22 @@ func (s *Store) Deliver(d *sielink.Delivery) error {
 // holds through (Archived) and neither loses nor repeats a container. Errors are those of
 // Deliver: a sielink.Stall (disk full, retry) or a sielink.Refusal (over quota).
 func (s *Store) Archive(sensor string, data []byte, streamSeq uint64) (dup bool, err error) {
-	return s.put(sensor, data, streamSeq)
+	return s.put(sensor, data, streamSeq, containerSeq{})
 }
 
-func (s *Store) put(sensor string, data []byte, streamSeq uint64) (bool, error) {
+// archive is Archive with the container's sequence fields when they are known (its message id).
+func (s *Store) archive(sensor string, data []byte, streamSeq uint64, sq containerSeq) (dup bool, err error) {
+	return s.put(sensor, data, streamSeq, sq)
+}
+
+func (s *Store) put(sensor string, data []byte, streamSeq uint64, sq containerSeq) (bool, error) {
 	sf, err := s.sensor(sensor)
 	if err != nil {
 		return false, err
 	}
 	sf.mu.Lock()
 	defer sf.mu.Unlock()
-	key, hasKey, dup := sf.seenBefore(data)
+	key, hasKey, dup := sf.seenBefore(data, sq)
 	if dup {
 		// A resend after a broken connection: already stored (and confirmed) once.
 		sf.st.Duplicates++
