@@ -182,27 +182,29 @@ func (s *Server) change(w http.ResponseWriter, r *http.Request, b *boxconfig.Box
 		s.renderConfig(w, r, v, http.StatusUnprocessableEntity, errs...)
 		return
 	}
+	// Asked before the files are written: a running sensord reloads its file as soon as it
+	// changes, and while it does its health socket may not answer. Asked after (seen in QEMU), a
+	// reloading sensord looked stopped and was restarted: gokrazy's restart stopped it with
+	// SIGTERM, and a service that exits 0 stays stopped.
+	sensordRan := s.sensordRuns(r.Context())
 	changed, err := boxconfig.Apply(l, files)
 	if err != nil {
 		s.logf("statusd: applying the configuration: %v", err)
 		http.Error(w, "saving failed: "+err.Error(), http.StatusInternalServerError)
 		return
 	}
-	saved := s.restartChanged(r.Context(), changed)
+	saved := s.restartWith(r.Context(), changed, s.Config.Restart, sensordRan)
 	// Addresses and keys stay out of the log: the daemons and the outcome are enough.
 	s.logf("statusd: configuration saved; %s", saved)
 	v := &configView{Sections: formFor(b, l, nil), Saved: saved}
 	s.renderConfig(w, r, v, http.StatusOK)
 }
 
-// restartChanged starts or restarts the daemons whose file changed: uplinkd reads its file once;
-// sensord reloads its own when it runs, and is started when it does not (exit 125, "not
-// configured", leaves it stopped); netconfd re-reads its file every few seconds.
-func (s *Server) restartChanged(ctx context.Context, changed []string) string {
-	return s.restartWith(ctx, changed, s.Config.Restart)
-}
-
-func (s *Server) restartWith(ctx context.Context, changed []string, restart func(context.Context, string) error) string {
+// restartWith starts or restarts the daemons whose file changed: uplinkd reads its file once;
+// sensord reloads its own when it runs (sensordRan: it answered before its file was written),
+// and is started when it does not (exit 125, "not configured", leaves it stopped); netconfd
+// re-reads its file every few seconds.
+func (s *Server) restartWith(ctx context.Context, changed []string, restart func(context.Context, string) error, sensordRan bool) string {
 	if len(changed) == 0 {
 		return "nothing changed"
 	}
@@ -213,7 +215,7 @@ func (s *Server) restartWith(ctx context.Context, changed []string, restart func
 			notes = append(notes, "netconfd applies it within seconds")
 			continue
 		case "sensord":
-			if s.sensordRuns(ctx) {
+			if sensordRan {
 				notes = append(notes, "sensord reloads it within seconds")
 				continue
 			}
@@ -578,7 +580,7 @@ func (cf *configFlags) setup(ctx context.Context, s *Server, ds []Daemon) {
 					return err
 				}
 			}
-			s.logf("statusd: configuration at start: %s", s.restartWith(ctx, dedup(changed), restart))
+			s.logf("statusd: configuration at start: %s", s.restartWith(ctx, dedup(changed), restart, s.sensordRuns(ctx)))
 		}()
 	}
 }

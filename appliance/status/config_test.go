@@ -1,9 +1,12 @@
 package status
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"html"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -382,5 +385,50 @@ func TestProvisionedShown(t *testing.T) {
 	_, page := get(t, ts.URL+"/config", testPassword, "")
 	if !strings.Contains(page, `id="provisioned"`) || !strings.Contains(page, "sensor.rd: &#34;2&#34; is not 0, 1 or any") {
 		t.Errorf("page does not show the provisioning's outcome:\n%s", page)
+	}
+}
+
+// TestReloadingSensordNotRestarted: a running sensord reloads its file as soon as it changes,
+// and its health socket may not answer while it does. statusd asked whether sensord runs after
+// writing the file, so in QEMU it took a reloading sensord for a stopped one and restarted it
+// (gokrazy then left it stopped: its exit 0 after SIGTERM). It must ask before writing.
+func TestReloadingSensordNotRestarted(t *testing.T) {
+	fx, ts, rs := configFixture(t)
+	sock := filepath.Join(socketDir(t), "sensord.sock")
+	before, err := os.ReadFile(fx.srv.Config.Layout.SensorFile())
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		t.Fatal(err)
+	}
+	f := &fakeDaemon{name: "sensord", socket: sock, fail: map[string]string{}}
+	hs := &health.Server{Daemon: "sensord", Tree: health.NewTree("sensord", time.Now, sensordTree(f)...), Registry: prometheus.NewRegistry(), Logf: t.Logf}
+	h := hs.Handler()
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if now, _ := os.ReadFile(fx.srv.Config.Layout.SensorFile()); !bytes.Equal(now, before) {
+			// Reloading: the connection ends without an answer.
+			if c, _, err := http.NewResponseController(w).Hijack(); err == nil {
+				c.Close()
+			}
+			return
+		}
+		h.ServeHTTP(w, r)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	fx.srv.Daemons[0].Socket = sock
+	fx.srv.Config.SensordSocket = sock
+
+	code, body := postForm(t, ts.URL+"/config/resolver", url.Values{"xsrftoken": {fx.srv.xsrfToken()}, "addr": {"192.0.2.7"}}, "")
+	if code != http.StatusOK {
+		t.Fatalf("use this resolver: %d\n%s", code, body)
+	}
+	if now, _ := os.ReadFile(fx.srv.Config.Layout.SensorFile()); bytes.Equal(now, before) {
+		t.Fatal("sensord's file unchanged")
+	}
+	if rs.list() != "" || !strings.Contains(body, "sensord reloads it within seconds") {
+		t.Errorf("restarted %q; want none, and the page saying sensord reloads it", rs.list())
 	}
 }
