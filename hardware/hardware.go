@@ -79,6 +79,13 @@ type Profile struct {
 	// SeaBIOS costs almost nothing (numbers in gokr-packer/README.md). gokrazy has no kexec
 	// but on amd64; elsewhere it always reboots through the firmware.
 	Reboot string `json:"reboot,omitempty"`
+
+	// UncompressedRoot stores the root file system's data blocks as they are instead of
+	// zlib-compressed. Under software emulation the kernel inflating each program's blocks as
+	// they are paged in is most of the programs' start (seven start at once after every boot);
+	// a real CPU inflates them in a fraction of a second, and the smaller root is the quicker
+	// download, so real boxes keep compression.
+	UncompressedRoot bool `json:"uncompressed_root,omitempty"`
 }
 
 // RebootMethod is Reboot with the default filled in.
