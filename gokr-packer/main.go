@@ -26,6 +26,7 @@ import (
 
 	"github.com/sie-europe/dnssensor/gokr-packer/packer"
 	"github.com/sie-europe/dnssensor/gokr-packer/update"
+	"github.com/sie-europe/dnssensor/hardware"
 	"github.com/sie-europe/dnssensor/images"
 )
 
@@ -196,12 +197,28 @@ func runUpdate(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	device := fs.String("device", "", "device `URL`, e.g. http://192.0.2.10 or http://127.0.0.1:8080")
 	dir := fs.String("artefacts", "", "keep the built image and artefacts in `DIR` (default: a temporary folder)")
 	testboot := fs.Bool("testboot", false, "boot the new root once (gokrazy falls back to the old one unless it comes up); default: switch")
+	reboot := fs.String("reboot", "", "how the device restarts after the push: kexec or firmware (default: the image's hardware profile's, kexec unless it says otherwise)")
 	wait := fs.Duration("timeout", 5*time.Minute, "give up waiting for the device to come back after this long")
 	if err := fs.Parse(args); err != nil {
 		return usageError{err}
 	}
 	if *device == "" {
 		return usageError{fmt.Errorf("-device is required")}
+	}
+	im, err := images.Load(c.image)
+	if err != nil {
+		return usageError{err}
+	}
+	prof, err := hardware.Get(im.Profile)
+	if err != nil {
+		return err
+	}
+	switch *reboot {
+	case "":
+		*reboot = prof.RebootMethod()
+	case hardware.RebootKexec, hardware.RebootFirmware:
+	default:
+		return usageError{fmt.Errorf("-reboot %q: want %s or %s", *reboot, hardware.RebootKexec, hardware.RebootFirmware)}
 	}
 	pwFile, err := c.password(c.image)
 	if err != nil {
@@ -238,6 +255,7 @@ func runUpdate(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		BuildTimestamp: res.BuildTimestamp,
 		StateFile:      filepath.Join(filepath.Dir(pwFile), "pushed-"+update.DeviceKey(*device)+".json"),
 		Testboot:       *testboot,
+		FirmwareReboot: *reboot == hardware.RebootFirmware,
 		Timeout:        *wait,
 		Log:            prefixWriter{stderr},
 	})

@@ -27,6 +27,12 @@ const (
 	BootDirect = "direct" // an emulator loads vmlinuz itself (QEMU -kernel); testing only
 )
 
+// How a push update restarts the box (Profile.Reboot).
+const (
+	RebootKexec    = "kexec"    // the new kernel loaded by the old one: no firmware, no boot loader
+	RebootFirmware = "firmware" // a reset: firmware, boot loader, kernel, as at power-on
+)
+
 // Profile describes one kind of device.
 type Profile struct {
 	Name        string `json:"name"`
@@ -65,6 +71,29 @@ type Profile struct {
 
 	// QEMU, when set, says how ci/qemu-run boots this profile.
 	QEMU *QEMU `json:"qemu,omitempty"`
+
+	// Reboot is how `gokr-packer update` restarts the box after a push: RebootKexec (the
+	// default when empty) or RebootFirmware. A real box's firmware takes seconds to start, so
+	// kexec, which skips it, is the fast way there; under software emulation it is the slow
+	// one: the kexec purgatory checks the loaded kernel's SHA-256 on an emulated CPU, while
+	// SeaBIOS costs almost nothing (numbers in gokr-packer/README.md). gokrazy has no kexec
+	// but on amd64; elsewhere it always reboots through the firmware.
+	Reboot string `json:"reboot,omitempty"`
+
+	// UncompressedRoot stores the root file system's data blocks as they are instead of
+	// zlib-compressed. Under software emulation the kernel inflating each program's blocks as
+	// they are paged in is most of the programs' start (seven start at once after every boot);
+	// a real CPU inflates them in a fraction of a second, and the smaller root is the quicker
+	// download, so real boxes keep compression.
+	UncompressedRoot bool `json:"uncompressed_root,omitempty"`
+}
+
+// RebootMethod is Reboot with the default filled in.
+func (p Profile) RebootMethod() string {
+	if p.Reboot == "" {
+		return RebootKexec
+	}
+	return p.Reboot
 }
 
 // QEMU describes the emulated machine for qemu-* profiles; ci/qemu-run uses the
@@ -182,6 +211,11 @@ func (p Profile) Validate() error {
 		default:
 			return fmt.Errorf("unknown boot method %q", b)
 		}
+	}
+	switch p.Reboot {
+	case "", RebootKexec, RebootFirmware:
+	default:
+		return fmt.Errorf("reboot %q: want %q or %q", p.Reboot, RebootKexec, RebootFirmware)
 	}
 	if strings.Contains(p.Cmdline, "root=") || strings.Contains(p.Cmdline, "console=") {
 		return fmt.Errorf("cmdline must not set root= or console= (the packer does)")

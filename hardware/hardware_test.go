@@ -67,6 +67,7 @@ func TestValidateRejects(t *testing.T) {
 		{"rootdelay", func(p *Profile) { p.Cmdline += " rootdelay=10" }, "rootwait"},
 		{"root in cmdline", func(p *Profile) { p.Cmdline += " root=/dev/sda2" }, "root="},
 		{"no management", func(p *Profile) { p.Management = nil }, "management"},
+		{"unknown reboot", func(p *Profile) { p.Reboot = "warm" }, `reboot "warm"`},
 		{"tiny storage", func(p *Profile) { p.MinStorageBytes = 1 << 20 }, "min_storage_bytes"},
 		{"rpi without firmware", func(p *Profile) {
 			p.GOARCH, p.Kernel, p.Boot = "arm64", "github.com/gokrazy/kernel.rpi", []string{BootRPi}

@@ -19,6 +19,7 @@ import (
 	"github.com/sie-europe/dnssensor/appliance/netconf/dhcpc"
 	"github.com/sie-europe/dnssensor/hardware"
 	"github.com/sie-europe/dnssensor/internal/cli"
+	"github.com/sie-europe/dnssensor/internal/procprio"
 )
 
 // Options configure netconfd.
@@ -140,6 +141,9 @@ func Run(ctx context.Context, o *Options, logf func(string, ...any)) error {
 	case <-ctx.Done():
 	}
 	d.configureTaps()
+	if err := procprio.EndBoost(); err != nil { // the tap ports are up: the start's boost ends
+		logf("%v", err)
+	}
 
 	hctx, stopHealth := context.WithCancel(ctx)
 	waitHealth, err := serveHealth(hctx, o, d.hs, logf)

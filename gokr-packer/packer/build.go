@@ -326,11 +326,27 @@ func Build(ctx context.Context, opts Options) (*Result, error) {
 	if err := rf.Close(); err != nil {
 		return nil, err
 	}
+	if prof.UncompressedRoot {
+		b, err := os.ReadFile(rootImg)
+		if err != nil {
+			return nil, err
+		}
+		if b, err = storeUncompressed(b); err != nil {
+			return nil, fmt.Errorf("root file system: %w", err)
+		}
+		if err := os.WriteFile(rootImg, b, 0o644); err != nil {
+			return nil, err
+		}
+	}
 	rootInfo, _ := os.Stat(rootImg)
 	if rootInfo.Size() > int64(rootSectors)*sectorSize {
 		return nil, fmt.Errorf("root file system is %d bytes, partition holds %d", rootInfo.Size(), int64(rootSectors)*sectorSize)
 	}
-	st.printf("root file system: %d bytes SquashFS", rootInfo.Size())
+	kind := "SquashFS"
+	if prof.UncompressedRoot {
+		kind += ", data uncompressed"
+	}
+	st.printf("root file system: %d bytes %s", rootInfo.Size(), kind)
 
 	// Boot file system.
 	cmdline := kernelCmdline(prof, layout, im.Cmdline)

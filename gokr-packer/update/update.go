@@ -6,7 +6,7 @@
 //	PUT  /update/bootonly        new boot partition, only when it changed; echoes its hash
 //	PUT  /update/mbr             new MBR boot code, only when it changed; echoes its hash
 //	POST /update/switch          boot the inactive root next (or /update/testboot: once)
-//	POST /reboot
+//	POST /reboot                 by kexec, or through the firmware (?kexec=off: FirmwareReboot)
 //	GET  /                       (JSON) polled until the new build timestamp answers
 //
 // "Changed" means different from what this client last pushed to the same
@@ -50,6 +50,10 @@ type Options struct {
 	// old build still answering while it goes down is polled past), and a kexec reboot takes
 	// longer than this, so the wait costs nothing.
 	RebootWait time.Duration
+	// FirmwareReboot reboots through the firmware (gokrazy's /reboot?kexec=off) instead of
+	// kexec. Under software emulation the firmware path is the faster one: kexec's purgatory
+	// checks the loaded kernel's SHA-256 on an emulated CPU, and SeaBIOS costs almost nothing.
+	FirmwareReboot bool
 }
 
 // Result summarises a push.
@@ -167,10 +171,14 @@ func Push(ctx context.Context, o Options) (*Result, error) {
 	if err := saveState(o.StateFile, state{BootSHA256: bootSum, MBRSHA256: mbrSum}); err != nil {
 		logf("warning: cannot record pushed hashes (next push sends boot and MBR again): %v", err)
 	}
-	logf("POST /reboot")
+	reboot := "/reboot"
+	if o.FirmwareReboot {
+		reboot += "?kexec=off"
+	}
+	logf("POST %s", reboot)
 	rebootAt := time.Now()
 	rctx, rcancel := context.WithTimeout(ctx, o.RebootWait)
-	_, err = c.Call(rctx, http.MethodPost, "/reboot", nil, false)
+	_, err = c.Call(rctx, http.MethodPost, reboot, nil, false)
 	rcancel()
 	if err != nil {
 		// The device may drop the connection while going down; polling decides.

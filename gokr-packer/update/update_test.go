@@ -28,7 +28,8 @@ type fakeDevice struct {
 	badHash   bool // echo a wrong hash
 	rollback  bool // come back with the old build
 	features  string
-	rebooting int // GET / fails this many times after /reboot
+	rebooting int      // GET / fails this many times after /reboot
+	reboots   []string // the form of every POST /reboot, encoded
 }
 
 func (d *fakeDevice) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -59,6 +60,11 @@ func (d *fakeDevice) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, hex.EncodeToString(h[:]))
 	case r.Method == http.MethodPost && (r.URL.Path == "/update/switch" || r.URL.Path == "/update/testboot"):
 	case r.Method == http.MethodPost && r.URL.Path == "/reboot":
+		if err := r.ParseForm(); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		d.reboots = append(d.reboots, r.Form.Encode())
 		if !d.rollback {
 			d.running = d.next
 		}
@@ -118,6 +124,22 @@ func TestPush(t *testing.T) {
 	got := strings.Join(d.calls, ",")
 	if !strings.Contains(got, "POST /update/testboot") || !strings.HasSuffix(got, "POST /update/switch") {
 		t.Errorf("test boot must end with a switch once the new build answers: %s", got)
+	}
+}
+
+// TestFirmwareReboot: gokrazy reboots by kexec unless the form says kexec=off; the client asks
+// for that only when told to (the qemu-amd64 profile, where kexec is the slow way).
+func TestFirmwareReboot(t *testing.T) {
+	d, _, o := setup(t)
+	if _, err := Push(context.Background(), o); err != nil {
+		t.Fatal(err)
+	}
+	d.next, o.BuildTimestamp, o.FirmwareReboot = "v3", "v3", true
+	if _, err := Push(context.Background(), o); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"", "kexec=off"}; strings.Join(d.reboots, "|") != strings.Join(want, "|") {
+		t.Errorf("POST /reboot forms %q, want %q (kexec by default, then through the firmware)", d.reboots, want)
 	}
 }
 

@@ -5,14 +5,23 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
 
 	"github.com/sie-europe/dnssensor/appliance/netconf"
+	"github.com/sie-europe/dnssensor/internal/procprio"
 )
 
 func main() {
+	// The capture path starts ahead of the other programs when the image says so; EndBoost
+	// follows once the tap ports are up.
+	if msg, err := procprio.StartBoost(os.Getenv); err != nil {
+		fmt.Fprintf(os.Stderr, "netconfd: %v\n", err)
+	} else if msg != "" {
+		fmt.Fprintf(os.Stderr, "netconfd: %s\n", msg)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := netconf.Main(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sie-europe/dnssensor/internal/procprio"
 	"github.com/sie-europe/dnssensor/sensor/internal/dnstap"
 	"github.com/sie-europe/dnssensor/sensor/internal/live"
 	"github.com/sie-europe/dnssensor/sensor/internal/pipeline"
@@ -142,6 +143,9 @@ func runLive(ctx context.Context, o *Options, p frameSink, single *pipeline.Pipe
 		l.onOpen()
 	}
 	logf("capturing on %s (snaplen %d, ring %d MiB each, merge window %v)", strings.Join(l.Ifaces, ","), l.Snaplen, l.RingMiB, l.MergeWindow)
+	if err := procprio.EndBoost(); err != nil { // the capture is open: the start's boost ends
+		logf("%v", err)
+	}
 	st := &live.Stats{}
 	o.Health.liveStats = st
 	l.extra = func() string { return " " + st.String() }
