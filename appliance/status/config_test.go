@@ -23,6 +23,7 @@ import (
 
 	"github.com/sie-europe/dnssensor/appliance/boxconfig"
 	"github.com/sie-europe/dnssensor/internal/health"
+	"github.com/sie-europe/dnssensor/internal/testenv"
 )
 
 type restarts struct {
@@ -349,30 +350,108 @@ func TestResolverSuggestions(t *testing.T) {
 // authentication as "gokrazy", the form token equal to the gokrazy_xsrf cookie, the program path.
 func TestGokrazyRestart(t *testing.T) {
 	sock := filepath.Join(socketDir(t), "gokrazy.sock")
+	g := &fakeGokrazy{t: t, svc: map[string]*gokrazyService{
+		"/user/uplinkd": {StartTime: time.Now().Add(-time.Hour), Pid: 100},
+		"/user/sensord": {Stopped: true, Pid: 101}, // exited 125: not configured
+	}}
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got string
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		u, p, ok := r.BasicAuth()
-		c, err := r.Cookie("gokrazy_xsrf")
-		if r.Method != "POST" || r.URL.Path != "/restart" || !ok || u != "gokrazy" || p != testPassword || err != nil || c.Value != r.FormValue("xsrftoken") {
-			http.Error(w, "refused", http.StatusForbidden)
-			return
-		}
-		got = r.FormValue("path")
-		http.Redirect(w, r, "/status?path="+url.QueryEscape(got), http.StatusSeeOther)
-	})}
+	srv := &http.Server{Handler: g}
 	go srv.Serve(ln)
 	defer srv.Close()
-	g := &GokrazyRestarter{Socket: sock, Password: []byte(testPassword)}
-	if err := g.Restart(context.Background(), "uplinkd"); err != nil || got != "/user/uplinkd" {
-		t.Errorf("Restart: %v, path %q", err, got)
+	r := &GokrazyRestarter{Socket: sock, Password: []byte(testPassword)}
+	for _, exit0 := range []bool{true, false} {
+		g.setExit0(exit0)
+		since := g.started("/user/uplinkd")
+		if err := r.Restart(context.Background(), "uplinkd"); err != nil {
+			t.Fatalf("Restart (exit 0 on SIGTERM: %v): %v", exit0, err)
+		}
+		testenv.WaitFor(t, "uplinkd started again", func() bool { return g.running("/user/uplinkd") && g.started("/user/uplinkd").After(since) })
 	}
-	g.Password = []byte("wrong")
-	if err := g.Restart(context.Background(), "uplinkd"); err == nil {
+	if err := r.Restart(context.Background(), "sensord"); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, "sensord started", func() bool { return g.running("/user/sensord") })
+	r.Password = []byte("wrong")
+	if err := r.Restart(context.Background(), "uplinkd"); err == nil {
 		t.Error("a refused restart is not an error")
+	}
+}
+
+// fakeGokrazy answers as gokrazy's init does (supervise.go): /restart of a stopped service
+// clears its stopped flag and starts it; of a running one sends SIGTERM, and a process that then
+// exits 0 is "exited successfully, stopping": stopped until asked again. Our daemons exit 0 on
+// SIGTERM, so a restart of a running uplinkd left it stopped until statusd asked once more.
+type fakeGokrazy struct {
+	t     *testing.T
+	mu    sync.Mutex
+	svc   map[string]*gokrazyService
+	exit0 bool
+}
+
+func (g *fakeGokrazy) setExit0(v bool) { g.mu.Lock(); g.exit0 = v; g.mu.Unlock() }
+
+func (g *fakeGokrazy) running(path string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return !g.svc[path].Stopped && g.svc[path].Pid > 0
+}
+
+func (g *fakeGokrazy) started(path string) time.Time {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.svc[path].StartTime
+}
+
+// later runs f a moment later, as gokrazy's supervisor does what a request asked.
+func (g *fakeGokrazy) later(f func(s *gokrazyService), s *gokrazyService) {
+	time.AfterFunc(30*time.Millisecond, func() {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		f(s)
+	})
+}
+
+func (g *fakeGokrazy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	u, p, ok := r.BasicAuth()
+	if !ok || u != "gokrazy" || p != testPassword {
+		http.Error(w, "refused", http.StatusUnauthorized)
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	s := g.svc[r.FormValue("path")]
+	if s == nil {
+		http.Error(w, "service not found", http.StatusNotFound)
+		return
+	}
+	start := func(s *gokrazyService) { s.Pid++; s.StartTime = time.Now() }
+	switch {
+	case r.Method == "GET" && r.URL.Path == "/status" && strings.Contains(r.Header.Get("Accept"), "application/json"):
+		json.NewEncoder(w).Encode(s)
+	case r.Method == "POST" && r.URL.Path == "/restart":
+		if c, err := r.Cookie("gokrazy_xsrf"); err != nil || c.Value != r.FormValue("xsrftoken") || r.FormValue("supervise") != "loop" {
+			http.Error(w, "XSRF token mismatch", http.StatusForbidden)
+			return
+		}
+		if s.Stopped {
+			s.Stopped = false
+			g.later(start, s)
+		} else {
+			exit0 := g.exit0
+			g.later(func(s *gokrazyService) {
+				if exit0 {
+					s.Stopped = true // exited successfully, stopping
+					return
+				}
+				g.later(start, s) // any other exit: started again after its second
+			}, s)
+		}
+		http.Redirect(w, r, "/status?path="+url.QueryEscape(r.FormValue("path")), http.StatusSeeOther)
+	default:
+		http.Error(w, "unexpected "+r.Method+" "+r.URL.String(), http.StatusBadRequest)
 	}
 }
 
