@@ -8,7 +8,9 @@ package testenv
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"testing"
 	"time"
 
@@ -112,4 +114,35 @@ func CheckLeaks(t testing.TB) {
 			}
 		}
 	})
+}
+
+// netnsChild names, in a re-executed test binary, the test it runs inside its own namespace.
+const netnsChild = "DNSSENSOR_TEST_NETNS_CHILD"
+
+// InOwnNetns runs the calling test again in a network namespace of its own: the test binary
+// re-executed under unshare --net, running only this test. It returns true in that child, which
+// then runs the test's body (make interfaces, capture on them: nothing reaches the host's
+// network); in the parent it returns false after failing t if the child failed, with the child's
+// output logged. Not in -short; needs root, unshare and ip.
+func InOwnNetns(t *testing.T) bool {
+	t.Helper()
+	if os.Getenv(netnsChild) == t.Name() {
+		return true
+	}
+	if testing.Short() {
+		t.Skip("re-executes the test in a network namespace: not in -short")
+	}
+	NeedRoot(t, "a network namespace")
+	for _, tool := range []string{"unshare", "ip"} {
+		_, err := exec.LookPath(tool)
+		Need(t, err == nil, "%s not found (apt-get install util-linux iproute2, see ci/deps)", tool)
+	}
+	cmd := exec.Command("unshare", "--net", os.Args[0], "-test.run=^"+regexp.QuoteMeta(t.Name())+"$", "-test.v")
+	cmd.Env = append(os.Environ(), netnsChild+"="+t.Name())
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("in its own network namespace: %v\n%s", err, out)
+	}
+	t.Logf("%s", out)
+	return false
 }

@@ -23,30 +23,11 @@ import (
 // missing most of the time: in QEMU the update's health gate took such a sensord for one that is
 // not configured.
 //
-// It runs in a network namespace of its own: the test binary re-executed under unshare --net.
+// It runs in a network namespace of its own (testenv.InOwnNetns).
 func TestCapturePortWaitedFor(t *testing.T) {
-	if os.Getenv("APP_PORT_WAIT_CHILD") == "1" {
-		capturePortWaitedFor(t)
+	if !testenv.InOwnNetns(t) {
 		return
 	}
-	if testing.Short() {
-		t.Skip("re-executes the test in a network namespace: not in -short")
-	}
-	testenv.NeedRoot(t, "a network namespace")
-	for _, tool := range []string{"unshare", "ip"} {
-		_, err := exec.LookPath(tool)
-		testenv.Need(t, err == nil, "%s not found (apt-get install util-linux iproute2, see ci/deps)", tool)
-	}
-	cmd := exec.Command("unshare", "--net", os.Args[0], "-test.run=^TestCapturePortWaitedFor$", "-test.v")
-	cmd.Env = append(os.Environ(), "APP_PORT_WAIT_CHILD=1")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("in its own network namespace: %v\n%s", err, out)
-	}
-	t.Logf("%s", out)
-}
-
-func capturePortWaitedFor(t *testing.T) {
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "config.json")
 	if err := os.WriteFile(cfg, []byte(`{"resolver": "192.0.2.53"}`), 0o644); err != nil {

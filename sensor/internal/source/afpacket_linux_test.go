@@ -4,13 +4,13 @@ import (
 	"bytes"
 	"errors"
 	"net"
-	"os"
 	"os/exec"
 	"testing"
 	"time"
 
-	"github.com/sie-europe/dnssensor/internal/testenv"
 	"golang.org/x/sys/unix"
+
+	"github.com/sie-europe/dnssensor/internal/testenv"
 )
 
 // TestRingPortDown: a ring on a port that is down waits for it instead of failing, and captures
@@ -19,31 +19,11 @@ import (
 // brought it up: the poll failed ("packet poll failed", the kernel's ENETDOWN on the socket),
 // sensord exited 1, and gokrazy's restart cost an emulated box 20-35 s without capture.
 //
-// It runs in a network namespace of its own: the test binary re-executed under unshare --net.
+// It runs in a network namespace of its own (testenv.InOwnNetns).
 func TestRingPortDown(t *testing.T) {
-	if os.Getenv("SOURCE_RING_DOWN_CHILD") == "1" {
-		ringPortDown(t)
+	if !testenv.InOwnNetns(t) {
 		return
 	}
-	if testing.Short() {
-		t.Skip("re-executes the test in a network namespace: not in -short")
-	}
-	testenv.NeedRoot(t, "a network namespace")
-	for _, tool := range []string{"unshare", "ip"} {
-		_, err := exec.LookPath(tool)
-		testenv.Need(t, err == nil, "%s not found (apt-get install util-linux iproute2, see ci/deps)", tool)
-	}
-	cmd := exec.Command("unshare", "--net", os.Args[0], "-test.run=^TestRingPortDown$", "-test.v")
-	cmd.Env = append(os.Environ(), "SOURCE_RING_DOWN_CHILD=1")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("in its own network namespace: %v\n%s", err, out)
-	}
-	t.Logf("%s", out)
-}
-
-// ringPortDown runs inside the namespace.
-func ringPortDown(t *testing.T) {
 	ip := func(args ...string) {
 		t.Helper()
 		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -91,37 +92,13 @@ func TestStreamConsumers(t *testing.T) {
 	dir := t.TempDir()
 	archive := filepath.Join(dir, "nmsg")
 	jsonFile := filepath.Join(dir, "fanout.jsonl")
-	udp, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer udp.Close()
-	var udpMu sync.Mutex
-	udpPayloads := 0
-	go func() {
-		b := make([]byte, 65536)
-		for {
-			n, _, err := udp.ReadFrom(b)
-			if err != nil {
-				return
-			}
-			rd := nmsg.NewReader(bytes.NewReader(b[:n]), nmsg.ReaderOptions{})
-			for {
-				if _, err := rd.Next(); err != nil {
-					break
-				}
-				udpMu.Lock()
-				udpPayloads++
-				udpMu.Unlock()
-			}
-		}
-	}()
+	udpAddr, udpPayloads := udpPayloadCounter(t)
 	fwd := &flakyForward{fail: 3, got: map[string]int{}}
 	mod := func(o *Options) {
 		o.Store.Dir = archive
 		o.Forward = fwd
 		o.JetStream = &JetStreamOptions{FanOut: []FanOut{
-			{UDP: udp.LocalAddr().String(), MTU: 60000},
+			{UDP: udpAddr, MTU: 60000},
 			{Durable: "soc-json", JSONFile: jsonFile},
 		}}
 	}
@@ -188,9 +165,7 @@ func TestStreamConsumers(t *testing.T) {
 		t.Errorf("%d JSON lines, want at least %d", len(got), len(lines))
 	}
 	testenv.WaitFor(t, "the NMSG/UDP datagrams", func() bool {
-		udpMu.Lock()
-		defer udpMu.Unlock()
-		return udpPayloads >= len(lines)
+		return udpPayloads() >= len(lines)
 	})
 	for _, want := range []string{
 		fmt.Sprintf(`dnssensor_collector_consumer_stream_seq{durable="soc-json",kind="json"} %d`, len(conts)),
@@ -413,4 +388,32 @@ func TestConsumerAckPolicyChanged(t *testing.T) {
 	if p := c.CachedInfo().Config.AckPolicy; p != jetstream.AckAllPolicy {
 		t.Errorf("forward consumer acknowledges %s, want all", p)
 	}
+}
+
+// udpPayloadCounter listens for a fan-out's NMSG/UDP datagrams on loopback and counts the
+// payloads they carry, until the test ends.
+func udpPayloadCounter(t *testing.T) (addr string, payloads func() int) {
+	udp, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { udp.Close() })
+	var n atomic.Int64
+	go func() {
+		b := make([]byte, 65536)
+		for {
+			m, _, err := udp.ReadFrom(b)
+			if err != nil {
+				return
+			}
+			rd := nmsg.NewReader(bytes.NewReader(b[:m]), nmsg.ReaderOptions{})
+			for {
+				if _, err := rd.Next(); err != nil {
+					break
+				}
+				n.Add(1)
+			}
+		}
+	}()
+	return udp.LocalAddr().String(), func() int { return int(n.Load()) }
 }

@@ -2,11 +2,9 @@ package collector
 
 import (
 	"bytes"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/sie-europe/dnssensor/internal/testenv"
@@ -23,31 +21,7 @@ func TestZlibContainersEndToEnd(t *testing.T) {
 	dir := t.TempDir()
 	archive := filepath.Join(dir, "nmsg")
 	jsonFile := filepath.Join(dir, "fanout.jsonl")
-	udp, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer udp.Close()
-	var udpMu sync.Mutex
-	udpPayloads := 0
-	go func() {
-		b := make([]byte, 65536)
-		for {
-			n, _, err := udp.ReadFrom(b)
-			if err != nil {
-				return
-			}
-			rd := nmsg.NewReader(bytes.NewReader(b[:n]), nmsg.ReaderOptions{})
-			for {
-				if _, err := rd.Next(); err != nil {
-					break
-				}
-				udpMu.Lock()
-				udpPayloads++
-				udpMu.Unlock()
-			}
-		}
-	}()
+	udpAddr, udpPayloads := udpPayloadCounter(t)
 	conts, lines := dnsqrContainersOpts(t, 600, nmsg.FileOptions{Zlib: true, SequenceID: 21, MaxSize: 16 << 10})
 	var plain int
 	for _, c := range conts {
@@ -61,7 +35,7 @@ func TestZlibContainersEndToEnd(t *testing.T) {
 	mod := func(o *Options) {
 		o.Store.Dir = archive
 		o.JetStream = &JetStreamOptions{FanOut: []FanOut{
-			{UDP: udp.LocalAddr().String(), MTU: 60000},
+			{UDP: udpAddr, MTU: 60000},
 			{JSONFile: jsonFile},
 		}}
 	}
@@ -125,9 +99,7 @@ func TestZlibContainersEndToEnd(t *testing.T) {
 		t.Errorf("%d JSON lines, want the %d of the records in order", len(g), len(lines))
 	}
 	testenv.WaitFor(t, "every record in the NMSG/UDP datagrams", func() bool {
-		udpMu.Lock()
-		defer udpMu.Unlock()
-		return udpPayloads >= len(lines)
+		return udpPayloads() >= len(lines)
 	})
 }
 
