@@ -166,36 +166,17 @@ func (a *archiver) ack(_ context.Context, msg jetstream.Msg) error {
 }
 
 // fillGap archives the stream's messages from through to-1 by reading them from the stream, and
-// counts those it no longer holds as lost to its limits. cur is the message that revealed the
-// gap: its acknowledgement deadline is extended while the gap is filled.
+// counts those it no longer holds as lost to its limits (readGap).
 func (a *archiver) fillGap(ctx context.Context, from, to uint64, cur jetstream.Msg) error {
-	info, err := a.stream.Info(ctx)
-	if err != nil {
-		return fmt.Errorf("stream info for the sequences %d-%d not delivered in order: %w", from, to-1, err)
-	}
-	if first := info.State.FirstSeq; from < first {
-		gone := min(first, to) - from
-		a.update(func(s *ArchiverStats) { s.Lost.Limits += gone })
-		from += gone
-		a.store.archivedThrough(from - 1)
-	}
-	for seq := from; seq < to; seq++ {
-		cur.InProgress()
-		raw, err := a.stream.GetMsg(ctx, seq)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			a.update(func(s *ArchiverStats) { s.Lost.Limits++ })
-			a.store.archivedThrough(seq)
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("reading stream sequence %d (not delivered in order): %w", seq, err)
-		}
-		a.update(func(s *ArchiverStats) { s.GapFilled++ })
-		if err := a.archive(ctx, raw.Subject, raw.Data, raw.Header.Get(jetstream.MsgIDHeader), seq, cur); err != nil {
-			return err
-		}
-	}
-	return nil
+	return readGap(ctx, a.stream, from, to, cur,
+		func(n, through uint64) {
+			a.update(func(s *ArchiverStats) { s.Lost.Limits += n })
+			a.store.archivedThrough(through)
+		},
+		func(raw *jetstream.RawStreamMsg) error {
+			a.update(func(s *ArchiverStats) { s.GapFilled++ })
+			return a.archive(ctx, raw.Subject, raw.Data, raw.Header.Get(jetstream.MsgIDHeader), raw.Sequence, cur)
+		})
 }
 
 // archive writes one container of the stream into the files. It returns nil once the container

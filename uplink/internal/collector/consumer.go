@@ -270,29 +270,44 @@ func (c *streamConsumer) ack(ctx context.Context, msg jetstream.Msg) error {
 // fillGap hands on the stream's messages from through to-1, read from the stream, and counts
 // those it no longer holds as lost to its limits. cur is the message that revealed the gap.
 func (c *streamConsumer) fillGap(ctx context.Context, from, to uint64, cur jetstream.Msg) error {
-	info, err := c.stream.Info(ctx)
+	return readGap(ctx, c.stream, from, to, cur,
+		func(n, through uint64) {
+			c.update(func(s *ConsumerStats) { s.Lost += n })
+			c.handed = through
+		},
+		func(raw *jetstream.RawStreamMsg) error {
+			c.update(func(s *ConsumerStats) { s.GapFilled++ })
+			return c.handOn(ctx, raw.Subject, raw.Data, raw.Sequence, false, cur)
+		})
+}
+
+// readGap reads the stream's messages from through to-1, which a consumer reading the stream in
+// order found skipped (a restart's redeliveries come back late, behind later messages): lost(n,
+// through) for those the stream's limits no longer hold, handle for each of the others, in
+// order. cur, the message that revealed the gap, has its acknowledgement deadline extended
+// meanwhile.
+func readGap(ctx context.Context, stream jetstream.Stream, from, to uint64, cur jetstream.Msg,
+	lost func(n, through uint64), handle func(*jetstream.RawStreamMsg) error) error {
+	info, err := stream.Info(ctx)
 	if err != nil {
 		return fmt.Errorf("stream info for the sequences %d-%d not delivered in order: %w", from, to-1, err)
 	}
 	if first := info.State.FirstSeq; from < first {
 		gone := min(first, to) - from
-		c.update(func(s *ConsumerStats) { s.Lost += gone })
 		from += gone
-		c.handed = from - 1
+		lost(gone, from-1)
 	}
 	for seq := from; seq < to; seq++ {
 		cur.InProgress()
-		raw, err := c.stream.GetMsg(ctx, seq)
+		raw, err := stream.GetMsg(ctx, seq)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			c.update(func(s *ConsumerStats) { s.Lost++ })
-			c.handed = seq
+			lost(1, seq)
 			continue
 		}
 		if err != nil {
 			return fmt.Errorf("reading stream sequence %d (not delivered in order): %w", seq, err)
 		}
-		c.update(func(s *ConsumerStats) { s.GapFilled++ })
-		if err := c.handOn(ctx, raw.Subject, raw.Data, seq, false, cur); err != nil {
+		if err := handle(raw); err != nil {
 			return err
 		}
 	}
