@@ -72,7 +72,8 @@ type Profile struct {
 	// QEMU, when set, says how ci/qemu-run boots this profile.
 	QEMU *QEMU `json:"qemu,omitempty"`
 
-	// Reboot is how `gokr-packer update` restarts the box after a push: RebootKexec (the
+	// Reboot is how `gokr-packer update` restarts the box after a push, and updated into a
+	// test boot and back (its -reboot, filled in by the images' {{reboot}}): RebootKexec (the
 	// default when empty) or RebootFirmware. A real box's firmware takes seconds to start, so
 	// kexec, which skips it, is the fast way there; under software emulation it is the slow
 	// one: the kexec purgatory checks the loaded kernel's SHA-256 on an emulated CPU, while

@@ -4,7 +4,8 @@
 //
 // Flags may use placeholders that the profile fills in, so one program line
 // serves every device: {{mgmt}} (first management interface), {{mgmt_all}} and
-// {{taps}} (comma-separated lists). Adding a program (uplinkd, when it lands) is
+// {{taps}} (comma-separated lists), {{reboot}} (how the profile restarts the box after an
+// update: kexec or firmware, hardware.Profile.Reboot). Adding a program (uplinkd, when it lands) is
 // one more entry; "optional": true lets an image name a program that may not
 // exist in the tree yet (it is skipped with a warning instead of failing).
 package images
@@ -156,6 +157,7 @@ func Expand(flags []string, p hardware.Profile) ([]string, error) {
 		"{{mgmt}}", p.Management[0],
 		"{{mgmt_all}}", strings.Join(p.Management, ","),
 		"{{taps}}", strings.Join(p.Tap, ","),
+		"{{reboot}}", p.RebootMethod(),
 	)
 	out := make([]string, len(flags))
 	for i, f := range flags {

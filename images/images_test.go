@@ -89,15 +89,19 @@ func TestNetworkDaemons(t *testing.T) {
 
 func TestExpand(t *testing.T) {
 	p := hardware.Profile{Name: "x", Management: []string{"eth0"}, Tap: []string{"eth1", "eth2"}}
-	got, err := Expand([]string{"-i", "{{taps}}", "-m={{mgmt}}"}, p)
+	got, err := Expand([]string{"-i", "{{taps}}", "-m={{mgmt}}", "-reboot", "{{reboot}}"}, p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if strings.Join(got, " ") != "-i eth1,eth2 -m=eth0" {
+	if strings.Join(got, " ") != "-i eth1,eth2 -m=eth0 -reboot kexec" {
 		t.Errorf("Expand = %q", got)
 	}
 	if _, err := Expand([]string{"{{nope}}"}, p); err == nil {
 		t.Error("unknown placeholder accepted")
+	}
+	p.Reboot = hardware.RebootFirmware
+	if got, err := Expand([]string{"{{reboot}}"}, p); err != nil || got[0] != "firmware" {
+		t.Errorf("Expand({{reboot}}) on a firmware profile = %q, %v", got, err)
 	}
 	p.Tap = nil
 	if _, err := Expand([]string{"{{taps}}"}, p); err == nil {

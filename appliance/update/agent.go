@@ -67,6 +67,11 @@ type Config struct {
 
 	HTTP *http.Client // artefact downloads; nil: a client with time-outs
 
+	// FirmwareReboot restarts the box through its firmware (gokrazy's /reboot?kexec=off) for
+	// every reboot the agent asks for, instead of gokrazy's default kexec: the image's hardware
+	// profile decides (updated -reboot), as it does for a push (hardware.Profile.Reboot).
+	FirmwareReboot bool
+
 	// Machine facts, replaceable in tests.
 	Now        func() time.Time                                 // nil: time.Now
 	Sleep      func(ctx context.Context, d time.Duration) error // nil: a timer
@@ -459,9 +464,7 @@ func (a *Agent) check(ctx context.Context, st State, testBooted bool) (string, e
 		_ = a.update(func(s *State) {
 			s.AddEvent(a.cfg.Now().UTC(), rel.Version, "version %d found; rebooting out of the committed test boot first", rel.Version)
 		})
-		if err := a.cfg.Device.Post(ctx, "/reboot"); err != nil {
-			a.cfg.Logf("reboot request: %v", err)
-		}
+		a.reboot(ctx, false)
 		return fmt.Sprintf("version %d found; rebooting before writing it", rel.Version), nil
 	}
 	return "", a.install(ctx, rel, targets, st)
@@ -624,9 +627,7 @@ func (a *Agent) testboot(ctx context.Context) error {
 	_ = a.update(func(s *State) {
 		s.AddEvent(now, s.Pending.Version, "rebooting into a test boot of version %d", s.Pending.Version)
 	})
-	if err := a.cfg.Device.Post(ctx, "/reboot"); err != nil {
-		a.cfg.Logf("reboot request: %v (gokrazy may have closed the connection going down)", err)
-	}
+	a.reboot(ctx, false)
 	return nil
 }
 
@@ -720,10 +721,22 @@ func (a *Agent) fail(ctx context.Context, reason string, reboot bool) error {
 	if err := a.point("rollback"); err != nil {
 		return err
 	}
-	if err := a.cfg.Device.Post(ctx, "/reboot"); err != nil {
-		a.cfg.Logf("reboot request: %v", err)
-	}
+	a.reboot(ctx, false)
 	return nil
+}
+
+// reboot asks gokrazy to restart the box: through the firmware when the profile says so or
+// when the caller needs it (viaFirmware), else gokrazy's default. An error is only logged:
+// gokrazy may close the connection as it goes down, and the state saved before the call tells
+// the next start what to do either way.
+func (a *Agent) reboot(ctx context.Context, viaFirmware bool) {
+	path := "/reboot"
+	if viaFirmware || a.cfg.FirmwareReboot {
+		path += "?kexec=off"
+	}
+	if err := a.cfg.Device.Post(ctx, path); err != nil {
+		a.cfg.Logf("reboot request: %v (gokrazy may have closed the connection going down)", err)
+	}
 }
 
 // targetURL is where a consistent-snapshot repository keeps an artefact: targets/IMAGE/HASH.NAME.

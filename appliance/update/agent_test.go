@@ -246,6 +246,7 @@ type world struct {
 	sock          string
 	machine       string
 	artefact      string
+	firmware      bool // the agents' FirmwareReboot
 }
 
 func newWorld(t *testing.T) *world {
@@ -350,8 +351,9 @@ func (w *world) agent() *Agent {
 			defer w.dev.mu.Unlock()
 			return "root=PARTUUID=x/PARTNROFF=1" + strings.Repeat(" gokrazy.switch_on_boot=1", w.dev.worn), nil
 		},
-		BootPartition: w.dev.readPart,
-		Logf:          w.t.Logf,
+		BootPartition:  w.dev.readPart,
+		FirmwareReboot: w.firmware,
+		Logf:           w.t.Logf,
 	})
 	if err != nil {
 		w.t.Fatal(err)
@@ -664,6 +666,36 @@ func TestFailedVersionNotRetried(t *testing.T) {
 	w.settle()
 	if running, _, _ := w.dev.snapshot(); running != build(4) {
 		t.Fatalf("box runs %s, want %s", running, build(4))
+	}
+}
+
+// TestRebootMethod: every reboot the agent asks for (into the test boot, and back after a failed
+// gate) goes the way the image's profile says: kexec by default, through the firmware with
+// FirmwareReboot (on the QEMU profile kexec is the slow way and the push takes the firmware).
+func TestRebootMethod(t *testing.T) {
+	for _, firmware := range []bool{false, true} {
+		t.Run(fmt.Sprintf("firmware=%v", firmware), func(t *testing.T) {
+			w := newWorld(t)
+			w.firmware = firmware
+			w.publish(1, 100, "boot v1")
+			w.publish(2, 100, "boot v2")
+			w.settle()
+			w.publish(3, 100, "boot v2")
+			w.capture.Store(false) // version 3 fails its gate: the rollback reboots too
+			w.settle()
+			if running, _, _ := w.dev.snapshot(); running != build(2) {
+				t.Fatalf("box runs %s, want %s", running, build(2))
+			}
+			reboots, viaFirmware := w.dev.count("POST /reboot"), w.dev.count("POST /reboot?kexec=off")
+			if reboots < 3 {
+				t.Fatalf("%d reboots asked, want at least 3 (two test boots, one rollback): %v", reboots, w.dev.calls)
+			}
+			// Without FirmwareReboot only the reboot after the boot partition's restore goes
+			// through the firmware (checkBootRestored says why).
+			if firmware && viaFirmware != reboots || !firmware && reboots-viaFirmware < 3 {
+				t.Errorf("%d of %d reboots through the firmware: %v", viaFirmware, reboots, w.dev.calls)
+			}
+		})
 	}
 }
 

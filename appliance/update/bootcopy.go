@@ -167,9 +167,7 @@ func (a *Agent) restoreBoot(ctx context.Context) error {
 	// Through the firmware, not kexec: gokrazy's kexec mounts the boot partition read-write to
 	// load the kernel and never unmounts it, which marks the FAT dirty (one bit of its boot
 	// sector) and the partition would no longer be the one restored.
-	if err := a.cfg.Device.Post(ctx, "/reboot?kexec=off"); err != nil {
-		a.cfg.Logf("reboot request: %v", err)
-	}
+	a.reboot(ctx, true)
 	return nil
 }
 

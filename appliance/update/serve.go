@@ -161,6 +161,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	gateDeadline := flags.Duration("gate-deadline", 5*time.Minute, "the new root must pass the health gate within this")
 	gateHold := flags.Duration("gate-hold", 30*time.Second, "... and keep passing it for this long")
 	daemons := flags.String("daemons", "sensord,uplinkd", "daemons the health gate reads (`NAME` or NAME=SOCKET)")
+	reboot := flags.String("reboot", "kexec", "how the box restarts into a test boot or back: kexec or firmware (the image fills in its hardware profile's)")
 	sock := flags.String("health", health.SocketPath("updated"), "health contract and control `SOCKET`")
 	if err := flags.Parse(args); err != nil {
 		return 2
@@ -171,6 +172,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if flags.NArg() > 0 {
 		return bad("unexpected arguments %q", flags.Args())
+	}
+	if *reboot != "kexec" && *reboot != "firmware" {
+		return bad("-reboot %q: want kexec or firmware", *reboot)
 	}
 	w, err := ParseWindow(*window)
 	if err != nil {
@@ -230,7 +234,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	logger := log.New(stderr, "updated: ", log.LstdFlags)
 	a, err := New(Config{RepoURL: *repo, Image: *img, TrustedRoot: trusted, Dir: *dir, MachineID: id, Device: api,
-		Daemons: ds, Interval: *interval, Jitter: *jitter, Window: w, GateDeadline: *gateDeadline, GateHold: *gateHold, Logf: logger.Printf})
+		Daemons: ds, Interval: *interval, Jitter: *jitter, Window: w, GateDeadline: *gateDeadline, GateHold: *gateHold,
+		FirmwareReboot: *reboot == "firmware", Logf: logger.Printf})
 	if err != nil {
 		return bad("%v", err)
 	}

@@ -42,6 +42,7 @@ func TestMainExitCodes(t *testing.T) {
 		{[]string{"-config", none, "-repo", "http://r", "-trusted-root", none}, 125, "-trusted-root"},
 		{[]string{"-config", badInterval}, 2, "update.interval"},
 		{[]string{"-config", none, "-repo", "http://r", "-window", "7-9"}, 2, "-window"},
+		{[]string{"-config", none, "-repo", "http://r", "-reboot", "warm"}, 2, "-reboot"},
 		{[]string{"-bogus"}, 2, "bogus"},
 	} {
 		var out, errb bytes.Buffer
