@@ -362,6 +362,7 @@ var (
 	descPortB    = sdesc("port_bytes_total", "octets captured, by tap port", "port")
 	descPortDNS  = sdesc("port_dns_messages_total", "DNS messages seen (unfragmented, port 53 or 5353), by tap port and direction", "port", "qr")
 	descPortEv   = sdesc("port_events_total", "capture events by tap port: vlan_restored, over_snaplen, reader_waits", "port", "event")
+	descPortT    = sdesc("port_frame_timestamp_seconds", "the kernel's arrival time of the first frame this capture read on the tap port and of the latest (which=first|last; absent before the first frame): compared with the box's clock, they place a capture gap, such as an update's reboot", "port", "which")
 	descKernel   = sdesc("port_kernel_packets_total", "packets the kernel counted for the ring (PACKET_STATISTICS), by tap port", "port")
 	descKDrops   = sdesc("port_kernel_drops_total", "packets the kernel dropped because the ring was full, by tap port", "port")
 	descKFreeze  = sdesc("port_kernel_freezes_total", "times the kernel froze the ring queue, by tap port", "port")
@@ -380,7 +381,7 @@ var (
 
 func (c *sensordCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descFrames, descIP, descDropped, descEvents, descRecords, descPending, descMemory,
-		descPort, descPortB, descPortDNS, descPortEv, descKernel, descKDrops, descKFreeze, descMergeH, descMergeOoO,
+		descPort, descPortB, descPortDNS, descPortEv, descPortT, descKernel, descKDrops, descKFreeze, descMergeH, descMergeOoO,
 		descDnstap, descDnstapD, descSpool, descSpoolE, descSpoolL, descSelfTest, descSelfOK, descReloads, descGap} {
 		ch <- d
 	}
@@ -447,6 +448,10 @@ func (c *sensordCollector) Collect(ch chan<- prometheus.Metric) {
 			counter(descPortEv, p.VLAN.Load(), p.Name, "vlan_restored")
 			counter(descPortEv, p.OverSnaplen.Load(), p.Name, "over_snaplen")
 			counter(descPortEv, p.Waits.Load(), p.Name, "reader_waits")
+			if t := p.FirstFrame.Load(); t != 0 {
+				gauge(descPortT, float64(t)/1e9, p.Name, "first")
+				gauge(descPortT, float64(p.LastFrame.Load())/1e9, p.Name, "last")
+			}
 			counter(descKernel, p.KPackets.Load(), p.Name)
 			counter(descKDrops, p.KDrops.Load(), p.Name)
 			counter(descKFreeze, p.KFreezes.Load(), p.Name)

@@ -107,7 +107,13 @@ type PortStats struct {
 	KPackets      atomic.Uint64 // kernel PACKET_STATISTICS, read every second
 	KDrops        atomic.Uint64
 	KFreezes      atomic.Uint64
-	lastFrameWall atomic.Int64
+	// FirstFrame and LastFrame are the ring timestamps (ns since the epoch, the kernel's
+	// CLOCK_REALTIME at arrival) of the first frame this capture read and of the latest; 0
+	// before the first. Read beside the box's clock, they place a capture gap (an update's
+	// reboot, a restart) from outside, which counters alone cannot: frames that a port's
+	// link partner held while the port was down arrive together and count as captured.
+	FirstFrame, LastFrame atomic.Int64
+	lastFrameWall         atomic.Int64
 }
 
 // Stats of a live run.
@@ -323,6 +329,10 @@ func read(ctx context.Context, cfg Config, src Source, port int, ps *PortStats, 
 		ps.Frames.Add(1)
 		ps.Bytes.Add(uint64(wireLen))
 		ps.lastFrameWall.Store(nowNs)
+		if ps.FirstFrame.Load() == 0 {
+			ps.FirstFrame.Store(ts)
+		}
+		ps.LastFrame.Store(ts)
 		if vlan {
 			ps.VLAN.Add(1)
 		}

@@ -131,6 +131,16 @@ func TestRunMergesPorts(t *testing.T) {
 	if st.Ports[0].Queries.Load() != n || st.Ports[1].Responses.Load() != n || st.Ports[0].Responses.Load() != 0 {
 		t.Errorf("per-port DNS counters: %s", st.String())
 	}
+	// Port A's frames carry stamps now .. now+(n-1)*100µs, port B's 45 µs later each.
+	for i, first := range []int64{now.UnixNano(), now.UnixNano() + 45e3} {
+		last := first + (n-1)*100e3
+		if got := st.Ports[i].FirstFrame.Load(); got != first {
+			t.Errorf("port %s first frame stamp %d, want %d", st.Ports[i].Name, got, first)
+		}
+		if got := st.Ports[i].LastFrame.Load(); got != last {
+			t.Errorf("port %s last frame stamp %d, want %d", st.Ports[i].Name, got, last)
+		}
+	}
 	// The queries' source is the one resolver candidate; responses (from port 53) are not queries to it.
 	if c := cands.Top(5, now.UnixNano()); len(c) != 1 || c[0].Addr != res.Addr() || c[0].Queries != n {
 		t.Errorf("resolver candidates %v, want %v with %d queries", c, res.Addr(), n)
