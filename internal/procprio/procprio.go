@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -120,11 +121,18 @@ func StartBoost(getenv func(string) string) (string, error) {
 		return "", fmt.Errorf("%s=%d: %w", Env, n, err)
 	}
 	boost.on, boost.after = true, before
-	return fmt.Sprintf("starting at nice %d (%s), %d once started", n, Env, before), nil
+	// The bound is the rule that no program keeps its head start: one whose start never
+	// reaches its EndBoost (a capture port that never appears, an input mode without the call)
+	// would otherwise run ahead of the status page and the updater for as long as it runs.
+	time.AfterFunc(MaxBoost, func() { EndBoost() })
+	return fmt.Sprintf("starting at nice %d (%s), %d once started or after %v", n, Env, before, MaxBoost), nil
 }
 
+// MaxBoost bounds a boost: EndBoost is called after it in any case.
+var MaxBoost = 2 * time.Minute
+
 // EndBoost puts the nice value StartBoost changed back; it does nothing without a boost, and
-// only the first call after one counts.
+// only the first call after one counts (MaxBoost's call is one).
 func EndBoost() error {
 	boost.Lock()
 	defer boost.Unlock()

@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sie-europe/dnssensor/internal/testenv"
 )
@@ -104,6 +105,34 @@ func child(t *testing.T) {
 	}
 	close(release)
 	fmt.Println("child ok")
+}
+
+// TestBoostBounded: a program that never calls EndBoost (its capture port never appears) is back
+// at its own nice after MaxBoost. Before, it kept the head start for as long as it ran.
+func TestBoostBounded(t *testing.T) {
+	if os.Getenv("PROCPRIO_CHILD") == "bounded" {
+		before, err := Nice()
+		if err != nil {
+			t.Fatal(err)
+		}
+		MaxBoost = 200 * time.Millisecond
+		if _, err := StartBoost(os.Getenv); err != nil {
+			t.Fatal(err)
+		}
+		if m := threadNices(t); !allAt(m, -5) {
+			t.Fatalf("after StartBoost: thread nices %v, want all -5", m)
+		}
+		testenv.WaitFor(t, "the boost to end by itself", func() bool { return allAt(threadNices(t), before) })
+		fmt.Println("child ok")
+		return
+	}
+	testenv.NeedRoot(t, "a negative nice value needs CAP_SYS_NICE")
+	cmd := exec.Command(os.Args[0], "-test.run=^TestBoostBounded$", "-test.v")
+	cmd.Env = append(os.Environ(), "PROCPRIO_CHILD=bounded", Env+"=-5")
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "child ok") {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
 }
 
 func TestStartBoostRefuses(t *testing.T) {
