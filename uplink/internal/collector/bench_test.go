@@ -9,10 +9,12 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -266,6 +268,7 @@ func benchSensorsWith(b *testing.B, path string, sensors, size int, gen recordGe
 		}
 	}
 	b.ResetTimer()
+	profiled := profileNodes(b, nodes)
 	cpu0, nodes0 := benchCPU(b, nodes), nodesCPU(b, nodes)
 	start := time.Now()
 	errc := make(chan error, sensors)
@@ -286,16 +289,18 @@ func benchSensorsWith(b *testing.B, path string, sensors, size int, gen recordGe
 		}
 	}
 	confirmedIn := time.Since(start) // every sensor's Sync returned: the stream holds it all
-	for m != nil {
-		js := m.js.snapshot()
-		if js.Archiver.StreamSeq >= js.LastSeq {
-			break
+	if m != nil {
+		// The stream's last sequence is asked once: a stream info request a millisecond (as
+		// before) cost the NATS nodes CPU that the figures counted as the path's.
+		last := m.js.snapshot().LastSeq
+		for m.js.arch.stats().StreamSeq < last {
+			time.Sleep(time.Millisecond)
 		}
-		time.Sleep(time.Millisecond)
 	}
 	el := time.Since(start)
 	cpu, nodeCPU := benchCPU(b, nodes)-cpu0, nodesCPU(b, nodes)-nodes0
 	b.StopTimer()
+	profiled()
 	total := 0
 	for _, c := range conts {
 		total += len(c)
@@ -318,6 +323,46 @@ func benchSensorsWith(b *testing.B, path string, sensors, size int, gen recordGe
 	if err := <-done; err != nil {
 		b.Fatal(err)
 	}
+}
+
+// natsProfSecondsEnv, with natsProfEnv, has benchSensorsWith take a CPU profile of each NATS
+// node for that many seconds from the start of its timed part (b.N > 1 only), written to
+// node<i>.pprof in the directory natsProfDirEnv names (default the working directory). Choose
+// -benchtime so that the timed part lasts longer.
+const (
+	natsProfSecondsEnv = "DNSSENSOR_TEST_NATS_PPROF_SECONDS"
+	natsProfDirEnv     = "DNSSENSOR_TEST_NATS_PPROF_DIR"
+)
+
+// profileNodes starts the nodes' profiles (natsProfSecondsEnv); the function it returns waits
+// for them.
+func profileNodes(b *testing.B, nodes []*natsNode) func() {
+	secs, _ := strconv.Atoi(os.Getenv(natsProfSecondsEnv))
+	if secs <= 0 || b.N <= 1 {
+		return func() {}
+	}
+	var wg sync.WaitGroup
+	for i, n := range nodes {
+		if n.cfg.ProfPort == 0 {
+			b.Fatalf("%s needs %s", natsProfSecondsEnv, natsProfEnv)
+		}
+		wg.Go(func() {
+			resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/debug/pprof/profile?seconds=%d", n.cfg.ProfPort, secs))
+			if err != nil {
+				b.Error(err)
+				return
+			}
+			defer resp.Body.Close()
+			data, err := io.ReadAll(resp.Body)
+			if err == nil {
+				err = os.WriteFile(filepath.Join(os.Getenv(natsProfDirEnv), fmt.Sprintf("node%d.pprof", i)), data, 0o644)
+			}
+			if err != nil {
+				b.Error(err)
+			}
+		})
+	}
+	return wg.Wait
 }
 
 // benchCPU is the CPU time (user and system) this process and the NATS node processes used so
@@ -478,16 +523,20 @@ const benchDnsqrSize = 100
 // containers (sensord -z), 8 sensors, 64 KiB containers (the bound is on the uncompressed
 // body, so a zlib container carries as many records). wire-octets/record is what crosses
 // sielink, the stream and the archive per record.
+//
+// containers=zlib-1000KiB are the containers of a busy sensor: the spool's default segment
+// (spool.DefaultSegmentSize) bounds a container at 1 MiB of body, filled within its segment
+// age from about 3 k records/s on.
 func BenchmarkSensorsToArchiveDnsqr(b *testing.B) {
 	recs := corpusDnsqr(b)
-	for _, path := range []string{"direct", "r1", "r3"} {
-		for _, z := range []bool{false, true} {
-			name := "plain"
-			if z {
-				name = "zlib"
-			}
-			b.Run(fmt.Sprintf("path=%s/containers=%s", path, name), func(b *testing.B) {
-				benchSensorsWith(b, path, 8, 64<<10, dnsqrRecords(recs, z))
+	for _, path := range []string{"direct", "r1", "r1-pipeline", "r3", "r3-pipeline"} {
+		for _, c := range []struct {
+			name string
+			z    bool
+			size int
+		}{{"plain", false, 64 << 10}, {"zlib", true, 64 << 10}, {"zlib-1000KiB", true, 1000 << 10}} {
+			b.Run(fmt.Sprintf("path=%s/containers=%s", path, c.name), func(b *testing.B) {
+				benchSensorsWith(b, path, 8, c.size, dnsqrRecords(recs, c.z))
 			})
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"testing"
 	"time"
 
@@ -114,5 +115,34 @@ func TestForwardAfterStoredResend(t *testing.T) {
 	}
 	if st := s.Stats()["s1"]; st.Containers != 1 || st.Duplicates != 2 {
 		t.Errorf("store stats %+v", st)
+	}
+}
+
+// TestSeenWindowGrowsWithUse: the recent containers a sensor's file remembers to recognise a
+// resend take memory as containers come, not the whole window (2.3 MB) at the first one: a
+// collector of a hundred sensors that each sent a few containers held 230 MB for it. The
+// window still forgets the oldest beyond seenWindow.
+func TestSeenWindowGrowsWithUse(t *testing.T) {
+	var sf sensorFile
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
+	sf.remember(seqKey{1, 1})
+	runtime.ReadMemStats(&m1)
+	if n := m1.TotalAlloc - m0.TotalAlloc; n > 256<<10 {
+		t.Errorf("the first container remembered allocated %d octets", n)
+	}
+	for i := 2; i <= seenWindow+1; i++ {
+		sf.remember(seqKey{1, uint32(i)})
+	}
+	if _, ok := sf.seen[seqKey{1, 1}]; ok {
+		t.Error("the oldest container is still remembered beyond the window")
+	}
+	for _, k := range []seqKey{{1, 2}, {1, seenWindow + 1}} {
+		if _, ok := sf.seen[k]; !ok {
+			t.Errorf("%v forgotten within the window", k)
+		}
+	}
+	if len(sf.seen) != seenWindow {
+		t.Errorf("%d remembered, want %d", len(sf.seen), seenWindow)
 	}
 }

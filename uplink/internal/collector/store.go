@@ -141,16 +141,20 @@ func (sf *sensorFile) seenBefore(c []byte, sq containerSeq) (k seqKey, ok, dup b
 
 // remember records a stored container's key, forgetting the oldest beyond seenWindow. Only
 // stored containers are remembered, so a container whose write failed is taken when resent.
+// The window grows with the containers stored: made whole at a sensor's first container, it
+// took 4.5 MB per sensor at once (450 MB for a hundred sensors), which a sensor sending a
+// container a second fills in 18 hours.
 func (sf *sensorFile) remember(k seqKey) {
 	if sf.seen == nil {
-		sf.seen = make(map[seqKey]struct{}, seenWindow)
-		sf.seenRing = make([]seqKey, seenWindow)
+		sf.seen = make(map[seqKey]struct{})
 	}
-	if old := sf.seenRing[sf.seenNext]; old != (seqKey{}) {
-		delete(sf.seen, old)
+	if len(sf.seenRing) < seenWindow {
+		sf.seenRing = append(sf.seenRing, k)
+	} else {
+		delete(sf.seen, sf.seenRing[sf.seenNext])
+		sf.seenRing[sf.seenNext] = k
+		sf.seenNext = (sf.seenNext + 1) % seenWindow
 	}
-	sf.seenRing[sf.seenNext] = k
-	sf.seenNext = (sf.seenNext + 1) % seenWindow
 	sf.seen[k] = struct{}{}
 }
 
