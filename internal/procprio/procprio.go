@@ -14,6 +14,7 @@ package procprio
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -126,6 +127,17 @@ func StartBoost(getenv func(string) string) (string, error) {
 	// would otherwise run ahead of the status page and the updater for as long as it runs.
 	time.AfterFunc(MaxBoost, func() { EndBoost() })
 	return fmt.Sprintf("starting at nice %d (%s), %d once started or after %v", n, Env, before, MaxBoost), nil
+}
+
+// Boost is a program's first call: StartBoost with the environment, its outcome on one line of
+// stderr under the program's name (a refused value is logged and the program starts without a
+// boost: a start at the wrong priority must not become no start at all).
+func Boost(prog string, stderr io.Writer) {
+	if msg, err := StartBoost(os.Getenv); err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", prog, err)
+	} else if msg != "" {
+		fmt.Fprintf(stderr, "%s: %s\n", prog, msg)
+	}
 }
 
 // MaxBoost bounds a boost: EndBoost is called after it in any case.

@@ -159,3 +159,20 @@ func TestNiceOf(t *testing.T) {
 		t.Error("a short line must be an error")
 	}
 }
+
+// TestBoostLogs: a program's one call logs what it did under its name, a refused value too (the
+// program then starts without a boost), and nothing when the image sets no boost.
+func TestBoostLogs(t *testing.T) {
+	var b strings.Builder
+	t.Setenv(Env, "fast")
+	Boost("sensord", &b)
+	if !strings.HasPrefix(b.String(), "sensord: "+Env+`="fast"`) {
+		t.Errorf("refused value logged as %q", b.String())
+	}
+	b.Reset()
+	t.Setenv(Env, "")
+	Boost("sensord", &b)
+	if b.Len() != 0 {
+		t.Errorf("no boost, but logged %q", b.String())
+	}
+}

@@ -5,7 +5,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
@@ -17,11 +16,7 @@ import (
 func main() {
 	// The capture path starts ahead of the other programs when the image says so; EndBoost
 	// follows once the tap ports are up.
-	if msg, err := procprio.StartBoost(os.Getenv); err != nil {
-		fmt.Fprintf(os.Stderr, "netconfd: %v\n", err)
-	} else if msg != "" {
-		fmt.Fprintf(os.Stderr, "netconfd: %s\n", msg)
-	}
+	procprio.Boost("netconfd", os.Stderr)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := netconf.Main(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()

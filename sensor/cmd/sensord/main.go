@@ -4,7 +4,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
@@ -16,11 +15,7 @@ import (
 func main() {
 	// The capture path starts ahead of the other programs when the image says so; EndBoost
 	// follows once the capture is open.
-	if msg, err := procprio.StartBoost(os.Getenv); err != nil {
-		fmt.Fprintf(os.Stderr, "sensord: %v\n", err)
-	} else if msg != "" {
-		fmt.Fprintf(os.Stderr, "sensord: %s\n", msg)
-	}
+	procprio.Boost("sensord", os.Stderr)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := app.Main(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
