@@ -28,7 +28,7 @@ import (
 
 // SensordArgs is sensord's command line in the images (images/*.json) without -config: the
 // sensor section is judged together with it, and may not set what it sets.
-var SensordArgs = []string{"-i", "tap", "-spool", "/run/spool", "-spool-disk", "/perm/spool", "-health", "/run/sensord/health.sock"}
+var SensordArgs = []string{"-i", "tap", "-spool", "/run/spool", "-spool-disk", "/perm/spool", "-z", "-health", "/run/sensord/health.sock"}
 
 // Box is the box configuration. A missing section leaves its daemon unconfigured.
 type Box struct {
