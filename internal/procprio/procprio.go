@@ -4,7 +4,9 @@
 // the status page, the clock, the updater and the uplink starting beside them. A program whose
 // image sets DNSSENSOR_START_NICE (images/*.json, "env") runs at that nice value from its first
 // instructions until it calls EndBoost, once it has done its start's share of the capture path;
-// then it runs at the nice it was started with.
+// then it runs at the nice it was started with. The images also start the programs off the
+// capture path at a positive value (timed, updated, uplinkd at 10); they never call EndBoost, and
+// MaxBoost ends theirs.
 //
 // Linux keeps the nice value per thread: setpriority(PRIO_PROCESS, tid) changes one thread, and
 // a new thread takes its creator's. A Go program already runs several threads when main starts,

@@ -14,10 +14,14 @@ import (
 	"syscall"
 
 	"github.com/sie-europe/dnssensor/internal/health"
+	"github.com/sie-europe/dnssensor/internal/procprio"
 	"github.com/sie-europe/dnssensor/uplink/internal/uplinkd"
 )
 
 func main() {
+	// At a boot every program starts at once: the image lets this one yield to the capture path
+	// (internal/procprio).
+	procprio.Boost("uplinkd", os.Stderr)
 	configFile := flag.String("config", "", "JSON configuration `FILE` (spool, destinations, metrics)")
 	spoolDir := flag.String("spool", "", "spool RAM tier `DIR` (overrides spool.dir)")
 	spoolDisk := flag.String("spool-disk", "", "spool disk tier `DIR` (overrides spool.disk_dir)")
