@@ -111,7 +111,7 @@ func TestUpdatesSection(t *testing.T) {
 		if code, _ := postForm(t, ts.URL+path, nil, ""); code != http.StatusForbidden {
 			t.Errorf("POST %s without a token: %d, want 403", path, code)
 		}
-		if code, _ := postForm(t, ts.URL+path, url.Values{"xsrftoken": {"00" + tok[1][2:]}}, ""); code != http.StatusForbidden {
+		if code, _ := postForm(t, ts.URL+path, url.Values{"xsrftoken": {wrongToken(tok[1])}}, ""); code != http.StatusForbidden {
 			t.Errorf("POST %s with a wrong token: %d, want 403", path, code)
 		}
 		if code, _ := get(t, ts.URL+path, testPassword, ""); code != http.StatusMethodNotAllowed {
