@@ -4,9 +4,7 @@ package app
 
 import (
 	"context"
-	"errors"
 	"io"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -14,8 +12,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/sie-europe/dnssensor/internal/health"
 	"github.com/sie-europe/dnssensor/internal/pktbuild"
@@ -115,20 +111,11 @@ func TestCapturePortWaitedFor(t *testing.T) {
 	// The first frame's arrival time is exported, on the box's clock (an update's capture gap
 	// is measured by it, ci/qemu-capture-gap). Sent again until seen: a veth carries frames only
 	// once both ends have carrier, a moment after `ip link set up`.
-	peer, err := net.InterfaceByName("portwait1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(s)
+	send := testenv.FrameSender(t, "portwait1")
 	// A DNS query to the configured resolver: the capture's kernel filter passes DNS only.
 	query := []byte{0x12, 0x34, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 7, 'e', 'x', 'a', 'm', 'p', 'l', 'e', 0, 0, 1, 0, 1}
 	frame := pktbuild.AppendUDP([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 0, 0, 0, 0, 1, 0x08, 0x00},
 		netip.MustParseAddrPort("192.0.2.53:40000"), netip.MustParseAddrPort("198.51.100.1:53"), query)
-	to := &unix.SockaddrLinklayer{Ifindex: peer.Index, Halen: 6, Addr: [8]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}}
 	sent := time.Now()
 	stamp := func(which string) (float64, bool) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -143,9 +130,7 @@ func TestCapturePortWaitedFor(t *testing.T) {
 		t.Fatal("a first frame's time before any frame was sent")
 	}
 	testenv.WaitFor(t, "the first frame's arrival time in the metrics", func() bool {
-		if err := unix.Sendto(s, frame, 0, to); err != nil && !errors.Is(err, unix.ENETDOWN) {
-			t.Fatal(err)
-		}
+		send(frame)
 		_, ok := stamp("first")
 		return ok
 	})

@@ -2,13 +2,9 @@ package source
 
 import (
 	"bytes"
-	"errors"
-	"net"
 	"os/exec"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/sie-europe/dnssensor/internal/testenv"
 )
@@ -48,22 +44,13 @@ func TestRingPortDown(t *testing.T) {
 	}
 	quiet("bound while the port is down")
 
-	peer, err := net.InterfaceByName("ringdown1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(s)
+	send := testenv.FrameSender(t, "ringdown1")
 	// The frame is sent again until it is read: a veth pair carries frames only once both ends
 	// are up and their carrier is on, which the kernel reports a little after `ip link set up`.
 	captured := func(marker string) {
 		t.Helper()
 		frame := append([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 0, 0, 0, 0, 1, 0x88, 0xb5}, marker...)
 		frame = append(frame, make([]byte, 64)...)
-		to := &unix.SockaddrLinklayer{Ifindex: peer.Index, Halen: 6, Addr: [8]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}}
 		deadline := time.Now().Add(testenv.Patience)
 		lastSend := time.Time{}
 		for {
@@ -71,9 +58,7 @@ func TestRingPortDown(t *testing.T) {
 				t.Fatalf("frame %q not captured within %v", marker, testenv.Patience)
 			}
 			if time.Since(lastSend) > 100*time.Millisecond {
-				if err := unix.Sendto(s, frame, 0, to); err != nil && !errors.Is(err, unix.ENETDOWN) {
-					t.Fatal(err)
-				}
+				send(frame)
 				lastSend = time.Now()
 			}
 			got, _, _, _, err := r.Read()
